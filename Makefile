@@ -1,0 +1,47 @@
+# `make run` and `make test` work on a fresh Debian machine with Python 3.11:
+# each builds .venv from nothing when it is missing or stale.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System parts the end-to-end tests drive for real (DESIGN §7).
+TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy
+BENCH_DEBS := squid tinyproxy nginx
+
+.PHONY: setup run test lint typecheck unit sysdeps bench bench-policy clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/portcullis serve $(ARGS)
+
+# Installs the Debian packages the tests need when run as root; as another
+# user it only says which are missing (the tests that need them then fail loudly).
+sysdeps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages (run as root to install):$$missing"; fi; \
+	fi
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy --strict src
+
+test: setup sysdeps lint typecheck
+	$(BIN)/pytest -q
+
+bench-policy: setup
+	$(BIN)/python bench/policy_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
