@@ -1,0 +1,88 @@
+"""What the proxy reports: one event when it decides, one when a connection ends.
+
+Events are plain frozen records so that the proxy builds them once and hands the
+same object to the log and to the metrics; neither sink may change it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from portcullis.policy.decisions import Decision, Reason
+
+Mode = Literal["explicit", "transparent", "http"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    time: float  # epoch seconds
+    id: str  # connection id, see new_connection_id()
+    client: str  # client IP
+    client_port: int
+    mode: Mode
+    host: str | None  # as requested, normalized; None when no name was found
+    port: int
+    sni: str | None
+    rule: str | None  # name of the deciding rule; None for the default
+    decision: Decision
+    reason: Reason
+    resolved: tuple[str, ...] = ()
+    dialed: str | None = None  # "ip:port" actually connected to
+    dns_ms: float | None = None
+    connect_ms: float | None = None
+    original_dst: str | None = None  # "ip:port" from SO_ORIGINAL_DST
+
+
+@dataclass(frozen=True, slots=True)
+class CloseEvent:
+    time: float
+    id: str
+    client: str
+    host: str | None
+    bytes_up: int  # client -> upstream
+    bytes_down: int  # upstream -> client
+    duration_s: float
+    close_reason: str
+
+
+# Ids only need to be unique among the lines one deployment logs. A random
+# per-process prefix plus a counter costs one next() per connection, where a
+# uuid4 would cost a urandom syscall and sixteen bytes of formatting.
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int) -> str:
+    if n == 0:
+        return "0"
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def _fresh_prefix() -> str:
+    return os.urandom(4).hex()
+
+
+_prefix = _fresh_prefix()
+_counter = itertools.count(1)
+
+
+def _reset_after_fork() -> None:
+    # Forked workers (SO_REUSEPORT) would otherwise all count from the same
+    # prefix and the same value and log colliding ids.
+    global _prefix, _counter
+    _prefix = _fresh_prefix()
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def new_connection_id() -> str:
+    """A short id unique within this process and, with high odds, across processes."""
+    return f"{_prefix}-{_base36(next(_counter))}"
