@@ -147,7 +147,7 @@ def test_render_is_parseable_prometheus_text() -> None:
         "portcullis_connect_errors",
         "portcullis_policy_reloads",
         "portcullis_policy_rules",
-        "portcullis",  # the Info metric's family; samples are portcullis_info
+        "portcullis_info",
     ):
         assert expected in families, expected
     [sample] = [s for s in families["portcullis_decisions"].samples if s.name.endswith("_total")]
