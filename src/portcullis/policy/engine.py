@@ -1,0 +1,214 @@
+"""Compile a policy once, then decide (DESIGN §1 "Rules and decisions").
+
+The first rule whose source, destination and port all match decides. Compiled,
+a decision costs one longest-prefix lookup for the client (cached) and one hash
+lookup per label of the name, whatever the number of rules: rules are indexed by
+exact name and by wildcard suffix, never scanned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from portcullis.config import IPAddress, IPNetwork, Policy, parse_network
+from portcullis.policy.decisions import Decision, Reason
+from portcullis.policy.names import parent_suffixes, parse_pattern
+
+_CLIENT_CACHE_MAX = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    index: int
+    name: str
+    action: Decision
+    groups: frozenset[str]
+    ports: frozenset[int]
+    destinations: tuple[str, ...]
+    resolves_to: tuple[IPNetwork, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """`decision` is final (report mode applied); `reason` says why."""
+
+    decision: Decision
+    reason: Reason
+    rule: CompiledRule | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is not Decision.DENY
+
+    @property
+    def rule_name(self) -> str | None:
+        return self.rule.name if self.rule is not None else None
+
+
+class SourceIndex:
+    """Client address -> the source groups it belongs to, by longest prefix.
+
+    Each stored prefix carries the groups of every prefix that covers it, so
+    the longest match alone gives the full answer.
+    """
+
+    def __init__(self, groups: Mapping[str, Sequence[IPNetwork]]) -> None:
+        members: dict[IPNetwork, set[str]] = {}
+        for group, networks in groups.items():
+            for network in networks:
+                members.setdefault(network, set()).add(group)
+        self._tables: dict[int, list[tuple[int, dict[int, frozenset[str]]]]] = {4: [], 6: []}
+        by_len: dict[tuple[int, int], dict[int, set[str]]] = {}
+        for network, names in members.items():
+            key = (network.version, network.prefixlen)
+            by_len.setdefault(key, {})[int(network.network_address)] = names
+        for (version, prefixlen), table in by_len.items():
+            bits = 32 if version == 4 else 128
+            shorter = [p for (v, p) in by_len if v == version and p < prefixlen]
+            full: dict[int, frozenset[str]] = {}
+            for address, names in table.items():
+                merged = set(names)
+                for p in shorter:
+                    mask = ((1 << p) - 1) << (bits - p) if p else 0
+                    merged |= by_len[(version, p)].get(address & mask, set())
+                full[address] = frozenset(merged)
+            self._tables[version].append((prefixlen, full))
+        for version in (4, 6):
+            self._tables[version].sort(key=lambda item: -item[0])
+        self._cache: dict[IPAddress, frozenset[str]] = {}
+
+    def groups_of(self, client: IPAddress) -> frozenset[str]:
+        cached = self._cache.get(client)
+        if cached is not None:
+            return cached
+        found: frozenset[str] = frozenset()
+        version = client.version
+        if version == 6 and client.ipv4_mapped is not None:  # type: ignore[union-attr]
+            client = client.ipv4_mapped  # type: ignore[union-attr]
+            version = 4
+        bits = 32 if version == 4 else 128
+        address = int(client)
+        for prefixlen, table in self._tables[version]:
+            hit = table.get(address >> (bits - prefixlen) << (bits - prefixlen))
+            if hit is not None:
+                found = hit
+                break
+        if len(self._cache) >= _CLIENT_CACHE_MAX:
+            self._cache.clear()
+        self._cache[client] = found
+        return found
+
+
+@dataclass(slots=True)
+class _Index:
+    exact: dict[str, list[int]] = field(default_factory=dict)
+    wildcard: dict[str, list[int]] = field(default_factory=dict)
+    cidr: list[tuple[IPNetwork, int]] = field(default_factory=list)
+
+
+class Engine:
+    """A compiled policy. Pure: deciding reads only the compiled structures."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.report_mode = policy.mode == "report"
+        groups: dict[str, list[IPNetwork]] = {k: list(v) for k, v in policy.sources.items()}
+        rules: list[CompiledRule] = []
+        index = _Index()
+        for position, rule in enumerate(policy.rules):
+            rule_groups = set()
+            for ref in rule.from_:
+                if ref in groups:
+                    rule_groups.add(ref)
+                else:  # an inline CIDR: an anonymous group of its own
+                    groups.setdefault(ref, [parse_network(ref)])
+                    rule_groups.add(ref)
+            destinations: list[str] = []
+            for dest in rule.to:
+                destinations.extend(dest.expand() if not isinstance(dest, str) else [dest])
+            for dest in destinations:
+                if "/" in dest:
+                    index.cidr.append((parse_network(dest), position))
+                    continue
+                pattern = parse_pattern(dest)
+                table = index.wildcard if pattern.wildcard else index.exact
+                positions = table.setdefault(pattern.suffix, [])
+                if not positions or positions[-1] != position:
+                    positions.append(position)
+            rules.append(
+                CompiledRule(
+                    index=position,
+                    name=rule.name,
+                    action=Decision.ALLOW if rule.action == "allow" else Decision.DENY,
+                    groups=frozenset(rule_groups),
+                    ports=frozenset(rule.ports),
+                    destinations=tuple(destinations),
+                    resolves_to=tuple(rule.resolves_to) if rule.resolves_to is not None else None,
+                )
+            )
+        self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self.sources = SourceIndex(groups)
+        self._exact = {k: tuple(v) for k, v in index.exact.items()}
+        self._wildcard = {k: tuple(v) for k, v in index.wildcard.items()}
+        self._cidr = tuple(index.cidr)
+        # Verdicts are immutable: build each once so deciding allocates nothing.
+        self._rule_verdicts = tuple(self._verdict_for_rule(r) for r in self.rules)
+        self._default = {reason: self._default_verdict(reason) for reason in Reason}
+
+    # -- verdict construction ---------------------------------------------
+
+    def _finish(self, decision: Decision, reason: Reason, rule: CompiledRule | None) -> Verdict:
+        if decision is Decision.DENY and self.report_mode:
+            decision = Decision.REPORT
+        return Verdict(decision, reason, rule)
+
+    def _verdict_for_rule(self, rule: CompiledRule) -> Verdict:
+        reason = Reason.RULE_ALLOW if rule.action is Decision.ALLOW else Reason.RULE_DENY
+        return self._finish(rule.action, reason, rule)
+
+    def _default_verdict(self, reason: Reason) -> Verdict:
+        action = Decision.ALLOW if self.policy.default == "allow" else Decision.DENY
+        return self._finish(action, reason, None)
+
+    def refuse(self, reason: Reason, rule: CompiledRule | None = None) -> Verdict:
+        """A denial decided after the rules (address checks, SNI, TLS), report mode applied."""
+        return self._finish(Decision.DENY, reason, rule)
+
+    # -- deciding -----------------------------------------------------------
+
+    def candidates(self, host: str) -> list[int]:
+        """Rule positions whose destinations match `host`, ascending."""
+        found: list[int] = list(self._exact.get(host, ()))
+        lists = 1 if found else 0
+        for suffix in parent_suffixes(host):
+            hit = self._wildcard.get(suffix)
+            if hit is not None:
+                found.extend(hit)
+                lists += 1
+        if lists > 1:
+            found.sort()
+        return found
+
+    def decide(self, client: IPAddress, host: str, port: int, *, is_ip: bool = False) -> Verdict:
+        """Decide for a normalized `host` (or an IP literal when `is_ip`)."""
+        groups = self.sources.groups_of(client)
+        if not groups:
+            return self._default[Reason.SOURCE_UNKNOWN]
+        if is_ip:
+            address = ipaddress.ip_address(host)
+            positions = [p for net, p in self._cidr if address in net]
+        else:
+            positions = self.candidates(host)
+        port_refused = False
+        rules = self.rules
+        for position in positions:
+            rule = rules[position]
+            if rule.groups.isdisjoint(groups):
+                continue
+            if port not in rule.ports:
+                port_refused = True
+                continue
+            return self._rule_verdicts[position]
+        return self._default[Reason.PORT_NOT_ALLOWED if port_refused else Reason.NO_RULE]

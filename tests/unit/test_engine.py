@@ -1,0 +1,145 @@
+"""The decision engine, table-driven (smokescreen style), and explain's agreement."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portcullis.config import parse_policy
+from portcullis.policy.decisions import Decision, Reason
+from portcullis.policy.engine import Engine
+from portcullis.policy.explain import explain
+
+POLICY = textwrap.dedent(
+    """\
+    version: 1
+    sources:
+      workers: [10.240.0.0/24, 10.240.1.17/32]
+      builders: [10.250.0.0/16]
+      inner: [10.250.3.0/24]
+      v6: ["fd00:1::/64"]
+    rules:
+      - name: block-legacy
+        from: [workers]
+        to: [registry.bluemix.net]
+        action: deny
+      - name: ibm
+        from: [workers, v6]
+        to: ["*.icr.io", icr.io]
+        ports: [443]
+      - name: builders-http
+        from: [builders]
+        to: [deb.example.org]
+        ports: [80, 443]
+      - name: inner-wide
+        from: [inner]
+        to: ["*.example.org"]
+      - name: by-address
+        from: [builders]
+        to: [203.0.113.0/24]
+    default: deny
+    """
+)
+
+ENGINE = Engine(parse_policy(POLICY))
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "port", "decision", "reason", "rule"),
+    [
+        ("10.240.0.5", "us.icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("10.240.0.5", "dd0.us.icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("10.240.0.5", "icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("10.240.1.17", "de.icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("fd00:1::9", "de.icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("::ffff:10.240.0.5", "de.icr.io", 443, Decision.ALLOW, Reason.RULE_ALLOW, "ibm"),
+        ("10.240.0.5", "us.icr.io", 80, Decision.DENY, Reason.PORT_NOT_ALLOWED, None),
+        ("10.240.0.5", "evilicr.io", 443, Decision.DENY, Reason.NO_RULE, None),
+        ("10.240.0.5", "registry.bluemix.net", 443, Decision.DENY, Reason.RULE_DENY,
+         "block-legacy"),
+        ("10.240.1.18", "us.icr.io", 443, Decision.DENY, Reason.SOURCE_UNKNOWN, None),
+        ("10.250.9.9", "us.icr.io", 443, Decision.DENY, Reason.NO_RULE, None),
+        ("10.250.9.9", "deb.example.org", 80, Decision.ALLOW, Reason.RULE_ALLOW, "builders-http"),
+        # Nested groups: 10.250.3.x is in builders and inner; the first rule wins.
+        ("10.250.3.4", "deb.example.org", 80, Decision.ALLOW, Reason.RULE_ALLOW, "builders-http"),
+        ("10.250.3.4", "x.example.org", 443, Decision.ALLOW, Reason.RULE_ALLOW, "inner-wide"),
+        ("10.250.3.4", "example.org", 443, Decision.DENY, Reason.NO_RULE, None),
+        ("10.250.9.9", "x.example.org", 443, Decision.DENY, Reason.NO_RULE, None),
+    ],
+)
+def test_decide(
+    client: str, host: str, port: int, decision: Decision, reason: Reason, rule: str | None
+) -> None:
+    verdict = ENGINE.decide(ipaddress.ip_address(client), host, port)
+    assert (verdict.decision, verdict.reason, verdict.rule_name) == (decision, reason, rule)
+
+
+@pytest.mark.parametrize(
+    ("client", "address", "decision"),
+    [
+        ("10.250.0.1", "203.0.113.9", Decision.ALLOW),
+        ("10.250.0.1", "203.0.114.9", Decision.DENY),
+        ("10.240.0.5", "203.0.113.9", Decision.DENY),
+    ],
+)
+def test_decide_ip_literal(client: str, address: str, decision: Decision) -> None:
+    verdict = ENGINE.decide(ipaddress.ip_address(client), address, 443, is_ip=True)
+    assert verdict.decision == decision
+
+
+def test_report_mode_turns_denials_into_reports() -> None:
+    engine = Engine(parse_policy(POLICY.replace("default: deny", "mode: report\ndefault: deny")))
+    verdict = engine.decide(ipaddress.ip_address("10.240.0.5"), "evil.example", 443)
+    assert (verdict.decision, verdict.reason) == (Decision.REPORT, Reason.NO_RULE)
+    assert verdict.allowed
+    allowed = engine.decide(ipaddress.ip_address("10.240.0.5"), "us.icr.io", 443)
+    assert allowed.decision == Decision.ALLOW
+    assert engine.refuse(Reason.ADDRESS_FORBIDDEN).decision == Decision.REPORT
+
+
+def test_default_allow() -> None:
+    engine = Engine(parse_policy(POLICY.replace("default: deny", "default: allow")))
+    verdict = engine.decide(ipaddress.ip_address("10.240.0.5"), "evil.example", 443)
+    assert (verdict.decision, verdict.reason) == (Decision.ALLOW, Reason.NO_RULE)
+    denied = engine.decide(ipaddress.ip_address("10.240.0.5"), "registry.bluemix.net", 443)
+    assert denied.decision == Decision.DENY
+
+
+def test_explain_names_why_earlier_rules_missed() -> None:
+    text = explain(ENGINE, ipaddress.ip_address("10.250.3.4"), "x.example.org", 443).to_text()
+    assert "source: client is not in workers" in text
+    assert "destination: x.example.org matches none of its 1 destination(s)" in text
+    assert "=> rule 'inner-wide' (allow): matches: x.example.org by *.example.org" in text
+    assert text.endswith("decision ALLOW by rule 'inner-wide' (reason: rule_allow)")
+
+
+def test_explain_json_shape() -> None:
+    data = explain(ENGINE, ipaddress.ip_address("10.240.0.5"), "us.icr.io", 80).to_dict()
+    assert data["decision"] == "deny"
+    assert data["reason"] == "port_not_allowed"
+    assert data["source_groups"] == ["workers"]
+    assert [r["matches"] for r in data["rules"]] == [False, False, False, False, False]
+
+
+hosts = st.sampled_from(
+    ["us.icr.io", "icr.io", "a.b.icr.io", "registry.bluemix.net", "deb.example.org",
+     "x.example.org", "example.org", "evil.example", "203.0.113.9"]
+)
+clients = st.sampled_from(
+    ["10.240.0.5", "10.240.1.17", "10.250.3.4", "10.250.8.1", "192.0.2.1", "fd00:1::1"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(client=clients, host=hosts, port=st.sampled_from([80, 443, 8443]))
+def test_explain_agrees_with_decide(client: str, host: str, port: int) -> None:
+    address = ipaddress.ip_address(client)
+    is_ip = host[0].isdigit()
+    verdict = ENGINE.decide(address, host, port, is_ip=is_ip)
+    explanation = explain(ENGINE, address, host, port, is_ip=is_ip)
+    matched = [rule.name for rule, trace, _ in explanation.traces if trace.matches]
+    assert matched[:1] == ([verdict.rule_name] if verdict.rule else [])
