@@ -1,0 +1,302 @@
+"""HTTP/1.x request heads as a forward proxy sees them (sans-IO, DESIGN §5).
+
+Bytes in, a `RequestHead` out: `None` means "need more bytes", an `HttpError`
+means "bad input" and carries the status to answer with and the `Reason` to log.
+Nothing here touches a socket; the proxy owns the buffer and calls again when
+more bytes arrive.
+
+The checks are deliberately stricter than RFC 9112's "MAY accept": a firewall
+decides on the name it parsed, and every leniency (bare LF, folded lines, a
+second Host, CL next to TE) is a chance for the firewall and the next hop to
+read two different requests from the same bytes.
+
+Error tree::
+
+    ValueError
+     └── HttpError              status, reason, message
+          ├── BadRequest        400  bad_request
+          ├── HeaderTooLarge    431  header_too_large
+          └── NotImplementedMethod  501  bad_request
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from portcullis.policy.decisions import Reason
+from portcullis.wire.authority import (
+    Authority,
+    AuthorityError,
+    parse_authority,
+)
+
+__all__ = [
+    "KNOWN_METHODS",
+    "MAX_HEADERS",
+    "MAX_HEAD_SIZE",
+    "Authority",
+    "BadRequest",
+    "HeaderTooLarge",
+    "HttpError",
+    "NotImplementedMethod",
+    "RequestHead",
+    "check_request",
+    "parse_absolute_uri",
+    "parse_connect_target",
+    "parse_request_head",
+]
+
+
+class HttpError(ValueError):
+    """A request refused before any policy decision."""
+
+    status: ClassVar[int] = 400
+    reason: ClassVar[Reason] = Reason.BAD_REQUEST
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(HttpError):
+    """Malformed or ambiguous request: answer 400."""
+
+
+class HeaderTooLarge(HttpError):
+    """No end of head within the size limit: answer 431."""
+
+    status = 431
+    reason = Reason.HEADER_TOO_LARGE
+
+
+class NotImplementedMethod(HttpError):
+    """A well-formed method the proxy does not know: answer 501."""
+
+    status = 501
+
+
+MAX_HEAD_SIZE = 16384
+MAX_HEADERS = 100
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
+
+# Compiled once at import; each is one C-level scan per head.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+# In a complete head every CR must start a CRLF and every LF end one. In a
+# partial buffer a final CR may still be followed by its LF, hence two forms.
+_CTL = rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+_BAD_IN_HEAD = re.compile(_CTL + rb"|(?<!\r)\n|\r(?!\n)")
+_BAD_IN_PARTIAL = re.compile(_CTL + rb"|(?<!\r)\n|\r(?=[^\n])")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: str
+    target: str
+    version: str
+    # Names lowercased, values stripped of SP/HTAB, order and repeats kept.
+    headers: tuple[tuple[str, str], ...]
+    # Bytes consumed, including any leading empty lines and the final CRLFCRLF.
+    head_length: int
+
+    def get(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        key = name.lower()
+        for k, v in self.headers:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        key = name.lower()
+        return tuple(v for k, v in self.headers if k == key)
+
+
+def _bad_byte(match: re.Match[bytes]) -> BadRequest:
+    byte = match.group()
+    if byte == b"\n":
+        return BadRequest(f"bare LF at offset {match.start()}; lines must end with CRLF")
+    if byte == b"\r":
+        return BadRequest(f"CR not followed by LF at offset {match.start()}")
+    return BadRequest(f"control byte 0x{byte[0]:02x} at offset {match.start()} in the request head")
+
+
+def _parse_request_line(line: bytes | bytearray) -> tuple[str, str, str]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise BadRequest("the request line must be 'METHOD target HTTP/1.1' with single spaces")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise BadRequest(f"invalid method {method[:32]!r}")
+    if not _TARGET.fullmatch(target):
+        raise BadRequest("the request target must be non-empty printable ASCII")
+    ver = _VERSIONS.get(bytes(version))
+    if ver is None:
+        raise BadRequest(f"unsupported HTTP version {version[:16]!r}; HTTP/1.0 or HTTP/1.1")
+    name = method.decode("ascii")
+    if name not in KNOWN_METHODS:
+        raise NotImplementedMethod(f"method {name[:32]!r} is not supported")
+    return name, target.decode("ascii"), ver
+
+
+def _parse_header_line(line: bytes | bytearray) -> tuple[str, str]:
+    if line[0] in (0x20, 0x09):
+        raise BadRequest("obsolete line folding (a header line starting with whitespace)")
+    colon = line.find(b":")
+    if colon <= 0:
+        raise BadRequest(f"header line without a name and colon: {line[:40]!r}")
+    name = line[:colon]
+    if not _TOKEN.fullmatch(name):
+        if name[-1] in (0x20, 0x09):
+            raise BadRequest(f"whitespace between header name {name.rstrip()[:40]!r} and colon")
+        raise BadRequest(f"invalid header name {name[:40]!r}")
+    return name.lower().decode("ascii"), line[colon + 1 :].strip(b" \t").decode("latin-1")
+
+
+def parse_request_head(
+    buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE
+) -> RequestHead | None:
+    """Parse one request head from the start of `buf`.
+
+    None: the head is not complete yet. Errors are raised as early as the bytes
+    allow (a TLS hello sent to the plain port fails on its first byte).
+    """
+    start = 0
+    # RFC 9112 §2.2: ignore empty lines before the request line (keep-alive
+    # clients sometimes send a stray CRLF after a body).
+    while buf.startswith(b"\r\n", start):
+        start += 2
+    end = buf.find(b"\r\n\r\n", start, max_size)
+    if end < 0:
+        if len(buf) >= max_size:
+            raise HeaderTooLarge(f"no end of the request head within {max_size} bytes")
+        bad = _BAD_IN_PARTIAL.search(buf, start)
+        if bad:
+            raise _bad_byte(bad)
+        eol = buf.find(b"\r\n", start)
+        if eol >= 0:
+            _parse_request_line(buf[start:eol])
+        return None
+    bad = _BAD_IN_HEAD.search(buf, start, end)
+    if bad:
+        raise _bad_byte(bad)
+    lines = buf[start:end].split(b"\r\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise BadRequest(f"{len(lines) - 1} header lines; the limit is {MAX_HEADERS}")
+    method, target, version = _parse_request_line(lines[0])
+    headers = tuple(_parse_header_line(line) for line in lines[1:])
+    return RequestHead(method, target, version, headers, end + 4)
+
+
+def parse_connect_target(target: str) -> Authority:
+    """The `host:port` of a CONNECT request (authority-form, port required)."""
+    try:
+        return parse_authority(target, None, "CONNECT target")
+    except AuthorityError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def parse_absolute_uri(target: str) -> tuple[str, Authority, str]:
+    """Split `http://host[:port]/path?query` into scheme, authority, origin-form."""
+    sep = target.find("://")
+    if sep <= 0:
+        raise BadRequest(
+            f"request target {target[:64]!r} is not absolute-form; "
+            "a proxy needs 'http://host/path'"
+        )
+    scheme = target[:sep].lower()
+    if scheme == "https":
+        raise BadRequest(
+            "https:// in absolute form; HTTPS goes through a CONNECT tunnel "
+            "(set HTTPS_PROXY, not a plain-HTTP request to the proxy)"
+        )
+    if scheme != "http":
+        raise BadRequest(f"unsupported scheme {scheme[:16]!r}; only http:// (or CONNECT)")
+    rest = target[sep + 3 :]
+    if "#" in rest:
+        raise BadRequest("a request target may not carry a #fragment")
+    cut = len(rest)
+    for delim in ("/", "?"):
+        at = rest.find(delim, 0, cut)
+        if at >= 0:
+            cut = at
+    path = rest[cut:]
+    if not path:
+        path = "/"
+    elif path[0] == "?":
+        path = "/" + path
+    try:
+        authority = parse_authority(rest[:cut], 80, "request target")
+    except AuthorityError as exc:
+        raise BadRequest(str(exc)) from None
+    return scheme, authority, path
+
+
+def _check_framing(head: RequestHead) -> None:
+    lengths = head.get_all("content-length")
+    codings = head.get_all("transfer-encoding")
+    if lengths and codings:
+        raise BadRequest("both Transfer-Encoding and Content-Length; the framing is ambiguous")
+    if len(lengths) > 1:
+        raise BadRequest(f"{len(lengths)} Content-Length headers; send exactly one")
+    if lengths:
+        value = lengths[0]
+        # 18 digits stay far below any int limit and any real body size.
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
+            raise BadRequest(f"Content-Length {value[:32]!r} is not a decimal number")
+    if codings:
+        if head.version == "HTTP/1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
+        if len(codings) > 1 or codings[0].lower() != "chunked":
+            raise BadRequest(
+                f"Transfer-Encoding {', '.join(codings)[:64]!r}; only 'chunked' is accepted"
+            )
+
+
+def _single_host(head: RequestHead) -> str | None:
+    hosts = head.get_all("host")
+    if len(hosts) > 1:
+        raise BadRequest(f"{len(hosts)} Host headers; send exactly one")
+    return hosts[0] if hosts else None
+
+
+def check_request(head: RequestHead) -> Authority:
+    """Validate a proxy request and return the authority the policy decides on.
+
+    CONNECT: authority-form target, no body. Any other method: absolute-form
+    `http://` target, a Host header that names the same host and port (required
+    for HTTP/1.1), and unambiguous body framing (the body itself is h11's job).
+    """
+    host_header = _single_host(head)
+    if head.method == "CONNECT":
+        authority = parse_connect_target(head.target)
+        if head.get_all("transfer-encoding") or head.get("content-length") not in (None, "0"):
+            raise BadRequest("a CONNECT request has no body")
+        _check_framing(head)
+        return authority
+    if head.target.startswith("/") or head.target == "*":
+        raise BadRequest(
+            f"{head.target[:64]!r} is origin-form; a request to a proxy must be "
+            "absolute-form ('GET http://host/path')"
+        )
+    _, authority, _ = parse_absolute_uri(head.target)
+    if host_header is None:
+        if head.version == "HTTP/1.1":
+            raise BadRequest("an HTTP/1.1 request needs a Host header")
+    else:
+        try:
+            claimed = parse_authority(host_header, 80, "Host header")
+        except AuthorityError as exc:
+            raise BadRequest(str(exc)) from None
+        if (claimed.host, claimed.port) != (authority.host, authority.port):
+            raise BadRequest(
+                f"Host header {host_header[:80]!r} disagrees with the request target "
+                f"authority {authority.host}:{authority.port}"
+            )
+    _check_framing(head)
+    return authority

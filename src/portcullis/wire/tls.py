@@ -1,0 +1,238 @@
+"""The TLS ClientHello as a firewall sees it (sans-IO, DESIGN §1 and §5).
+
+Bytes in, a `ClientHello` out: `None` means "need more bytes", `NotTLS` means
+the stream is not a TLS handshake at all, `MalformedClientHello` means it is
+one but cannot be trusted. Only what the policy needs is extracted (SNI, ECH
+presence, ALPN); the bytes themselves are relayed untouched by the caller.
+
+The hello may be fragmented over several handshake records (RFC 8446 §5.1
+allows it, and evasion tools use it to hide the SNI from naive middleboxes)
+and over any TCP segment boundaries; both are reassembled here. Anything the
+server could read differently from us (a second server_name, a repeated
+extension, bytes after the hello in its last record) is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from portcullis.policy.decisions import Reason
+
+__all__ = [
+    "ClientHello",
+    "ClientHelloError",
+    "MalformedClientHello",
+    "NotTLS",
+    "parse_client_hello",
+    "peek_is_tls",
+]
+
+_HANDSHAKE = 0x16
+_CLIENT_HELLO = 0x01
+_EXT_SERVER_NAME = 0x0000
+_EXT_ALPN = 0x0010
+_EXT_ECH = 0xFE0D
+_HOST_NAME = 0x00
+_MAX_RECORD = 1 << 14  # plaintext fragment limit, RFC 8446 §5.1
+MAX_HELLO_SIZE = 65536
+
+
+class ClientHelloError(ValueError):
+    """Base of the errors below; `reason` is what the proxy logs."""
+
+    reason: ClassVar[Reason] = Reason.NOT_TLS
+
+
+class NotTLS(ClientHelloError):
+    """The first bytes are not a TLS handshake record."""
+
+
+class MalformedClientHello(ClientHelloError):
+    """A TLS handshake that is not a well-formed, unambiguous ClientHello."""
+
+    reason = Reason.BAD_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    # host_name as sent (ASCII, not normalized: comparing is the policy's job).
+    sni: str | None
+    # encrypted_client_hello (0xfe0d) present: the real name is hidden.
+    has_ech: bool
+    alpn: tuple[str, ...]
+    # Bytes of the buffer the hello's records occupy.
+    record_bytes: int
+
+
+def peek_is_tls(buf: bytes | bytearray) -> bool | None:
+    """Whether `buf` starts like a TLS handshake record (0x16 0x03 0x00-0x04).
+
+    None only while every byte so far fits and fewer than 3 have arrived; a
+    first byte of `G` is already a definite False.
+    """
+    n = len(buf)
+    if n >= 1 and buf[0] != _HANDSHAKE:
+        return False
+    if n >= 2 and buf[1] != 0x03:
+        return False
+    if n >= 3:
+        return buf[2] <= 0x04
+    return None
+
+
+def _describe(buf: bytes | bytearray) -> str:
+    head = bytes(buf[:8])
+    if buf[0] & 0x80:
+        return f"an SSLv2-style hello ({head.hex(' ')}); only TLS records are accepted"
+    if head[:1].isalpha() and head.isascii():
+        return f"text {head!r}, probably plain HTTP"
+    return f"first bytes {head.hex(' ')}, not a TLS handshake record (16 03 0x)"
+
+
+def _u16(b: bytes | bytearray, i: int) -> int:
+    return (b[i] << 8) | b[i + 1]
+
+
+def parse_client_hello(
+    buf: bytes | bytearray, max_size: int = MAX_HELLO_SIZE
+) -> ClientHello | None:
+    """Parse the ClientHello at the start of `buf`; `max_size` bounds its records."""
+    looks = peek_is_tls(buf)
+    if looks is None:
+        return None
+    if not looks:
+        raise NotTLS(_describe(buf))
+    n = len(buf)
+    # Common case first: the whole hello in the first record, parsed in place.
+    if n >= 9:
+        rec_len = _u16(buf, 3)
+        msg_len = 4 + (buf[6] << 16 | buf[7] << 8 | buf[8])
+        if rec_len == msg_len and n >= 5 + rec_len and rec_len <= _MAX_RECORD:
+            if buf[5] != _CLIENT_HELLO:
+                raise MalformedClientHello(f"first handshake message has type {buf[5]}, not 1")
+            if 5 + rec_len > max_size:
+                raise MalformedClientHello(f"ClientHello larger than {max_size} bytes")
+            return _parse_body(buf, 9, 5 + rec_len, 5 + rec_len)
+    return _reassemble(buf, max_size)
+
+
+def _reassemble(buf: bytes | bytearray, max_size: int) -> ClientHello | None:
+    n = len(buf)
+    hs = bytearray()
+    msg_len = -1
+    pos = 0
+    while pos < n:
+        if buf[pos] != _HANDSHAKE:
+            raise MalformedClientHello(
+                f"record of type {buf[pos]} at offset {pos} inside a fragmented ClientHello"
+            )
+        if (pos + 1 < n and buf[pos + 1] != 0x03) or (pos + 2 < n and buf[pos + 2] > 0x04):
+            raise MalformedClientHello(f"bad record version at offset {pos}")
+        if pos + 5 > n:
+            return None
+        length = _u16(buf, pos + 3)
+        if length == 0 or length > _MAX_RECORD:
+            raise MalformedClientHello(f"handshake record of {length} bytes at offset {pos}")
+        stop = pos + 5 + length
+        if stop > max_size:
+            raise MalformedClientHello(f"ClientHello larger than {max_size} bytes")
+        hs += buf[pos + 5 : min(stop, n)]
+        if hs and hs[0] != _CLIENT_HELLO:
+            raise MalformedClientHello(f"first handshake message has type {hs[0]}, not 1")
+        if msg_len < 0 and len(hs) >= 4:
+            msg_len = 4 + (hs[1] << 16 | hs[2] << 8 | hs[3])
+            if msg_len + 5 > max_size:
+                raise MalformedClientHello(f"ClientHello of {msg_len} bytes exceeds {max_size}")
+        if stop > n:
+            return None
+        pos = stop
+        if msg_len >= 0 and len(hs) >= msg_len:
+            if len(hs) > msg_len:
+                raise MalformedClientHello("bytes after the ClientHello in its last record")
+            return _parse_body(hs, 4, msg_len, pos)
+    return None
+
+
+def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> ClientHello:
+    """Parse the ClientHello body `b[i:end]`; every read is bounds-checked."""
+
+    def need(at: int, count: int, what: str) -> int:
+        if at + count > end:
+            raise MalformedClientHello(f"{what} overruns the ClientHello")
+        return at + count
+
+    i = need(i, 2 + 32 + 1, "version and random")
+    sid_len = b[i - 1]
+    if sid_len > 32:
+        raise MalformedClientHello(f"session id of {sid_len} bytes")
+    i = need(i, sid_len + 2, "session id")
+    suites = _u16(b, i - 2)
+    if suites < 2 or suites % 2:
+        raise MalformedClientHello(f"cipher suites length {suites}")
+    i = need(i, suites + 1, "cipher suites")
+    methods = b[i - 1]
+    if methods < 1:
+        raise MalformedClientHello("no compression methods")
+    i = need(i, methods, "compression methods")
+    if i == end:  # TLS 1.2 allows a hello without extensions
+        return ClientHello(None, False, (), record_bytes)
+    i = need(i, 2, "extensions length")
+    if i + _u16(b, i - 2) != end:
+        raise MalformedClientHello("extensions length disagrees with the ClientHello length")
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    seen: set[int] = set()
+    while i < end:
+        i = need(i, 4, "extension header")
+        ext, ext_len = _u16(b, i - 4), _u16(b, i - 2)
+        stop = need(i, ext_len, f"extension 0x{ext:04x}")
+        if ext in seen:
+            raise MalformedClientHello(f"extension 0x{ext:04x} appears twice")
+        seen.add(ext)
+        if ext == _EXT_SERVER_NAME:
+            sni = _server_name(b, i, stop)
+        elif ext == _EXT_ALPN:
+            alpn = _alpn(b, i, stop)
+        i = stop
+    return ClientHello(sni, _EXT_ECH in seen, alpn, record_bytes)
+
+
+def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
+    if i + 2 > end or i + 2 + _u16(b, i) != end or i + 2 == end:
+        raise MalformedClientHello("server_name list length is wrong or the list is empty")
+    i += 2
+    name: str | None = None
+    while i < end:
+        if i + 3 > end:
+            raise MalformedClientHello("server_name entry overruns its list")
+        kind, length = b[i], _u16(b, i + 1)
+        i += 3
+        if i + length > end:
+            raise MalformedClientHello("server_name entry overruns its list")
+        if kind == _HOST_NAME:
+            if name is not None:
+                raise MalformedClientHello("two host_name entries in server_name")
+            if length == 0:
+                raise MalformedClientHello("empty host_name in server_name")
+            raw = b[i : i + length]
+            if not raw.isascii():
+                raise MalformedClientHello("host_name in server_name is not ASCII")
+            name = raw.decode("ascii")
+        i += length
+    return name
+
+
+def _alpn(b: bytes | bytearray, i: int, end: int) -> tuple[str, ...]:
+    if i + 2 > end or i + 2 + _u16(b, i) != end or i + 2 == end:
+        raise MalformedClientHello("ALPN list length is wrong or the list is empty")
+    i += 2
+    protocols: list[str] = []
+    while i < end:
+        length = b[i]
+        if length == 0 or i + 1 + length > end:
+            raise MalformedClientHello("ALPN protocol name is empty or overruns its list")
+        # Protocol ids are opaque bytes; latin-1 maps each byte to one char.
+        protocols.append(b[i + 1 : i + 1 + length].decode("latin-1"))
+        i += 1 + length
+    return tuple(protocols)
