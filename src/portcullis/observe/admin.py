@@ -1,0 +1,295 @@
+"""The admin listener: /healthz, /readyz, /metrics and /explain over HTTP/1.1.
+
+One request per connection, answered and closed: the callers are probes and
+Prometheus, for which keep-alive buys nothing and costs state. h11 parses the
+request head strictly; a whole-head deadline (not a per-read one) stops a client
+that trickles bytes from holding a slot.
+
+The client check is by source address and happens even when the listener is
+bound to 0.0.0.0: /explain reveals policy and resolution details that a worker
+node (the very thing being fenced in) has no business reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+from portcullis.observe.log import DecisionLog
+from portcullis.observe.metrics import Metrics
+
+IPNetwork = IPv4Network | IPv6Network
+ExplainResult = tuple[int, dict[str, object]]
+Explain = Callable[[str, str], ExplainResult | Awaitable[ExplainResult]]
+
+LOOPBACK: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/explain"})
+# After answering, unread request bytes are drained for a moment: closing a
+# socket with unread data makes the kernel send RST, which can destroy the
+# response before the client has read it.
+_LINGER_S = 1.0
+_LINGER_BYTES = 64 * 1024
+
+
+class _Response:
+    __slots__ = ("body", "ctype", "extra", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes | str,
+        ctype: str = _TEXT,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+        self.ctype = ctype
+        self.extra = extra
+
+    def encode(self) -> bytes:
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        head = [
+            f"HTTP/1.1 {self.status} {phrase}",
+            f"Content-Type: {self.ctype}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+        ]
+        head.extend(f"{k}: {v}" for k, v in self.extra)
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def _json(status: int, obj: object) -> _Response:
+    body = json.dumps(obj, ensure_ascii=True, default=str, indent=2) + "\n"
+    return _Response(status, body, _JSON)
+
+
+def _error(status: int, message: str) -> _Response:
+    return _json(status, {"error": message})
+
+
+def client_address(peername: Any) -> IPv4Address | IPv6Address | None:
+    """The client's IP from a peername, with IPv4-mapped IPv6 unwrapped.
+
+    A dual-stack listener reports 127.0.0.1 as ::ffff:127.0.0.1, which is not
+    in 127.0.0.0/8 as far as ipaddress is concerned.
+    """
+    if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
+        return None  # AF_UNIX or unknown: no address to admit
+    try:
+        addr = ip_address(peername[0].split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class AdminServer:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        explain: Explain,
+        allowed_clients: Sequence[IPNetwork] = LOOPBACK,
+        draining: Callable[[], bool] | None = None,
+        log: DecisionLog | None = None,
+        head_timeout: float = 5.0,
+        explain_timeout: float = 10.0,
+        max_head: int = 8192,
+        max_connections: int = 32,
+    ) -> None:
+        self._metrics = metrics
+        self._ready = ready
+        self._draining = draining
+        self._explain = explain
+        self._allowed = tuple(allowed_clients)
+        self._log = log
+        self._head_timeout = head_timeout
+        self._explain_timeout = explain_timeout
+        self._max_head = max_head
+        self._max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+
+    async def start_socket(self, sock: socket.socket) -> None:
+        """Serve on an already bound socket (socket activation, dual-stack tests)."""
+        self._server = await asyncio.start_server(self._handle, sock=sock)
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("admin server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    def _is_allowed(self, peername: Any) -> bool:
+        addr = client_address(peername)
+        if addr is None:
+            return False
+        # Also test the address as the socket saw it, so that a network written
+        # as ::ffff:10.0.0.0/104 still matches what it plainly means.
+        seen = ip_address(peername[0].split("%", 1)[0])
+        return any(addr in net or seen in net for net in self._allowed)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._tasks) >= self._max_connections:
+            writer.close()
+            return
+        self._tasks.add(task)
+        try:
+            try:
+                response = await self._serve(reader, writer.get_extra_info("peername"))
+            except (ConnectionError, OSError):
+                raise
+            except Exception as exc:  # a bug in a route must not kill the listener
+                self._report("admin request failed", exc)
+                response = _Response(500, "internal error\n")
+            if response is not None:
+                writer.write(response.encode())
+                await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+                await self._linger(reader)
+        except (ConnectionError, OSError):
+            pass  # the client went away; nothing to answer
+        except asyncio.CancelledError:
+            # Only close() cancels these top-level tasks. Ending normally keeps
+            # Python 3.11's stream callback from logging the cancellation as an
+            # unhandled error (it calls task.exception() on a cancelled task).
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader) -> None:
+        drained = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_S):
+                while drained < _LINGER_BYTES:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        return
+                    drained += len(chunk)
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> h11.Request | _Response | None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        try:
+            async with asyncio.timeout(self._head_timeout):
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await reader.read(4096))
+                        continue
+                    if isinstance(event, h11.Request):
+                        return event
+                    return None  # closed before sending anything
+        except TimeoutError:
+            return _Response(408, "request head timeout\n")
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                return _Response(431, "request header fields too large\n")
+            return _Response(400, "bad request\n")
+
+    async def _serve(self, reader: asyncio.StreamReader, peername: Any) -> _Response | None:
+        head = await self._read_head(reader)
+        if not isinstance(head, h11.Request):
+            return head
+        if not self._is_allowed(peername):
+            return _Response(403, "forbidden\n")
+        try:
+            parts = urlsplit(head.target.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return _Response(400, "bad request target\n")
+        if parts.path not in _ROUTES:
+            return _Response(404, "not found\n")
+        if head.method != b"GET":
+            return _Response(405, "method not allowed\n", extra=(("Allow", "GET"),))
+        if parts.path == "/healthz":
+            return _Response(200, "ok\n")
+        if parts.path == "/readyz":
+            return self._readyz()
+        if parts.path == "/metrics":
+            body, ctype = self._metrics.render()
+            return _Response(200, body, ctype)
+        return await self._explain_route(parts.query)
+
+    def _readyz(self) -> _Response:
+        try:
+            if self._ready():
+                return _Response(200, "ready\n")
+            draining = self._draining is not None and self._draining()
+        except Exception as exc:
+            self._report("readiness check failed", exc)
+            return _Response(503, "not ready\n")
+        return _Response(503, "draining\n" if draining else "not ready\n")
+
+    async def _explain_route(self, query: str) -> _Response:
+        try:
+            params = parse_qs(query, keep_blank_values=True, max_num_fields=8)
+        except ValueError:
+            return _error(400, "too many query parameters")
+        args: dict[str, str] = {}
+        for name in ("from", "to"):
+            values = params.get(name, [])
+            if len(values) != 1 or not values[0]:
+                what = "repeated" if len(values) > 1 else "missing"
+                return _error(400, f"query parameter '{name}' {what}; use ?from=IP&to=HOST[:PORT]")
+            args[name] = values[0]
+        try:
+            ip_address(args["from"])
+        except ValueError:
+            return _error(400, "query parameter 'from' is not an IP address")
+        try:
+            result = self._explain(args["from"], args["to"])
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self._explain_timeout):
+                    result = await result
+            status, payload = result
+        except TimeoutError:
+            return _error(504, "explain timed out")
+        except Exception as exc:
+            self._report("explain failed", exc)
+            return _error(500, "explain failed")
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            self._report("explain returned a bad status", ValueError(repr(status)))
+            return _error(500, "explain failed")
+        return _json(status, payload)
+
+    def _report(self, message: str, exc: BaseException) -> None:
+        if self._log is not None:
+            self._log.log_error(message, error=f"{type(exc).__name__}: {exc}")
