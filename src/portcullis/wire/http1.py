@@ -158,9 +158,7 @@ def _parse_header_line(line: bytes | bytearray) -> tuple[str, str]:
     return name.lower().decode("ascii"), line[colon + 1 :].strip(b" \t").decode("latin-1")
 
 
-def parse_request_head(
-    buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE
-) -> RequestHead | None:
+def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) -> RequestHead | None:
     """Parse one request head from the start of `buf`.
 
     None: the head is not complete yet. Errors are raised as early as the bytes
@@ -206,8 +204,7 @@ def parse_absolute_uri(target: str) -> tuple[str, Authority, str]:
     sep = target.find("://")
     if sep <= 0:
         raise BadRequest(
-            f"request target {target[:64]!r} is not absolute-form; "
-            "a proxy needs 'http://host/path'"
+            f"request target {target[:64]!r} is not absolute-form; a proxy needs 'http://host/path'"
         )
     scheme = target[:sep].lower()
     if scheme == "https":
