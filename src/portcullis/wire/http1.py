@@ -193,6 +193,8 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
 
 def parse_connect_target(target: str) -> Authority:
     """The `host:port` of a CONNECT request (authority-form, port required)."""
+    if "/" in target:
+        raise BadRequest(f"CONNECT target {target[:80]!r} must be host:port, not a URL")
     try:
         return parse_authority(target, None, "CONNECT target")
     except AuthorityError as exc:
