@@ -5,14 +5,21 @@ Exit codes: 0 ok, 1 a check failed or a request is denied, 2 usage or policy err
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import ipaddress
 import json
 from collections.abc import Callable, Sequence
 
 import click
 
 from portcullis import catalog
+from portcullis.config import Policy, PolicyError, load_policy
+from portcullis.observe.log import DecisionLog
+from portcullis.observe.metrics import Metrics
+from portcullis.policy.engine import Engine
+from portcullis.wire.authority import AuthorityError
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -185,4 +192,76 @@ def domains(
 # --- policy commands: validate, explain ---
 
 
+def _load_or_exit(path: str | None) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        click.echo(f"invalid policy {exc.source}:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  line {problem}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
+              help="Policy file to check.")
+def validate(path: str) -> None:
+    """Check a policy file; exit 0 when valid, 2 with every error listed."""
+    policy = _load_or_exit(path)
+    engine = Engine(policy)
+    names = sum(len(rule.destinations) for rule in engine.rules)
+    click.echo(
+        f"{path}: valid: {len(engine.rules)} rules, {names} destinations, "
+        f"{len(policy.sources)} source groups, mode {policy.mode}, default {policy.default}"
+    )
+
+
+@main.command()
+@click.option("--from", "source", required=True, help="Client IP address.")
+@click.option("--to", "target", required=True, help="HOST[:PORT] (port 443 when omitted).")
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Policy file (default: the embedded default policy).")
+@click.option("--no-resolve", is_flag=True, help="Decide on the name only; skip DNS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def explain(source: str, target: str, path: str | None, no_resolve: bool, as_json: bool) -> None:
+    """Show the rule that decides, why earlier rules did not, and the address checks.
+
+    Exit 0 when the connection would be allowed, 1 when denied, 2 on bad input.
+    """
+    from portcullis.proxy.live_explain import explain_live
+    from portcullis.proxy.state import FirewallState
+
+    policy = _load_or_exit(path)
+    try:
+        client = ipaddress.ip_address(source)
+    except ValueError:
+        click.echo(f"--from {source!r} is not an IP address", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    state = FirewallState(policy, DecisionLog(io.StringIO()), Metrics())
+    try:
+        result = asyncio.run(explain_live(state, client, target, resolve=not no_resolve))
+    except AuthorityError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+    raise SystemExit(EXIT_OK if result.verdict.allowed else EXIT_DENIED)
+
+
 # --- serving: serve ---
+
+
+@main.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Policy file (default: the embedded default policy).")
+@click.option("--log", "log_path", help="Decision log file (default: log.path, or stdout).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes sharing the listen ports (SO_REUSEPORT).")
+@click.option("--no-uvloop", is_flag=True, help="Use asyncio's own event loop.")
+def serve(path: str | None, log_path: str | None, workers: int, no_uvloop: bool) -> None:
+    """Run the firewall."""
+    from portcullis.proxy.run import serve_forever
+
+    policy = _load_or_exit(path)
+    raise SystemExit(
+        serve_forever(policy, path, log_path=log_path, workers=workers, use_uvloop=not no_uvloop)
+    )

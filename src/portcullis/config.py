@@ -116,12 +116,16 @@ IncludeTag = Literal["deprecated", "delivery", "china", "private", "unconfirmed"
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
+def _default_include() -> list[IncludeTag]:
+    return ["deprecated", "delivery"]
+
+
 class CatalogRef(_Model):
     """A reference to a built-in registry catalog, expanded when the policy loads."""
 
     catalog: str
     regions: list[str] | None = None
-    include: list[IncludeTag] = Field(default_factory=lambda: ["deprecated", "delivery"])
+    include: list[IncludeTag] = Field(default_factory=_default_include)
     params: dict[str, str] = Field(default_factory=dict)
     wildcards: bool = False
 

@@ -1,0 +1,194 @@
+"""The explicit listener: clients that set HTTPS_PROXY / HTTP_PROXY.
+
+`CONNECT host:port` is decided on the authority, resolved and checked, dialled,
+answered `200`; then the client's first bytes are peeked: on a TLS port they
+must be a ClientHello whose SNI is the CONNECT host. Absolute-form requests
+(`GET http://host/...`) go to the plain-HTTP path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+
+from portcullis.observe.events import new_connection_id
+from portcullis.policy.decisions import Decision, Reason
+from portcullis.policy.names import InvalidName, normalize_name
+from portcullis.proxy import plain
+from portcullis.proxy.relay import relay
+from portcullis.proxy.responses import error_response
+from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.upstream import Refused, dial, resolve_and_check
+from portcullis.wire.http1 import HttpError, RequestHead, parse_connect_target, parse_request_head
+from portcullis.wire.tls import ClientHello, ClientHelloError, parse_client_hello
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_READ = 65536
+
+
+class ClientGone(Exception):
+    """The client closed or reset before sending a whole request head."""
+
+
+async def read_head(
+    state: FirewallState, conn: socket.socket, buffer: bytearray
+) -> tuple[RequestHead, bytes]:
+    """Read one request head within the header timeout; return it and any bytes after it."""
+    loop = asyncio.get_running_loop()
+    limits = state.policy.limits
+    deadline = time.monotonic() + limits.header_timeout
+    while True:
+        head = parse_request_head(buffer, limits.header_bytes) if buffer else None
+        if head is not None:
+            return head, bytes(buffer[head.head_length :])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(conn, _READ), remaining)
+        except (ConnectionError, OSError) as exc:
+            raise ClientGone from exc
+        if not data:
+            raise ClientGone
+        buffer += data
+
+
+async def read_client_hello(
+    state: FirewallState, conn: socket.socket, peeked: bytes
+) -> tuple[ClientHello, bytes]:
+    """Read until a whole ClientHello is in; TimeoutError, ClientGone or ClientHelloError."""
+    loop = asyncio.get_running_loop()
+    buffer = bytearray(peeked)
+    deadline = time.monotonic() + state.policy.limits.client_hello_timeout
+    while True:
+        hello = parse_client_hello(buffer) if buffer else None
+        if hello is not None:
+            return hello, bytes(buffer)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(conn, _READ), remaining)
+        except (ConnectionError, OSError) as exc:
+            raise ClientGone from exc
+        if not data:
+            raise ClientGone
+        buffer += data
+
+
+def sni_problem(hello: ClientHello, host: str, is_ip: bool, ech_policy: str) -> Reason | None:
+    """Why this ClientHello may not go to `host`, or None when it may."""
+    if hello.has_ech and ech_policy == "deny":
+        return Reason.ECH_PRESENT
+    if hello.sni is None:
+        # Clients send no SNI to an IP literal; for a name its absence hides the target.
+        return None if is_ip else Reason.NO_SNI
+    try:
+        sni = normalize_name(hello.sni)
+    except InvalidName:
+        return Reason.SNI_MISMATCH
+    return None if sni == host else Reason.SNI_MISMATCH
+
+
+async def send_quietly(conn: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().sock_sendall(conn, data)
+
+
+async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int]) -> None:
+    """Serve one client connection of the explicit listener; always closes `conn`."""
+    attempt = Attempt(state, "explicit", peer[0], peer[1], new_connection_id())
+    try:
+        await _serve(state, conn, attempt)
+    finally:
+        conn.close()
+
+
+async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
+    buffer = bytearray()
+    try:
+        head, rest = await read_head(state, conn, buffer)
+    except ClientGone:
+        return
+    except TimeoutError:
+        attempt.refuse(Reason.HEADER_TIMEOUT)
+        attempt.record()
+        await send_quietly(conn, error_response(408, attempt, "no complete request head in time"))
+        return
+    except HttpError as exc:
+        attempt.refuse(exc.reason)
+        attempt.record()
+        await send_quietly(conn, error_response(exc.status, attempt, exc.message))
+        return
+    if head.method == "CONNECT":
+        await _connect(state, conn, attempt, head, rest)
+    else:
+        attempt.mode = "http"
+        await plain.serve(state, conn, attempt, bytes(buffer))
+
+
+async def _connect(
+    state: FirewallState, conn: socket.socket, attempt: Attempt, head: RequestHead, rest: bytes
+) -> None:
+    try:
+        authority = parse_connect_target(head.target)
+    except HttpError as exc:
+        attempt.refuse(exc.reason)
+        attempt.record()
+        await send_quietly(conn, error_response(exc.status, attempt, exc.message))
+        return
+    host, port, is_ip = authority.host, authority.port, authority.is_ip
+    attempt.host, attempt.port = host, port
+    engine = state.engine
+    client_ip = ipaddress.ip_address(attempt.client.partition("%")[0])
+    verdict = engine.decide(client_ip, host, port, is_ip=is_ip)
+    attempt.set_verdict(verdict)
+    if not verdict.allowed:
+        attempt.record()
+        await send_quietly(conn, error_response(403, attempt))
+        return
+    try:
+        addresses = await resolve_and_check(state, attempt, verdict, host, is_ip)
+        upstream = await dial(state, attempt, addresses, port)
+    except Refused as refusal:
+        attempt.record()
+        await send_quietly(conn, error_response(refusal.status, attempt, refusal.message))
+        return
+    try:
+        await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
+        peeked = rest
+        if port in state.policy.tls_ports:
+            problem: Reason | None
+            try:
+                hello, peeked = await read_client_hello(state, conn, rest)
+                problem = sni_problem(hello, host, is_ip, state.policy.transparent.ech)
+                attempt.sni = hello.sni
+            except ClientHelloError as exc:
+                problem = exc.reason
+            except TimeoutError:
+                problem = Reason.HEADER_TIMEOUT
+            if problem is not None:
+                attempt.set_verdict(engine.refuse(problem, verdict.rule))
+                if problem in (Reason.HEADER_TIMEOUT, Reason.BAD_REQUEST):
+                    attempt.refuse(problem)  # no mode lets an unreadable hello through
+                if attempt.decision is Decision.DENY:
+                    attempt.record()
+                    upstream.close()
+                    return
+    except (ClientGone, OSError):
+        attempt.record()
+        upstream.close()
+        return
+    attempt.record()
+    state.metrics.connection_opened("explicit")
+    try:
+        result = await relay(
+            conn, upstream, initial_up=peeked, idle_timeout=state.policy.limits.idle_timeout
+        )
+    finally:
+        state.metrics.connection_closed("explicit")
+    attempt.record_close(result.bytes_up, result.bytes_down, result.close_reason.value)
+

@@ -1,0 +1,209 @@
+"""Plain HTTP through the proxy: absolute-form requests (`GET http://host/...`).
+
+h11 parses the client's messages and re-serializes them towards the upstream,
+and parses the upstream's answers and re-serializes them to the client. Bytes
+are never forwarded as received, so the upstream sees one unambiguous framing
+(Content-Length or chunked, decided by h11) whatever the client sent: a message
+the proxy and the upstream could split differently cannot get through.
+The first head was already checked by the strict parser; every head, first or
+later on a kept-alive connection, is checked again by `check_request` (Host
+agreement, Content-Length / Transfer-Encoding conflicts) before it is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+import h11
+
+from portcullis.observe.events import new_connection_id
+from portcullis.policy.decisions import Reason
+from portcullis.proxy.responses import error_response
+from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.upstream import Refused, dial, resolve_and_check
+from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_absolute_uri
+
+_READ = 65536
+# Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never forwarded.
+# Content-Length and Transfer-Encoding stay: h11 frames the message from them.
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization",
+     b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
+)
+
+
+class _Closed(Exception):
+    """One side closed or failed: stop serving this connection."""
+
+
+def _forwardable(headers: Any) -> list[tuple[bytes, bytes]]:
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in listed]
+
+
+def _as_head(event: h11.Request) -> RequestHead:
+    return RequestHead(
+        method=event.method.decode("ascii"),
+        target=event.target.decode("ascii"),
+        version="HTTP/" + event.http_version.decode("ascii"),
+        headers=tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers),
+        head_length=0,
+    )
+
+
+class _Upstream:
+    def __init__(self, key: tuple[str, int], sock: socket.socket) -> None:
+        self.key = key
+        self.sock = sock
+        self.conn = h11.Connection(h11.CLIENT)
+
+
+async def _next_event(
+    conn: h11.Connection, sock: socket.socket, timeout: float
+) -> Any:
+    loop = asyncio.get_running_loop()
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, _READ), timeout)
+        except (OSError, TimeoutError) as exc:
+            raise _Closed from exc
+        conn.receive_data(data)
+
+
+async def _send(sock: socket.socket, data: bytes | None) -> None:
+    if data:
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, data)
+        except OSError as exc:
+            raise _Closed from exc
+
+
+async def serve(
+    state: FirewallState, conn: socket.socket, attempt: Attempt, raw: bytes
+) -> None:
+    """Serve absolute-form requests on `conn` until either side closes."""
+    limits = state.policy.limits
+    client = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes)
+    client.receive_data(raw)
+    upstream: _Upstream | None = None
+    sent_up = sent_down = 0
+    try:
+        while True:
+            try:
+                event = await _next_event(client, conn, limits.header_timeout)
+            except h11.RemoteProtocolError as exc:
+                attempt.refuse(Reason.BAD_REQUEST)
+                attempt.record()
+                await _send(conn, error_response(400, attempt, str(exc)))
+                return
+            if not isinstance(event, h11.Request):
+                return  # ConnectionClosed or a client that went away
+            try:
+                authority = check_request(_as_head(event))
+            except HttpError as exc:
+                attempt.refuse(exc.reason)
+                attempt.record()
+                await _send(conn, error_response(exc.status, attempt, exc.message))
+                return
+            attempt.host, attempt.port = authority.host, authority.port
+            client_ip = ipaddress.ip_address(attempt.client.partition("%")[0])
+            verdict = state.engine.decide(
+                client_ip, authority.host, authority.port, is_ip=authority.is_ip
+            )
+            attempt.set_verdict(verdict)
+            if not verdict.allowed:
+                attempt.record()
+                await _send(conn, error_response(403, attempt))
+                return
+            key = (authority.host, authority.port)
+            if upstream is None or upstream.key != key:
+                if upstream is not None:
+                    upstream.sock.close()
+                    upstream = None
+                try:
+                    addresses = await resolve_and_check(
+                        state, attempt, verdict, authority.host, authority.is_ip
+                    )
+                    upstream = _Upstream(key, await dial(state, attempt, addresses, key[1]))
+                except Refused as refusal:
+                    attempt.record()
+                    await _send(conn, error_response(refusal.status, attempt, refusal.message))
+                    return
+            attempt.record()
+            up, down = await _exchange(state, client, conn, upstream, event)
+            sent_up += up
+            sent_down += down
+            if client.our_state is not h11.DONE or client.their_state is not h11.DONE:
+                return
+            client.start_next_cycle()
+            if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
+                upstream.conn.start_next_cycle()
+            else:
+                upstream.sock.close()
+                upstream = None
+            # The next request on this connection is a new decision with its own record.
+            attempt.record_close(sent_up, sent_down, "done")
+            sent_up = sent_down = 0
+            attempt = Attempt(state, "http", attempt.client, attempt.client_port,
+                              new_connection_id())
+    except _Closed:
+        pass
+    finally:
+        if upstream is not None:
+            upstream.sock.close()
+        if attempt.logged:
+            attempt.record_close(sent_up, sent_down, "closed")
+
+
+async def _exchange(
+    state: FirewallState,
+    client: h11.Connection,
+    conn: socket.socket,
+    upstream: _Upstream,
+    request: h11.Request,
+) -> tuple[int, int]:
+    """Forward one request with its body, then its response; return body byte counts."""
+    timeout = state.policy.limits.idle_timeout
+    _, _, path = parse_absolute_uri(request.target.decode("ascii"))
+    outgoing = h11.Request(
+        method=request.method, target=path.encode("ascii"), headers=_forwardable(request.headers),
+        http_version=request.http_version,
+    )
+    up = down = 0
+    await _send(upstream.sock, upstream.conn.send(outgoing))
+    while True:
+        event = await _next_event(client, conn, timeout)
+        if isinstance(event, h11.Data):
+            up += len(event.data)
+        await _send(upstream.sock, upstream.conn.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            break
+    while True:
+        try:
+            event = await _next_event(upstream.conn, upstream.sock, timeout)
+        except h11.RemoteProtocolError as exc:
+            raise _Closed from exc
+        if isinstance(event, h11.ConnectionClosed):
+            raise _Closed
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            event = type(event)(
+                status_code=event.status_code, headers=_forwardable(event.headers),
+                reason=event.reason, http_version=event.http_version,
+            )
+        elif isinstance(event, h11.Data):
+            down += len(event.data)
+        await _send(conn, client.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            break
+    return up, down

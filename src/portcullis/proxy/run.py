@@ -1,0 +1,58 @@
+"""Process start-up for `portcullis serve`: one process, or N workers sharing the
+listen ports with SO_REUSEPORT (the kernel spreads new connections over them)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+from portcullis.config import Policy
+from portcullis.observe.log import DecisionLog
+from portcullis.proxy.loop import run
+from portcullis.proxy.server import Server
+from portcullis.tools.summary import policy_summary
+
+
+def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bool,
+               use_uvloop: bool, announce: bool) -> int:
+    log = DecisionLog(log_path or policy.log.path)
+
+    async def main() -> None:
+        server = Server(policy, policy_path=path, log=log, reuse_port=reuse)
+        await server.start()
+        listening = {mode: "{}:{}".format(*server.bound(mode)) for mode in server.listeners}
+        log.log_info("listening", pid=os.getpid(), **listening)
+        if announce:
+            print(policy_summary(policy, server.state.engine, listening), file=sys.stderr)
+        await server.wait_stopped()
+
+    run(main(), use_uvloop=use_uvloop)
+    return 0
+
+
+def serve_forever(policy: Policy, path: str | None, *, log_path: str | None, workers: int,
+                  use_uvloop: bool) -> int:
+    if workers == 1:
+        return _serve_one(policy, path, log_path, False, use_uvloop, True)
+    children: list[int] = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = _serve_one(policy, path, log_path, True, use_uvloop, index == 0)
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1

@@ -1,0 +1,221 @@
+"""Listeners, the accept loops, reload and drain: the only place that owns sockets
+for the life of the process.
+
+- SIGHUP, or a change of the policy file's mtime, reloads: the new file is
+  validated and compiled first; a bad file keeps the old policy, is logged and
+  counted, and established tunnels never notice either way.
+- SIGTERM / SIGINT drain: /readyz fails, listeners close, open connections get
+  `drain_timeout` to finish, then are cancelled; exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from portcullis.config import Policy, PolicyError, load_policy, parse_hostport
+from portcullis.observe.admin import AdminServer
+from portcullis.observe.log import DecisionLog
+from portcullis.observe.metrics import Metrics
+from portcullis.policy.engine import Engine
+from portcullis.proxy.explicit import handle_explicit
+from portcullis.proxy.responses import error_response
+from portcullis.proxy.state import Attempt, FirewallState
+
+Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
+WATCH_INTERVAL = 2.0
+
+
+def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
+    host, port = parse_hostport(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6 and host in ("::", ""):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        policy_path: str | None,
+        log: DecisionLog,
+        reuse_port: bool = False,
+    ) -> None:
+        self.policy_path = policy_path
+        self.metrics = Metrics()
+        self.state = FirewallState(policy, log, self.metrics)
+        self.reuse_port = reuse_port
+        self.listeners: dict[str, socket.socket] = {}
+        self.admin: AdminServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._mtime = self._policy_mtime()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        policy = self.state.policy
+        handlers: dict[str, Handler] = {"explicit": handle_explicit}
+        if policy.listen.transparent is not None:
+            self.state.log.log_error("transparent mode is not available in this build")
+        for mode, handler in handlers.items():
+            address = getattr(policy.listen, mode)
+            if address is None:
+                continue
+            sock = bind_listener(address, reuse_port=self.reuse_port)
+            self.listeners[mode] = sock
+            task = asyncio.create_task(self._accept_loop(sock, handler, mode))
+            self._accepting.append(task)
+        if policy.listen.admin is not None:
+            from portcullis.proxy.live_explain import explain_for_admin
+
+            self.admin = AdminServer(
+                metrics=self.metrics,
+                ready=lambda: not self.state.draining,
+                draining=lambda: self.state.draining,
+                explain=lambda src, dst: explain_for_admin(self.state, src, dst),
+                allowed_clients=policy.admin_allow,
+                log=self.state.log,
+            )
+            host, port = parse_hostport(policy.listen.admin)
+            if self.reuse_port:
+                await self.admin.start_socket(bind_listener(policy.listen.admin, reuse_port=True))
+            else:
+                await self.admin.start(host, port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_drain)
+        if self.policy_path is not None:
+            self._accepting.append(asyncio.create_task(self._watch_policy()))
+
+    def bound(self, mode: str) -> tuple[str, int]:
+        name = self.listeners[mode].getsockname()
+        return str(name[0]), int(name[1])
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def begin_drain(self) -> None:
+        if self.state.draining:
+            return
+        self.state.draining = True
+        self.state.log.log_info("draining", open_connections=len(self._tasks))
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        for sock in self.listeners.values():
+            sock.close()
+        timeout = self.state.policy.limits.drain_timeout
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout or None)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self.admin is not None:
+            await self.admin.close()
+        self.state.log.log_info("stopped")
+        self._stopped.set()
+
+    # -- accepting --------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket, handler: Handler, mode: str) -> None:
+        loop = asyncio.get_running_loop()
+        limits = self.state.policy.limits
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError as exc:
+                # EMFILE/ENFILE: out of descriptors. Back off instead of spinning;
+                # the clients still queued will be served when fds free up.
+                self.state.log.log_error("accept failed", error=str(exc), mode=mode)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            if len(self._tasks) >= limits.max_connections or self.state.draining:
+                self._refuse_over_capacity(conn, peer, mode)
+                continue
+            task = loop.create_task(self._guard(handler, conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, handler: Handler, conn: socket.socket, peer: Any) -> None:
+        try:
+            await handler(self.state, conn, (str(peer[0]), int(peer[1])))
+        except asyncio.CancelledError:
+            conn.close()
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            conn.close()
+            self.state.log.log_error("handler failed", error=repr(exc), client=str(peer[0]))
+
+    def _refuse_over_capacity(self, conn: socket.socket, peer: Any, mode: str) -> None:
+        from portcullis.observe.events import new_connection_id
+        from portcullis.policy.decisions import Reason
+
+        attempt = Attempt(self.state, "explicit", str(peer[0]), int(peer[1]), new_connection_id())
+        attempt.refuse(Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY)
+        attempt.record()
+        if mode == "explicit":
+            with contextlib.suppress(OSError):
+                conn.send(error_response(503, attempt, "the proxy is at its connection limit"))
+        conn.close()
+
+    # -- reloading ----------------------------------------------------------------
+
+    def _policy_mtime(self) -> float | None:
+        if self.policy_path is None:
+            return None
+        try:
+            return os.stat(self.policy_path).st_mtime
+        except OSError:
+            return None
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            mtime = self._policy_mtime()
+            if mtime is not None and mtime != self._mtime:
+                self.reload()
+
+    def reload(self) -> bool:
+        """Validate, compile and install the policy file; keep the old one on error."""
+        self._mtime = self._policy_mtime()
+        log = self.state.log
+        try:
+            policy = load_policy(Path(self.policy_path) if self.policy_path else None)
+            engine = Engine(policy)
+        except PolicyError as exc:
+            self.metrics.reload(False)
+            log.log_error("reload rejected; the previous policy stays", problems=exc.problems)
+            return False
+        except Exception as exc:  # compile bugs must not take the old policy down
+            self.metrics.reload(False)
+            log.log_error("reload failed; the previous policy stays", error=repr(exc))
+            return False
+        if policy.listen != self.state.policy.listen:
+            log.log_info("listen addresses changed; they apply after a restart")
+        self.state.install(policy, engine)
+        self.metrics.reload(True)
+        log.reopen()
+        log.log_info("policy reloaded", rules=len(engine.rules))
+        return True
+

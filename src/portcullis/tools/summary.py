@@ -1,0 +1,35 @@
+"""The one-screen summary `portcullis serve` prints at start: where it listens
+and what it allows, so an operator sees at once whether the policy is the one
+they meant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from portcullis.config import Policy
+from portcullis.policy.engine import Engine
+
+_SHOWN = 8
+
+
+def policy_summary(policy: Policy, engine: Engine, listening: Mapping[str, str]) -> str:
+    lines = ["portcullis is running"]
+    for mode, address in listening.items():
+        hint = f"  (HTTPS_PROXY=http://{address})" if mode == "explicit" else ""
+        lines.append(f"  {mode:<12} {address}{hint}")
+    if policy.listen.admin:
+        lines.append(f"  {'admin':<12} {policy.listen.admin}  (/metrics /healthz /readyz /explain)")
+    lines.append(f"mode {policy.mode}, default {policy.default}")
+    for group, networks in policy.sources.items():
+        lines.append(f"source {group}: {', '.join(str(n) for n in networks)}")
+    for rule in engine.rules:
+        ports = ",".join(str(p) for p in sorted(rule.ports))
+        shown = ", ".join(rule.destinations[:_SHOWN])
+        more = len(rule.destinations) - _SHOWN
+        tail = f", ... (+{more} more)" if more > 0 else ""
+        lines.append(
+            f"rule {rule.name}: {rule.action.value} {', '.join(sorted(rule.groups))}"
+            f" -> port {ports}: {shown}{tail}"
+        )
+    lines.append(f"everything else: {policy.default}")
+    return "\n".join(lines)
