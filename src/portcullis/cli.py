@@ -265,3 +265,7 @@ def serve(path: str | None, log_path: str | None, workers: int, no_uvloop: bool)
     raise SystemExit(
         serve_forever(policy, path, log_path=log_path, workers=workers, use_uvloop=not no_uvloop)
     )
+
+
+if __name__ == "__main__":
+    main()

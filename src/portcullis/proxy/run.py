@@ -23,6 +23,9 @@ def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bo
         server = Server(policy, policy_path=path, log=log, reuse_port=reuse)
         await server.start()
         listening = {mode: "{}:{}".format(*server.bound(mode)) for mode in server.listeners}
+        if server.admin is not None and policy.listen.admin is not None:
+            host = policy.listen.admin.rpartition(":")[0].strip("[]")
+            listening["admin"] = f"{host}:{server.admin.bound_port}"
         log.log_info("listening", pid=os.getpid(), **listening)
         if announce:
             print(policy_summary(policy, server.state.engine, listening), file=sys.stderr)

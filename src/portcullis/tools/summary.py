@@ -15,10 +15,10 @@ _SHOWN = 8
 def policy_summary(policy: Policy, engine: Engine, listening: Mapping[str, str]) -> str:
     lines = ["portcullis is running"]
     for mode, address in listening.items():
-        hint = f"  (HTTPS_PROXY=http://{address})" if mode == "explicit" else ""
+        hints = {"explicit": f"  (HTTPS_PROXY=http://{address})",
+                 "admin": "  (/metrics /healthz /readyz /explain)"}
+        hint = hints.get(mode, "")
         lines.append(f"  {mode:<12} {address}{hint}")
-    if policy.listen.admin:
-        lines.append(f"  {'admin':<12} {policy.listen.admin}  (/metrics /healthz /readyz /explain)")
     lines.append(f"mode {policy.mode}, default {policy.default}")
     for group, networks in policy.sources.items():
         lines.append(f"source {group}: {', '.join(str(n) for n in networks)}")

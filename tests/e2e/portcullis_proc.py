@@ -1,0 +1,143 @@
+"""Run Portcullis as a real process (`portcullis serve -c FILE --log FILE`) for e2e tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PORTCULLIS = [sys.executable, "-m", "portcullis.cli"]
+
+
+def policy_for(
+    hosts: dict[str, list[str]], to: list[Any], *, mode: str = "enforce",
+    allow_ranges: tuple[str, ...] = ("127.0.0.2/32", "127.0.0.3/32"),
+    sources: tuple[str, ...] = ("127.0.0.0/8",), extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A policy for the loopback testbed: the names resolve through static hosts,
+    and only the testbed's own addresses are admitted by allow_ranges."""
+    policy: dict[str, Any] = {
+        "version": 1,
+        "mode": mode,
+        "listen": {"explicit": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "sources": {"workers": list(sources)},
+        "rules": [{"name": "registry", "from": ["workers"], "to": to, "ports": [443]}]
+        if to else [],
+        "resolver": {"hosts": hosts, "allow_ranges": list(allow_ranges), "timeout": 2},
+        "limits": {"drain_timeout": 20, "header_timeout": 5},
+    }
+    policy.update(extra or {})
+    return policy
+
+
+@dataclass
+class RunningPortcullis:
+    proc: subprocess.Popen[str]
+    policy_path: Path
+    log_path: Path
+    explicit: tuple[str, int]
+    admin: tuple[str, int]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.explicit[0]}:{self.explicit[1]}"
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            record = json.loads(line)
+            if event is None or record.get("event") == event:
+                out.append(record)
+        return out
+
+    def decisions(self, host: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.records("decision") if host is None or r["host"] == host]
+
+    def write_policy(self, policy: dict[str, Any] | str) -> None:
+        text = policy if isinstance(policy, str) else yaml.safe_dump(policy)
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.policy_path)
+
+    def reload(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
+
+    def wait_for_log(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.records():
+                if predicate(record):
+                    return record
+            time.sleep(0.05)
+        raise AssertionError(f"no matching log record within {timeout}s: {self.records()[-5:]}")
+
+    def connect(self, target: str, *, read: bool = True) -> tuple[socket.socket, bytes]:
+        """Send `CONNECT target` and return the socket and the answer head."""
+        sock = socket.create_connection(self.explicit, timeout=10)
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        answer = b""
+        while read and b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return sock, answer
+
+
+@contextlib.contextmanager
+def run_portcullis(
+    workdir: Path, policy: dict[str, Any], *, args: tuple[str, ...] = ()
+) -> Iterator[RunningPortcullis]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    policy_path = workdir / "policy.yaml"
+    log_path = workdir / "decisions.jsonl"
+    policy_path.write_text(yaml.safe_dump(policy))
+    log_path.write_text("")
+    stderr = (workdir / "stderr.txt").open("w")
+    proc = subprocess.Popen(
+        [*PORTCULLIS, "serve", "-c", str(policy_path), "--log", str(log_path), *args],
+        stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        listening: dict[str, Any] | None = None
+        while listening is None:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"portcullis exited {proc.returncode}: {(workdir / 'stderr.txt').read_text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError("portcullis did not start within 20 s")
+            for line in log_path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("msg") == "listening":
+                    listening = record
+            time.sleep(0.05)
+
+        def split(text: str) -> tuple[str, int]:
+            host, _, port = text.rpartition(":")
+            return host, int(port)
+
+        yield RunningPortcullis(
+            proc, policy_path, log_path, split(listening["explicit"]), split(listening["admin"])
+        )
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stderr.close()
