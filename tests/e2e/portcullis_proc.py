@@ -22,11 +22,13 @@ PORTCULLIS = [sys.executable, "-m", "portcullis.cli"]
 
 def policy_for(
     hosts: dict[str, list[str]], to: list[Any], *, mode: str = "enforce",
-    allow_ranges: tuple[str, ...] = ("127.0.0.2/32", "127.0.0.3/32"),
+    allow_ranges: tuple[str, ...] | None = None,
     sources: tuple[str, ...] = ("127.0.0.0/8",), extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A policy for the loopback testbed: the names resolve through static hosts,
     and only the testbed's own addresses are admitted by allow_ranges."""
+    if allow_ranges is None:  # the testbed's own addresses, and nothing else
+        allow_ranges = tuple(sorted({f"{a}/32" for addrs in hosts.values() for a in addrs}))
     policy: dict[str, Any] = {
         "version": 1,
         "mode": mode,

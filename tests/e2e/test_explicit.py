@@ -46,7 +46,8 @@ def test_pull_succeeds_when_registry_and_delivery_host_are_allowed(
             assert record["mode"] == "explicit"
             assert record["reason"] == "rule_allow" and record["rule"] == "registry"
             assert record["sni"] == record["host"]
-            assert record["dialed"] in {"127.0.0.2:443", "127.0.0.3:443"}
+            assert record["dialed"] in {f"{a}:443" for a in (*testbed.hosts["us.icr.io"],
+                                                             *testbed.hosts["dd0.icr.io"])}
         closes = proxy.records("close")
         assert sum(c["bytes_down"] for c in closes) > testbed.image.total_size
 
@@ -115,7 +116,9 @@ def test_allowed_name_resolving_to_a_forbidden_address_is_refused(
     testbed: Testbed, tmp_path: Path, address: str
 ) -> None:
     hosts = {**testbed.hosts, "us.icr.io": [address]}
-    policy = policy_for(hosts, ["us.icr.io"])
+    # allow_ranges admits only the real testbed, never the forbidden address.
+    policy = policy_for(hosts, ["us.icr.io"], allow_ranges=tuple(
+        f"{a}/32" for addrs in testbed.hosts.values() for a in addrs))
     with run_portcullis(tmp_path / "p", policy) as proxy:
         sock, answer = proxy.connect("us.icr.io:443")
         sock.close()
