@@ -163,9 +163,10 @@ class _Direction:
     # -- registration -------------------------------------------------------
 
     def start(self) -> None:
-        if self._flush():
+        drained = self._flush()
+        if drained:
             self._resume_reading()
-        else:
+        elif drained is not None:
             self._wait_writable()
 
     def _resume_reading(self) -> None:
@@ -245,7 +246,11 @@ class _Direction:
         """
         pipe = self.pipe
         if pipe is None:
-            pipe = self.pipe = _acquire_pipe()
+            try:
+                pipe = self.pipe = _acquire_pipe()
+            except OSError:
+                # Out of fds (EMFILE/ENFILE): this tunnel can still move bytes by copying.
+                return self._pump_copy()
         for _ in range(_BURST):
             try:
                 n = os.splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE_FLAGS)
@@ -262,7 +267,7 @@ class _Direction:
                 break
             self.in_pipe += n
             drained = self._flush_pipe()
-            if not drained:
+            if not drained or not self.splice:
                 return drained
             # Short read: the socket is very likely empty; the level-triggered
             # readiness will call again if not, so skip the EAGAIN round trip.
