@@ -13,6 +13,8 @@ import contextlib
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Decision, Reason
@@ -25,6 +27,7 @@ from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.http1 import HttpError, RequestHead, parse_connect_target, parse_request_head
 from portcullis.wire.tls import ClientHello, ClientHelloError, parse_client_hello
 
+T = TypeVar("T")
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _READ = 65536
 
@@ -33,50 +36,53 @@ class ClientGone(Exception):
     """The client closed or reset before sending a whole request head."""
 
 
-async def read_head(
-    state: FirewallState, conn: socket.socket, buffer: bytearray
-) -> tuple[RequestHead, bytes]:
-    """Read one request head within the header timeout; return it and any bytes after it."""
+async def read_until(
+    conn: socket.socket, buffer: bytearray, timeout: float, parse: Callable[[bytearray], T | None]
+) -> T:
+    """Receive into `buffer` until `parse` returns a value, within `timeout` overall.
+
+    TimeoutError when too slow, ClientGone when the client closed or reset, and
+    whatever `parse` raises for bad bytes.
+    """
     loop = asyncio.get_running_loop()
-    limits = state.policy.limits
-    deadline = time.monotonic() + limits.header_timeout
+    deadline = time.monotonic() + timeout
     while True:
-        head = parse_request_head(buffer, limits.header_bytes) if buffer else None
-        if head is not None:
-            return head, bytes(buffer[head.head_length :])
+        result = parse(buffer) if buffer else None
+        if result is not None:
+            return result
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         try:
             data = await asyncio.wait_for(loop.sock_recv(conn, _READ), remaining)
-        except (ConnectionError, OSError) as exc:
+        except TimeoutError:
+            raise  # an OSError subclass, but it means "too slow", not "gone"
+        except OSError as exc:
             raise ClientGone from exc
         if not data:
             raise ClientGone
         buffer += data
+
+
+async def read_head(
+    state: FirewallState, conn: socket.socket, buffer: bytearray
+) -> tuple[RequestHead, bytes]:
+    """Read one request head within the header timeout; return it and any bytes after it."""
+    limits = state.policy.limits
+    head = await read_until(
+        conn, buffer, limits.header_timeout, lambda b: parse_request_head(b, limits.header_bytes)
+    )
+    return head, bytes(buffer[head.head_length :])
 
 
 async def read_client_hello(
     state: FirewallState, conn: socket.socket, peeked: bytes
 ) -> tuple[ClientHello, bytes]:
     """Read until a whole ClientHello is in; TimeoutError, ClientGone or ClientHelloError."""
-    loop = asyncio.get_running_loop()
     buffer = bytearray(peeked)
-    deadline = time.monotonic() + state.policy.limits.client_hello_timeout
-    while True:
-        hello = parse_client_hello(buffer) if buffer else None
-        if hello is not None:
-            return hello, bytes(buffer)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(conn, _READ), remaining)
-        except (ConnectionError, OSError) as exc:
-            raise ClientGone from exc
-        if not data:
-            raise ClientGone
-        buffer += data
+    timeout = state.policy.limits.client_hello_timeout
+    hello = await read_until(conn, buffer, timeout, parse_client_hello)
+    return hello, bytes(buffer)
 
 
 def sni_problem(hello: ClientHello, host: str, is_ip: bool, ech_policy: str) -> Reason | None:

@@ -1,0 +1,265 @@
+"""Plain HTTP through the explicit listener (absolute-form), and the proxy's
+error answers: 400, 403, 431, 502 (DNS, refused), 503 (limit), 504 (timeout)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import h11
+import pytest
+
+from tests.dnsserver import DnsServer
+from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+
+pytestmark = pytest.mark.e2e
+
+ECHO_IP = "127.0.0.4"
+SILENT_IP = "127.0.0.5"
+CLOSED_IP = "127.0.0.6"
+
+
+class EchoServer:
+    """A real HTTP/1.1 server (h11 on sockets) answering with what it received."""
+
+    def __init__(self, host: str) -> None:
+        self.listener = socket.create_server((host, 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        server = h11.Connection(h11.SERVER)
+        with conn:
+            while True:
+                request, body = None, b""
+                while True:
+                    event = server.next_event()
+                    if event is h11.NEED_DATA:
+                        data = conn.recv(65536)
+                        server.receive_data(data)
+                        if not data and server.their_state is not h11.DONE:
+                            return
+                        continue
+                    if isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                assert request is not None
+                answer = json.dumps({
+                    "method": request.method.decode(),
+                    "target": request.target.decode(),
+                    "headers": [[n.decode(), v.decode()] for n, v in request.headers],
+                    "body_sha256": hashlib.sha256(body).hexdigest(),
+                    "body_len": len(body),
+                }).encode()
+                conn.sendall(server.send(h11.Response(status_code=200, headers=[
+                    ("content-type", "application/json"), ("content-length", str(len(answer)))])))
+                if request.method != b"HEAD":
+                    conn.sendall(server.send(h11.Data(data=answer)))
+                conn.sendall(server.send(h11.EndOfMessage()))
+                if server.our_state is h11.MUST_CLOSE:
+                    return
+                server.start_next_cycle()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer(ECHO_IP)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[int]:
+    """A listener whose accept queue is full: further SYNs are dropped (connect timeout)."""
+    listener = socket.socket()
+    listener.bind((SILENT_IP, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((SILENT_IP, port))
+        fillers.append(s)
+    time.sleep(0.2)
+    yield port
+    for s in fillers:
+        s.close()
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, silent: int
+          ) -> Iterator[RunningPortcullis]:
+    with DnsServer().start() as dns:
+        dns.fail(None, "nxdomain")
+        hosts = {"echo.example": [ECHO_IP], "silent.example": [SILENT_IP],
+                 "closed.example": [CLOSED_IP]}
+        policy = policy_for(hosts, [], extra={"limits": {
+            "max_connections": 4, "header_timeout": 3, "connect_timeout": 1,
+        }})
+        policy["resolver"]["servers"] = [dns.server]
+        policy["resolver"]["timeout"] = 1
+        policy["rules"] = [{
+            "name": "web", "from": ["workers"],
+            "to": ["echo.example", "silent.example", "closed.example", "missing.example"],
+            "ports": [echo.port, silent, 80],
+        }]
+        with run_portcullis(tmp_path_factory.mktemp("plain"), policy) as running:
+            yield running
+
+
+def exchange(proxy: RunningPortcullis, raw: bytes, *, answers: int = 1) -> list[bytes]:
+    """Send raw bytes, read `answers` whole responses (Content-Length framed)."""
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(raw)
+        out: list[bytes] = []
+        buffer = b""
+        while len(out) < answers:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while b"\r\n\r\n" in buffer:
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if b"HEAD " in raw and len(out) == 0 and raw.startswith(b"HEAD"):
+                    length = 0
+                if len(rest) < length:
+                    break
+                out.append(head + b"\r\n\r\n" + rest[:length])
+                buffer = rest[length:]
+        return out
+
+
+def body_of(answer: bytes) -> dict[str, object]:
+    return json.loads(answer.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
+
+
+def test_get_absolute_form_is_forwarded_in_origin_form(proxy: RunningPortcullis,
+                                                       echo: EchoServer) -> None:
+    raw = (f"GET http://echo.example:{echo.port}/v2/?q=1 HTTP/1.1\r\n"
+           f"Host: echo.example:{echo.port}\r\nProxy-Connection: keep-alive\r\n"
+           "Connection: close\r\n\r\n").encode()
+    [answer] = exchange(proxy, raw)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    seen = body_of(answer)
+    assert seen["method"] == "GET" and seen["target"] == "/v2/?q=1"
+    names = [n for n, _ in seen["headers"]]  # type: ignore[union-attr]
+    assert "host" in names and "proxy-connection" not in names
+    record = proxy.decisions("echo.example")[-1]
+    assert (record["mode"], record["decision"], record["port"]) == ("http", "allow", echo.port)
+
+
+def test_head_and_post_with_length_and_chunked_bodies(proxy: RunningPortcullis,
+                                                      echo: EchoServer) -> None:
+    host = f"echo.example:{echo.port}"
+    head = exchange(proxy, f"HEAD http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
+                           "Connection: close\r\n\r\n".encode())[0]
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+    body = b"x" * 100_000
+    [posted] = exchange(proxy, f"POST http://{host}/upload HTTP/1.1\r\nHost: {host}\r\n"
+                               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                               .encode() + body)
+    assert body_of(posted)["body_sha256"] == hashlib.sha256(body).hexdigest()
+    chunks = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    [chunked] = exchange(proxy, f"POST http://{host}/c HTTP/1.1\r\nHost: {host}\r\n"
+                                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                .encode() + chunks)
+    assert body_of(chunked)["body_len"] == 11
+    assert body_of(chunked)["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+
+
+def test_keep_alive_serves_two_requests_on_one_connection(proxy: RunningPortcullis,
+                                                          echo: EchoServer) -> None:
+    host = f"echo.example:{echo.port}"
+    before = len(proxy.decisions("echo.example"))
+    raw = (f"GET http://{host}/one HTTP/1.1\r\nHost: {host}\r\n\r\n"
+           f"GET http://{host}/two HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+           ).encode()
+    first, second = exchange(proxy, raw, answers=2)
+    assert body_of(first)["target"] == "/one" and body_of(second)["target"] == "/two"
+    proxy.wait_for_log(lambda r: len(proxy.decisions("echo.example")) >= before + 2)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        (b"GET http://echo.example:PORT/ HTTP/1.1\r\nHost: other.example\r\n\r\n", 400,
+         "bad_request"),
+        (b"POST http://echo.example:PORT/ HTTP/1.1\r\nHost: echo.example:PORT\r\n"
+         b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+        (b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", 403, "no_rule"),
+        (b"GET http://echo.example:PORT/ HTTP/1.1\r\nHost: echo.example:PORT\r\nX: "
+         + b"a" * 20000 + b"\r\n\r\n", 431, "header_too_large"),
+        (b"CONNECT missing.example:80 HTTP/1.1\r\n\r\n", 502, "dns_failure"),
+        (b"CONNECT closed.example:80 HTTP/1.1\r\n\r\n", 502, "connect_failed"),
+        (b"CONNECT silent.example:SILENT HTTP/1.1\r\n\r\n", 504, "connect_timeout"),
+    ],
+)
+def test_error_answers(proxy: RunningPortcullis, echo: EchoServer, silent: int,
+                       raw: bytes, status: int, reason: str) -> None:
+    raw = raw.replace(b"SILENT", str(silent).encode()).replace(b"PORT", str(echo.port).encode())
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert f"X-Portcullis-Reason: {reason}".encode() in answer
+    proxy.wait_for_log(lambda r: r.get("event") == "decision" and r["reason"] == reason)
+
+
+def test_connection_limit_answers_503_then_recovers(proxy: RunningPortcullis,
+                                                    echo: EchoServer) -> None:
+    idle = [socket.create_connection(proxy.explicit, timeout=10) for _ in range(4)]
+    time.sleep(0.3)
+    try:
+        with socket.create_connection(proxy.explicit, timeout=10) as sock:
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"over_capacity" in answer
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.3)
+    host = f"echo.example:{echo.port}"
+    [answer] = exchange(proxy, f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
+                               "Connection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_slow_header_is_closed_at_the_header_timeout(proxy: RunningPortcullis) -> None:
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(b"GET http://echo.example/ HTTP/1.1\r\n")
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 2 < elapsed < 8
