@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import socket
 import struct
 from collections.abc import Callable, Coroutine, Iterator
@@ -390,5 +391,36 @@ def test_relay_closes_sockets_even_if_it_cannot_start(env: Env) -> None:
             assert await read_to_eof(client) == b""
         client.close()
         upstream.close()
+
+    env.run(main)
+
+
+def test_out_of_fds_falls_back_to_copying(env: Env) -> None:
+    if not env.use_splice:
+        pytest.skip("only the splice path needs extra fds")
+
+    async def main() -> None:
+        rig = start_rig(env)
+        await asyncio.sleep(0)  # let the relay register its readers
+        close_pipe_pool()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        # No fd can be opened any more, so no pipe: the relay must copy instead.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            payload = os.urandom(3 * MiB)
+            _, got = await asyncio.gather(
+                send_and_shut(rig.client, payload), read_to_eof(rig.upstream)
+            )
+            with pytest.raises(OSError):
+                os.pipe()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert sha(got) == sha(payload)
+        rig.upstream.shutdown(socket.SHUT_WR)
+        result = await rig.task
+        rig.close_apps()
+        assert result == RelayResult(len(payload), 0, CloseReason.DONE)
 
     env.run(main)
