@@ -41,7 +41,10 @@ def outcome(data: bytes, max_size: int = MAX_HEAD_SIZE) -> RequestHead | str | N
     except HttpError as exc:
         assert exc.status in (400, 431, 501) and exc.message
         return "error"
-    if parsed is not None:
+    if parsed is None:
+        # "Need more" is only an answer while the limit is not reached.
+        assert len(data) < max_size
+    else:
         _check_invariants(parsed, data, max_size)
     return parsed
 
@@ -143,7 +146,10 @@ _AUTHORITY_CHARS = st.sampled_from([*"az09.-_:[]@%/?#+ ", "\u00fc", "\x00", "\u3
 def test_connect_targets_and_uris(text: str) -> None:
     for target in (text, text + ":443", "[" + text + "]:443"):
         with contextlib.suppress(HttpError):
-            _check_authority(parse_connect_target(target))
+            authority = parse_connect_target(target)
+            _check_authority(authority)
+            port_text = target.rpartition(":")[2]
+            assert port_text.isascii() and int(port_text) == authority.port
     try:
         scheme, authority, path = parse_absolute_uri("http://" + text)
     except HttpError:
