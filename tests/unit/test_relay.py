@@ -395,9 +395,11 @@ def test_relay_closes_sockets_even_if_it_cannot_start(env: Env) -> None:
     env.run(main)
 
 
-def test_out_of_fds_falls_back_to_copying(env: Env) -> None:
-    if not env.use_splice:
-        pytest.skip("only the splice path needs extra fds")
+@pytest.mark.skipif(not relay_mod.USE_SPLICE, reason="no os.splice on this platform")
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_out_of_fds_falls_back_to_copying(use_uvloop: bool) -> None:
+    # Only the splice path needs fds beyond the two sockets.
+    env = Env(use_uvloop, use_splice=True)
 
     async def main() -> None:
         rig = start_rig(env)
