@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.portcullis_proc import RunningPortcullis, run_portcullis, policy_for
+from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.testbed import Testbed, skopeo_pull, verify_pulled
 
 pytestmark = pytest.mark.e2e
@@ -136,12 +139,12 @@ def _pull_in_background(bed: Testbed, proxy: RunningPortcullis, dest: Path,
     return thread
 
 
-def _rate_limited_policy(bed: Testbed) -> dict[str, Any]:
+def both_hosts_policy(bed: Testbed) -> dict[str, Any]:
     return policy_for(bed.hosts, ["us.icr.io", "dd0.icr.io"])
 
 
 def test_reload_during_a_pull_and_a_bad_reload(testbed: Testbed, tmp_path: Path) -> None:
-    with run_portcullis(tmp_path / "p", _rate_limited_policy(testbed)) as proxy:
+    with run_portcullis(tmp_path / "p", both_hosts_policy(testbed)) as proxy:
         results: list[subprocess.CompletedProcess[str]] = []
         thread = _pull_in_background(testbed, proxy, tmp_path / "out", results)
         # A valid reload that removes dd0.icr.io while the pull runs: tunnels
@@ -160,8 +163,6 @@ def test_reload_during_a_pull_and_a_bad_reload(testbed: Testbed, tmp_path: Path)
         assert any("would match every name" in p for p in error["problems"])
         result = pull(testbed, proxy, tmp_path / "out2", testbed.small_image_ref)
         assert result.returncode == 0, result.stderr
-        import urllib.request
-
         metrics = urllib.request.urlopen(
             f"http://{proxy.admin[0]}:{proxy.admin[1]}/metrics", timeout=5
         ).read().decode()
@@ -184,21 +185,15 @@ def test_policy_file_change_is_picked_up_without_a_signal(
 
 
 def test_sigterm_drains_an_open_pull_then_exits_zero(testbed: Testbed, tmp_path: Path) -> None:
-    with run_portcullis(tmp_path / "p", _rate_limited_policy(testbed)) as proxy:
-        results: list[subprocess.CompletedProcess[str]] = []
+    with run_portcullis(tmp_path / "p", both_hosts_policy(testbed)) as proxy:
         # An open tunnel that the drain must let finish: send a request after SIGTERM.
         sock, answer = proxy.connect("us.icr.io:443")
         assert answer.startswith(b"HTTP/1.1 200 ")
-        import ssl
-
         context = ssl.create_default_context(cafile=str(testbed.ca_pem))
         tls = context.wrap_socket(sock, server_hostname="us.icr.io")
         proxy.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         # Draining: readyz fails and new connections are not accepted.
-        import urllib.error
-        import urllib.request
-
         with pytest.raises((urllib.error.HTTPError, urllib.error.URLError, OSError)):
             urllib.request.urlopen(
                 f"http://{proxy.admin[0]}:{proxy.admin[1]}/readyz", timeout=2
@@ -210,4 +205,3 @@ def test_sigterm_drains_an_open_pull_then_exits_zero(testbed: Testbed, tmp_path:
         tls.close()
         assert reply.startswith(b"HTTP/1.1 200") or reply.startswith(b"HTTP/1.1 401"), reply[:80]
         assert proxy.proc.wait(timeout=30) == 0
-        del results
