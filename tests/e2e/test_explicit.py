@@ -76,6 +76,17 @@ def test_only_registry_allowed_fails_on_the_delivery_host(
         assert explained.returncode == 1, explained.stderr
         data = json.loads(explained.stdout)
         assert (data["decision"], data["reason"]) == ("deny", "no_rule")
+        admin = f"http://{proxy.admin[0]}:{proxy.admin[1]}"
+        served = json.loads(urllib.request.urlopen(
+            f"{admin}/explain?from=127.0.0.1&to=dd0.icr.io:443", timeout=5).read())
+        assert (served["decision"], served["reason"]) == ("deny", "no_rule")
+        allowed = json.loads(urllib.request.urlopen(
+            f"{admin}/explain?from=127.0.0.1&to=us.icr.io", timeout=5).read())
+        assert allowed["decision"] == "allow"
+        assert [c["allowed"] for c in allowed["resolution"]["checks"]] == [True]
+        metrics = urllib.request.urlopen(f"{admin}/metrics", timeout=5).read().decode()
+        assert ('portcullis_decisions_total{decision="deny",reason="no_rule",rule=""}'
+                in metrics)
 
 
 def test_wildcard_icr_io_allows_the_pull(testbed: Testbed, tmp_path: Path) -> None:
