@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System parts the end-to-end tests drive for real (DESIGN §7).
 TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream
-BENCH_DEBS := squid tinyproxy nginx
+BENCH_DEBS := squid tinyproxy nginx curl
 
 .PHONY: setup run test lint typecheck unit sysdeps bench bench-policy clean
 
@@ -39,6 +39,17 @@ typecheck: setup
 
 test: setup sysdeps lint typecheck
 	$(BIN)/pytest -q
+
+# Not part of `make test`: the full comparison (DESIGN §8), about 5 minutes.
+# BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--only bulk".
+bench: setup
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages (run as root to install):$$missing"; exit 1; fi; \
+	fi
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 bench-policy: setup
 	$(BIN)/python bench/policy_bench.py

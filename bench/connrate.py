@@ -1,0 +1,158 @@
+"""Connection rate and set-up latency: CONNECT + a real TLS handshake (Python's ssl,
+so a real ClientHello with SNI) + GET of a 1 KiB file, one request per connection,
+50 clients at once for a fixed time.
+
+The load is `PROCESSES` processes of blocking client threads: OpenSSL releases
+the GIL during the handshake, so the threads' crypto runs on both cores and the
+Python left per connection is small. Each process reports its own CPU seconds
+(getrusage) so the table shows what the load generator itself used.
+
+Latency is per connection, from connect() to the last byte of the answer.
+Run alone: python -m bench.connrate --worker '<json>' (what measure() does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from bench.servers import ORIGIN_ADDR, ORIGIN_NAME, SMALL_PATH, SMALL_SIZE, TLS_PORT, Server
+
+CLIENTS = 50
+PROCESSES = 2
+DURATION = 10.0
+WARMUP = 1.0
+_REQUEST = (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\n"
+            "Connection: close\r\n\r\n").encode()
+_CONNECT = f"CONNECT {ORIGIN_NAME}:{TLS_PORT} HTTP/1.1\r\nHost: {ORIGIN_NAME}:{TLS_PORT}\r\n\r\n"
+
+
+def _one(ctx: ssl.SSLContext, proxy: tuple[str, int] | None, buf: bytearray) -> None:
+    target = proxy or (ORIGIN_ADDR, TLS_PORT)
+    sock = socket.create_connection(target, timeout=10)
+    try:
+        # Without it Nagle holds the request behind the client Finished for a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if proxy is not None:
+            sock.sendall(_CONNECT.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("proxy closed before answering CONNECT")
+                head += chunk
+            if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+                raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        with ctx.wrap_socket(sock, server_hostname=ORIGIN_NAME) as tls:
+            tls.sendall(_REQUEST)
+            got = 0
+            while n := tls.recv_into(buf):
+                got += n
+            if got < SMALL_SIZE:
+                raise ConnectionError(f"short answer: {got} bytes")
+    finally:
+        sock.close()
+
+
+def worker(ca: str, proxy: tuple[str, int] | None, clients: int, start_at: float,
+           duration: float) -> dict[str, object]:
+    """Run `clients` threads from start_at (time.time()) for `duration`; report as JSON."""
+    ctx = ssl.create_default_context(cafile=ca)
+    latencies: list[float] = []
+    errors: list[str] = []
+    count_from, stop_at = start_at + WARMUP, start_at + duration
+
+    def client() -> None:
+        buf = bytearray(65536)
+        while (now := time.time()) < stop_at:
+            t0 = time.perf_counter()
+            try:
+                _one(ctx, proxy, buf)
+            except (OSError, ssl.SSLError) as exc:
+                if now >= count_from:
+                    errors.append(repr(exc))
+                continue
+            if now >= count_from and time.time() <= stop_at:
+                latencies.append(time.perf_counter() - t0)  # list.append is atomic
+
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=duration + 30)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"latencies": latencies, "errors": errors[:20], "n_errors": len(errors), "cpu_s": cpu}
+
+
+@dataclass
+class RateResult:
+    rate: float  # completed connections per second
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    loadgen_cores: float  # load generator CPU seconds per second of wall time
+    proxy_cores: float | None
+    first_errors: list[str]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def measure(ca: str, proxy: Server | None, duration: float = DURATION) -> RateResult:
+    from bench import procfs
+
+    start_at = time.time() + 0.5
+    per = CLIENTS // PROCESSES
+    spec = {"ca": ca, "proxy": list(proxy.address) if proxy else None, "clients": per,
+            "start_at": start_at, "duration": duration}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.connrate", "--worker",
+                               json.dumps(spec)], stdout=subprocess.PIPE)
+             for _ in range(PROCESSES)]
+    pids = procfs.tree(proxy.pid) if proxy else []
+    time.sleep(max(0.0, start_at + WARMUP - time.time()))
+    cpu0 = procfs.cpu_seconds(pids)
+    t0 = time.time()
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=duration + 60)
+        results.append(json.loads(out))
+    proxy_cpu = procfs.cpu_seconds(pids) - cpu0
+    measured = duration - WARMUP
+    proxy_wall = min(time.time(), start_at + duration) - t0
+    latencies = sorted(x for r in results for x in r["latencies"])
+    return RateResult(
+        rate=len(latencies) / measured,
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        errors=sum(r["n_errors"] for r in results),
+        loadgen_cores=sum(r["cpu_s"] for r in results) / duration,
+        proxy_cores=proxy_cpu / proxy_wall if proxy else None,
+        first_errors=[e for r in results for e in r["errors"]][:5],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", required=True)
+    spec = json.loads(parser.parse_args().worker)
+    proxy = tuple(spec["proxy"]) if spec["proxy"] else None
+    result = worker(spec["ca"], proxy, spec["clients"], spec["start_at"], spec["duration"])
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

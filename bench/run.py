@@ -1,0 +1,245 @@
+"""`make bench`: every scenario against direct, Portcullis, Squid and tinyproxy in
+one run, on loopback; prints the table and rewrites bench/RESULTS.md with it.
+
+    .venv/bin/python -m bench.run [--only bulk,rate,idle,policy] [--rounds 3]
+        [--duration 10] [--tunnels 10000] [--no-write]
+
+A partial run (--only, or smaller figures) prints but leaves RESULTS.md alone
+unless --write is given. bench/findings.md (profiles, what each change bought)
+is appended to RESULTS.md as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench import bulk, connrate, idle, procfs, servers
+from bench.servers import Server, Workdir
+
+HERE = Path(__file__).resolve().parent
+# fds a proxy keeps besides its tunnels (listeners, epoll, logs, pipe pool): the
+# reserve left when sizing a single-process run, and the "constant" allowed.
+IDLE_FD_RESERVE = 64
+IDLE_FD_CONSTANT = 100
+SCENARIOS = ("bulk", "rate", "idle", "policy")
+# (label, start function); direct has no proxy.
+PROXIES: list[tuple[str, Callable[[Workdir], Server]]] = [
+    ("portcullis", lambda w: servers.start_portcullis(w)),
+    ("portcullis x2", lambda w: servers.start_portcullis(w, workers=2, label="portcullis-w2")),
+    ("squid", servers.start_squid),
+    ("tinyproxy", servers.start_tinyproxy),
+]
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return fmt(a / b) + "x" if a is not None and b else "-"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.sections: list[str] = []
+        self.targets: list[tuple[str, str, str, bool]] = []
+
+    def section(self, title: str, text: str) -> None:
+        block = f"### {title}\n\n{text}\n"
+        print(block, flush=True)
+        self.sections.append(block)
+
+    def target(self, what: str, goal: str, got: str, ok: bool) -> None:
+        self.targets.append((what, goal, got, ok))
+
+
+def run_bulk(report: Report, work: Workdir, origin: Server, proxies: dict[str, Server],
+             rounds: int) -> None:
+    runs: dict[str, list[bulk.BulkResult]] = {name: [] for name in ["direct", *proxies]}
+    for _ in range(rounds):  # interleaved, so drift on the shared machine hits all alike
+        for name in runs:
+            runs[name].append(bulk.download(str(work.ca_pem), proxies.get(name), origin))
+
+    def med(name: str, pick: Callable[[bulk.BulkResult], float | None]) -> float | None:
+        values = [v for v in map(pick, runs[name]) if v is not None]
+        return statistics.median(values) if values else None
+
+    direct = med("direct", lambda r: r.mib_s)
+    squid_cpu = med("squid", lambda r: r.proxy_cpu_s_per_gib) if "squid" in runs else None
+    rows = []
+    for name in runs:
+        speed, cpu = med(name, lambda r: r.mib_s), med(name, lambda r: r.proxy_cpu_s_per_gib)
+        rows.append([name, fmt(speed, ".0f"), ratio(speed, direct), fmt(cpu, ".3f"),
+                     ratio(cpu, squid_cpu), fmt(med(name, lambda r: r.client_cpu_s_per_gib)),
+                     fmt(med(name, lambda r: r.origin_cpu_s_per_gib))])
+        if name.startswith("portcullis"):
+            assert speed is not None and direct is not None
+            report.target(f"bulk throughput, {name}", ">= 0.95x direct", ratio(speed, direct),
+                          speed >= 0.95 * direct)
+            if cpu is not None and squid_cpu:
+                report.target(f"bulk CPU/GiB, {name}", "<= 0.5x Squid", ratio(cpu, squid_cpu),
+                              cpu <= 0.5 * squid_cpu)
+    report.section(
+        f"Bulk: 1 GiB over TLS through a CONNECT tunnel (median of {rounds}, curl -> /dev/null)",
+        table(["target", "MiB/s", "x direct", "proxy CPU s/GiB", "x Squid", "curl CPU s/GiB",
+               "nginx CPU s/GiB"], rows))
+
+
+def run_rate(report: Report, work: Workdir, proxies: dict[str, Server], duration: float) -> None:
+    results = {"direct": connrate.measure(str(work.ca_pem), None, duration)}
+    for name, proxy in proxies.items():
+        results[name] = connrate.measure(str(work.ca_pem), proxy, duration)
+    direct = results["direct"].rate
+    squid = results.get("squid")
+    rows = []
+    for name, r in results.items():
+        rows.append([name, fmt(r.rate, ".0f"), ratio(r.rate, direct),
+                     ratio(r.rate, squid.rate if squid else None), fmt(r.p50_ms),
+                     fmt(r.p99_ms), str(r.errors), fmt(r.proxy_cores), fmt(r.loadgen_cores)])
+        if r.first_errors:
+            print(f"{name} errors: {r.first_errors}", file=sys.stderr)
+        if name.startswith("portcullis") and squid is not None:
+            report.target(f"connection rate, {name}", ">= 1.5x Squid", ratio(r.rate, squid.rate),
+                          r.rate >= 1.5 * squid.rate)
+            report.target(f"p99 set-up, {name}", "<= Squid's",
+                          f"{r.p99_ms:.1f} ms vs {squid.p99_ms:.1f} ms", r.p99_ms <= squid.p99_ms)
+    report.section(
+        f"Connection rate: CONNECT + TLS handshake + 1 KiB, {connrate.CLIENTS} clients, "
+        f"{duration - connrate.WARMUP:.0f} s measured",
+        table(["target", "conn/s", "x direct", "x Squid", "p50 ms", "p99 ms", "errors",
+               "proxy cores", "loadgen cores"], rows))
+
+
+def run_idle(report: Report, proxies: dict[str, Server], tunnels: int) -> None:
+    rows = []
+    # One process cannot hold 2 x 10,000 sockets under a 20,000 hard limit; a
+    # single-process proxy gets as many tunnels as its fds allow, and
+    # `portcullis x2` (two processes) the full count.
+    fit = min(tunnels, (servers.NOFILE - IDLE_FD_RESERVE) // 2)
+    for name, proxy in proxies.items():
+        count = tunnels if name.endswith("x2") else fit
+        r = idle.measure(proxy, count)
+        if r.first_errors:
+            print(f"{name} errors: {r.first_errors}", file=sys.stderr)
+        rows.append([name, str(count), str(r.tunnels), str(r.errors), fmt(r.open_s, ".1f"),
+                     fmt(r.rss_mib, ".0f"), fmt(r.pss_mib, ".0f"), str(r.fds),
+                     str(r.fds_beyond), str(r.fd_base), fmt(r.loadgen_cpu_s, ".1f")])
+        if name.startswith("portcullis"):
+            # Summed RSS counts the pages forked workers share once per process;
+            # PSS counts them once, so a multi-process row is judged by PSS.
+            memory = r.rss_mib if name == "portcullis" else r.pss_mib
+            kind = "RSS" if name == "portcullis" else "PSS"
+            report.target(f"{count} idle tunnels, {name}",
+                          "0 errors, RSS <= 150 MiB, <= 2 fds/tunnel + constant",
+                          f"{r.errors} errors, {kind} {memory:.0f} MiB, 2/tunnel + {r.fds_beyond}",
+                          r.errors == 0 and r.tunnels == count and memory <= 150
+                          and r.fds_beyond <= IDLE_FD_CONSTANT)
+    report.section(
+        f"Capacity: concurrent idle tunnels (RLIMIT_NOFILE hard limit here: "
+        f"{servers.NOFILE} per process)",
+        table(["target", "asked", "open", "errors", "open s", "RSS MiB", "PSS MiB", "fds",
+               "fds - 2/tunnel", "fds before", "loadgen CPU s"], rows))
+
+
+def run_policy(report: Report) -> None:
+    done = subprocess.run([sys.executable, str(HERE / "policy_bench.py")], capture_output=True,
+                          text=True, timeout=300, check=True)
+    rate = float(re.search(r"decisions_per_s=([\d,]+)", done.stdout).group(1)  # type: ignore[union-attr]
+                 .replace(",", ""))
+    report.target("policy decisions/s (100,000 rules)", ">= 200,000", f"{rate:,.0f}",
+                  rate >= 200_000)
+    report.section("Policy: bench/policy_bench.py", "```\n" + done.stdout.strip() + "\n```")
+
+
+@contextlib.contextmanager
+def running(work: Workdir, names: list[str]) -> Iterator[dict[str, Server]]:
+    started: dict[str, Server] = {}
+    try:
+        for label, start in PROXIES:
+            if label in names:
+                started[label] = start(work)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--proxies", default=",".join(label for label, _ in PROXIES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=connrate.DURATION)
+    parser.add_argument("--tunnels", type=int, default=idle.TUNNELS)
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None)
+    args = parser.parse_args()
+    only = args.only.split(",")
+    names = args.proxies.split(",")
+    full = (set(only) == set(SCENARIOS) and len(names) == len(PROXIES) and args.rounds >= 3
+            and args.duration >= connrate.DURATION and args.tunnels >= idle.TUNNELS)
+    write = full if args.write is None else args.write
+    servers.raise_nofile()
+    report = Report()
+    started = datetime.datetime.now(datetime.UTC)
+    info = procfs.machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    if "policy" in only:
+        run_policy(report)
+    if {"bulk", "rate", "idle"} & set(only):
+        with Workdir.create() as work:
+            origin = servers.start_nginx(work)
+            try:
+                with running(work, names) as proxies:
+                    if "bulk" in only:
+                        run_bulk(report, work, origin, proxies, args.rounds)
+                    if "rate" in only:
+                        run_rate(report, work, proxies, args.duration)
+                    if "idle" in only:
+                        run_idle(report, proxies, args.tunnels)
+            finally:
+                origin.stop()
+    elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+    targets = table(["target", "goal", "measured", "met"],
+                    [[w, g, m, "yes" if ok else "**no**"] for w, g, m, ok in report.targets])
+    print("### Targets (issue 5)\n\n" + targets + f"\n\nrun took {elapsed:.0f} s")
+    if write:
+        write_results(report, info, started, elapsed, targets)
+        print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+def write_results(report: Report, info: dict[str, str], started: datetime.datetime,
+                  elapsed: float, targets: str) -> None:
+    machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    findings = HERE / "findings.md"
+    text = (
+        "# Benchmark results\n\n"
+        "Written by `make bench` (bench/run.py); the findings section at the end is\n"
+        "bench/findings.md. All servers on loopback on one shared 2-core machine: absolute\n"
+        "figures drift between runs, ratios within one run hold.\n\n"
+        f"Run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s.\n\n"
+        f"## Machine\n\n{machine}\n\n## Targets (issue 5)\n\n{targets}\n\n"
+        "## Figures\n\n" + "\n".join(report.sections)
+    )
+    if findings.exists():
+        text += "\n" + findings.read_text()
+    (HERE / "RESULTS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

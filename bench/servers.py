@@ -1,0 +1,279 @@
+"""The servers of one bench run, all on loopback: nginx (the origin, TLS and plain),
+Squid, tinyproxy and Portcullis, each configured to CONNECT to the same origin name.
+
+Everything lives in one directory on tmpfs (/dev/shm): the 1 GiB sparse file,
+certificates, configurations and every server's logs, so no disk is in the path.
+Logging stays on for each proxy (decision log, access log, connect log): it is
+part of what a proxy costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+import yaml
+
+ORIGIN_NAME = "bench.icr.io"
+# Not 127.0.0.1: Portcullis refuses to dial its own listen address.
+ORIGIN_ADDR = "127.0.0.2"
+TLS_PORT = 8443
+PLAIN_PORT = 8080
+BULK_PATH = "/1g"
+BULK_SIZE = 1 << 30
+SMALL_PATH = "/1k"
+SMALL_SIZE = 1024
+# This machine's hard RLIMIT_NOFILE (root without CAP_SYS_RESOURCE cannot pass it).
+NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(address: tuple[str, int], proc: subprocess.Popen[bytes], what: str,
+              timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {address} within {timeout} s")
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: tuple[str, int]
+    cleanup: list[Path] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for path in self.cleanup:
+            path.unlink(missing_ok=True)
+
+
+@dataclass
+class Workdir:
+    root: Path
+    ca_pem: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls) -> Iterator[Workdir]:
+        root = Path(tempfile.mkdtemp(prefix="portcullis-bench-", dir="/dev/shm"))
+        # nginx workers (nobody), Squid (proxy) and tinyproxy (nobody) read and
+        # write their files here after dropping root.
+        root.chmod(0o755)
+        try:
+            ca = trustme.CA()
+            cert = ca.issue_cert(ORIGIN_NAME)
+            ca.cert_pem.write_to_path(str(root / "ca.pem"))
+            cert.private_key_and_cert_chain_pem.write_to_path(str(root / "origin.pem"))
+            www = root / "www"
+            www.mkdir()
+            # Sparse: 1 GiB of zeros that costs no memory and reads at page-cache speed.
+            with (www / BULK_PATH.lstrip("/")).open("wb") as f:
+                f.truncate(BULK_SIZE)
+            (www / SMALL_PATH.lstrip("/")).write_bytes(b"x" * SMALL_SIZE)
+            for path in (www, *www.iterdir(), root / "origin.pem"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            (root / "hosts").write_text(f"{ORIGIN_ADDR} {ORIGIN_NAME}\n127.0.0.1 localhost\n")
+            (root / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+            yield cls(root, root / "ca.pem")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def sub(self, name: str, owner: str | None = None) -> Path:
+        path = self.root / name
+        path.mkdir(exist_ok=True)
+        if owner is not None:
+            user = pwd.getpwnam(owner)
+            os.chown(path, user.pw_uid, user.pw_gid)
+        return path
+
+
+def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                preexec_fn=raise_nofile, start_new_session=True)
+
+
+def start_nginx(work: Workdir) -> Server:
+    d = work.sub("nginx")
+    for temp in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (d / temp).mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""\
+worker_processes 2;
+worker_rlimit_nofile {NOFILE};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections {NOFILE - 100}; multi_accept on; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 600s;
+    client_header_timeout 600s;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen {ORIGIN_ADDR}:{TLS_PORT} ssl backlog=4096;
+        ssl_certificate {work.root}/origin.pem;
+        ssl_certificate_key {work.root}/origin.pem;
+        ssl_protocols TLSv1.3;
+        ssl_session_tickets off;
+        root {work.root}/www;
+    }}
+    server {{
+        listen {ORIGIN_ADDR}:{PLAIN_PORT} backlog=4096;
+        root {work.root}/www;
+    }}
+}}
+""")
+    proc = _popen(["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
+                  d / "stdout.log")
+    wait_port((ORIGIN_ADDR, TLS_PORT), proc, "nginx")
+    return Server("nginx", proc, (ORIGIN_ADDR, TLS_PORT))
+
+
+def start_squid(work: Workdir) -> Server:
+    d = work.sub("squid", owner="proxy")
+    port = free_port()
+    service = f"pcbench{os.getpid()}"
+    conf = d / "squid.conf"
+    conf.write_text(f"""\
+http_port 127.0.0.1:{port}
+workers 1
+max_filedescriptors {NOFILE}
+visible_hostname portcullis-bench-squid
+cache_effective_user proxy
+pid_filename {d}/squid.pid
+cache_log {d}/cache.log
+access_log stdio:{d}/access.log
+coredump_dir {d}
+cache deny all
+cache_mem 8 MB
+hosts_file {work.root}/hosts
+dns_nameservers 127.0.0.1
+pinger_enable off
+shutdown_lifetime 0 seconds
+acl clients src 127.0.0.0/8
+acl bench_ports port {TLS_PORT} {PLAIN_PORT}
+acl CONNECT method CONNECT
+http_access deny CONNECT !bench_ports
+http_access allow clients
+http_access deny all
+""")
+    proc = _popen(["squid", "-N", "-n", service, "-f", str(conf)], d / "stdout.log")
+    wait_port(("127.0.0.1", port), proc, "squid")
+    return Server("squid", proc, ("127.0.0.1", port), list(Path("/dev/shm").glob(f"{service}-*")))
+
+
+def start_tinyproxy(work: Workdir) -> Server:
+    d = work.sub("tinyproxy", owner="nobody")
+    port = free_port()
+    conf = d / "tinyproxy.conf"
+    conf.write_text(f"""\
+User nobody
+Group nogroup
+Port {port}
+Listen 127.0.0.1
+Timeout 600
+MaxClients {NOFILE}
+LogFile "{d}/tinyproxy.log"
+LogLevel Connect
+PidFile "{d}/tinyproxy.pid"
+Allow 127.0.0.1
+ConnectPort {TLS_PORT}
+ConnectPort {PLAIN_PORT}
+DisableViaHeader Yes
+""")
+    # tinyproxy resolves with getaddrinfo: give it the bench hosts file (and a
+    # loopback-only resolv.conf) in a private mount namespace, never the host's.
+    script = (f"mount --bind {work.root}/hosts /etc/hosts && "
+              f"mount --bind {work.root}/resolv.conf /etc/resolv.conf && "
+              f"exec tinyproxy -d -c {conf}")
+    proc = _popen(["unshare", "-m", "sh", "-c", script], d / "stdout.log")
+    wait_port(("127.0.0.1", port), proc, "tinyproxy")
+    return Server("tinyproxy", proc, ("127.0.0.1", port))
+
+
+def portcullis_policy(port: int) -> dict[str, object]:
+    return {
+        "version": 1,
+        "listen": {"explicit": f"127.0.0.1:{port}", "admin": "127.0.0.1:0"},
+        "sources": {"bench": ["127.0.0.0/8"]},
+        "rules": [{"name": "bench", "from": ["bench"], "to": [ORIGIN_NAME],
+                   "ports": [TLS_PORT, PLAIN_PORT]}],
+        "tls_ports": [443, TLS_PORT],
+        "resolver": {"hosts": {ORIGIN_NAME: [ORIGIN_ADDR]},
+                     "allow_ranges": [f"{ORIGIN_ADDR}/32"], "servers": ["127.0.0.1"]},
+        "limits": {"max_connections": 30000, "idle_timeout": 900},
+    }
+
+
+def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
+                     label: str = "portcullis") -> Server:
+    d = work.sub(label)
+    port = free_port()
+    policy = d / "policy.yaml"
+    policy.write_text(yaml.safe_dump(portcullis_policy(port)))
+    log = d / "decisions.jsonl"
+    log.write_text("")
+    cmd = [sys.executable, "-m", "portcullis.cli", "serve", "-c", str(policy), "--log", str(log),
+           "--workers", str(workers)]
+    if not uvloop:
+        cmd.append("--no-uvloop")
+    proc = _popen(cmd, d / "stderr.log")
+    deadline = time.monotonic() + 30
+    ready = 0
+    while ready < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{label} did not start: {(d / 'stderr.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+        ready = sum(1 for line in log.read_text().splitlines()
+                    if json.loads(line).get("msg") == "listening")
+    return Server(label, proc, ("127.0.0.1", port))
