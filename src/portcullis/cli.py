@@ -267,5 +267,48 @@ def serve(path: str | None, log_path: str | None, workers: int, no_uvloop: bool)
     )
 
 
+# --- transparent mode: nftables ---
+
+
+def _uid(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    import pwd
+
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise click.UsageError(f"--uid {value!r}: no such user") from None
+
+
+@main.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Policy file (default: the embedded default policy).")
+@click.option("--apply", "apply_rules", is_flag=True,
+              help="Load the ruleset with `nft -f` instead of printing it (needs root).")
+@click.option("--uid", "uid", metavar="USER|UID",
+              help="Also exempt this user's traffic (the account Portcullis runs as).")
+def nftables(path: str | None, apply_rules: bool, uid: str | None) -> None:
+    """Print (or load) the nftables rules that redirect workers to the transparent listener."""
+    from portcullis.tools import nftables as nft
+
+    policy = _load_or_exit(path)
+    try:
+        text = nft.ruleset(policy, exempt_uid=_uid(uid), source=path or "the default policy")
+    except nft.NftablesError as exc:
+        click.echo(f"portcullis nftables: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    if not apply_rules:
+        click.echo(text, nl=False)
+        return
+    try:
+        nft.load(text)
+    except nft.NftablesError as exc:
+        click.echo(f"portcullis nftables: {exc}", err=True)
+        raise SystemExit(EXIT_DENIED) from None
+    click.echo(f"loaded table inet {nft.TABLE}")
+
 if __name__ == "__main__":
     main()

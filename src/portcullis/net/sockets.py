@@ -1,0 +1,85 @@
+"""Socket facts the kernel keeps for a redirected connection (DESIGN §5).
+
+An nftables/iptables `redirect` (or `dnat`) rewrites a connection's destination
+before the proxy accepts it; conntrack remembers the address the client meant,
+and `SO_ORIGINAL_DST` (IPv4) / `IP6T_SO_ORIGINAL_DST` (IPv6) read it back.
+The parsers take bytes, so they are tested without any redirect in place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from portcullis.config import IPAddress
+
+# linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h; Python's socket
+# module does not export them.
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+SOL_IPV6 = 41
+
+_SOCKADDR_IN = 16  # family, port, 4-byte address, 8 bytes of zero padding
+_SOCKADDR_IN6 = 28  # family, port, flowinfo, 16-byte address, scope id
+
+Endpoint = tuple[IPAddress, int]
+
+
+class NoOriginalDestination(OSError):
+    """The kernel has no redirect record for this connection (no conntrack entry)."""
+
+
+def parse_sockaddr(raw: bytes) -> Endpoint:
+    """Address and port of a `struct sockaddr_in` or `sockaddr_in6` as the kernel wrote it."""
+    if len(raw) < 2:
+        raise ValueError(f"sockaddr of {len(raw)} bytes is too short")
+    # sa_family is in host byte order; the port and address are in network order.
+    (family,) = struct.unpack("=H", raw[:2])
+    if family == socket.AF_INET:
+        if len(raw) < 8:
+            raise ValueError(f"sockaddr_in of {len(raw)} bytes is too short")
+        port, packed = struct.unpack("!H4s", raw[2:8])
+        return ipaddress.IPv4Address(packed), port
+    if family == socket.AF_INET6:
+        if len(raw) < 24:
+            raise ValueError(f"sockaddr_in6 of {len(raw)} bytes is too short")
+        port, _flowinfo, packed = struct.unpack("!HI16s", raw[2:24])
+        return ipaddress.IPv6Address(packed), port
+    raise ValueError(f"sockaddr family {family} is neither AF_INET nor AF_INET6")
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def local_endpoint(sock: socket.socket) -> Endpoint:
+    name = sock.getsockname()
+    return unmapped(ipaddress.ip_address(str(name[0]).partition("%")[0])), int(name[1])
+
+
+def original_dst(sock: socket.socket) -> Endpoint:
+    """Where the client meant to connect before a redirect; NoOriginalDestination if unknown.
+
+    IPv4 clients accepted on a dual-stack IPv6 listener arrive as v4-mapped
+    addresses; conntrack tracked them as IPv4, so the IPv4 option answers.
+    """
+    ipv4 = sock.family == socket.AF_INET or local_endpoint(sock)[0].version == 4
+    level, option, size = (
+        (socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN)
+        if ipv4
+        else (SOL_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6)
+    )
+    try:
+        raw = sock.getsockopt(level, option, size)
+    except OSError as exc:
+        raise NoOriginalDestination(exc.errno, f"no original destination: {exc.strerror}") from exc
+    return parse_sockaddr(raw)
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    address, port = endpoint
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
