@@ -1,0 +1,316 @@
+"""The network steps of `portcullis check`: resolve, connect (directly or with
+CONNECT through a proxy), TLS handshake, one HTTP request.
+
+Plain blocking sockets with timeouts, run in threads by the caller: each step
+either returns or raises `Problem`, whose `kind` says what kind of failure it
+was. The kind is what lets `check` tell "a firewall drops the packets" from "the
+proxy's policy refused the name" from "the proxy could not reach the name".
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from urllib.parse import unquote, urlsplit
+
+# Connect failures that mean "a router or firewall answered that it will not".
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EACCES,
+                errno.EPERM)
+_MAX_HEAD = 16384
+
+
+class Kind(StrEnum):
+    """What went wrong, as the JSON output names it."""
+
+    DNS = "dns"
+    TIMEOUT = "timeout"  # no answer at all: packets dropped
+    REFUSED = "refused"  # TCP RST
+    UNREACHABLE = "unreachable"  # ICMP unreachable / no route / local firewall reject
+    RESET = "reset"  # connection reset after it was established
+    NETWORK = "network"  # any other socket error
+    TLS_CERT = "tls_cert"  # the certificate is not valid for the name
+    TLS = "tls"  # the handshake failed otherwise
+    HTTP = "http"  # an HTTP answer that a registry would not give
+    AUTH = "auth"  # the registry wants credentials; the network path works
+    PROXY_REFUSED = "proxy_refused"  # the proxy's policy said no
+    PROXY_UPSTREAM = "proxy_upstream"  # the proxy tried and could not reach the name
+    PROXY_UNREACHABLE = "proxy_unreachable"  # the proxy itself cannot be reached
+
+
+class Problem(Exception):
+    """A failed step: `kind` classifies it, `reason`/`rule` come from Portcullis."""
+
+    def __init__(self, kind: Kind, message: str, *, status: int | None = None,
+                 reason: str | None = None, rule: str | None = None,
+                 address: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.reason = reason
+        self.rule = rule
+        self.address = address
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    authorization: str | None = None  # "Basic ..." from user:password in the URL
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def parse_proxy(text: str) -> Proxy:
+    """`http://[user:pass@]host[:port]`, or a bare `host:port` as curl accepts."""
+    url = urlsplit(text if "://" in text else f"http://{text}")
+    if url.scheme != "http":
+        raise ValueError(f"proxy {text!r}: only http:// proxies are supported (CONNECT over TCP)")
+    if not url.hostname:
+        raise ValueError(f"proxy {text!r} names no host; write http://HOST:PORT")
+    authorization = None
+    if url.username is not None:
+        pair = f"{unquote(url.username)}:{unquote(url.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return Proxy(url.hostname, url.port or 3128, authorization)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this node reaches the outside: directly, or through an HTTP proxy."""
+
+    context: ssl.SSLContext
+    proxy: Proxy | None = None
+    overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # --resolve
+    timeout: float = 5.0
+    dns_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    subject: str
+    issuer: str
+    not_after: datetime
+
+    @property
+    def days_left(self) -> int:
+        return (self.not_after - datetime.now(UTC)).days
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    body: bytes  # at most the bytes asked for
+
+
+def _getaddrinfo(name: str, port: int, out: list[object]) -> None:
+    try:
+        out.append(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM))
+    except OSError as exc:
+        out.append(exc)
+
+
+def resolve(route: Route, name: str, port: int) -> list[str]:
+    """The addresses the node's own resolver gives (or `--resolve` overrides)."""
+    if name in route.overrides:
+        return list(route.overrides[name])
+    # getaddrinfo has no timeout of its own: run it in a daemon thread that a
+    # hung resolver may keep, so the check still ends on time.
+    out: list[object] = []
+    thread = threading.Thread(target=_getaddrinfo, args=(name, port, out), daemon=True)
+    thread.start()
+    thread.join(route.dns_timeout)
+    if not out:
+        raise Problem(Kind.DNS, f"no answer within {route.dns_timeout:g} s")
+    result = out[0]
+    if isinstance(result, OSError):
+        text = result.strerror if isinstance(result, socket.gaierror) else str(result)
+        raise Problem(Kind.DNS, text or "lookup failed")
+    assert isinstance(result, list)
+    return list(dict.fromkeys(str(info[4][0]) for info in result))
+
+
+def _classify(exc: OSError, what: str, timeout: float) -> Problem:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return Problem(Kind.TIMEOUT, f"{what} timed out after {timeout:g} s")
+    if isinstance(exc, ConnectionRefusedError):
+        return Problem(Kind.REFUSED, f"{what} refused")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return Problem(Kind.RESET, f"{what} reset")
+    if exc.errno in _UNREACHABLE:
+        return Problem(Kind.UNREACHABLE, f"{what}: {exc.strerror}")
+    return Problem(Kind.NETWORK, f"{what}: {exc.strerror or exc}")
+
+
+def connect_direct(route: Route, addresses: list[str], port: int) -> tuple[socket.socket, str]:
+    """TCP to the first address that answers, as clients do; the socket and that address."""
+    first: Problem | None = None
+    for address in addresses:
+        try:
+            sock = socket.create_connection((address, port), timeout=route.timeout)
+        except OSError as exc:
+            problem = _classify(exc, f"TCP to {address}:{port}", route.timeout)
+            problem.address = address
+            first = first or problem
+            continue
+        return sock, address
+    if first is None:
+        raise Problem(Kind.DNS, "no addresses to connect to")
+    raise first
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    # Byte by byte: after a 200 the next bytes are the server's TLS, which must
+    # stay in the socket for the handshake.
+    head = bytearray()
+    while not head.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        head += chunk
+        if len(head) > _MAX_HEAD:
+            raise Problem(Kind.HTTP, "the proxy sent an answer head over 16 KiB")
+    return bytes(head)
+
+
+def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(lines[0][:80])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip().lower()] = value.strip()
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+
+def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
+    """`CONNECT name:port` through the proxy; the tunnel, or a Problem saying who said no."""
+    proxy = route.proxy
+    assert proxy is not None
+    try:
+        sock = socket.create_connection((proxy.host, proxy.port), timeout=route.timeout)
+    except OSError as exc:
+        inner = _classify(exc, f"TCP to the proxy {proxy.host}:{proxy.port}", route.timeout)
+        raise Problem(Kind.PROXY_UNREACHABLE, inner.message) from None
+    try:
+        request = f"CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n"
+        if proxy.authorization:
+            request += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        sock.sendall((request + "\r\n").encode("ascii"))
+        head = _read_head(sock)
+        if not head:
+            raise Problem(Kind.PROXY_UPSTREAM, "the proxy closed the connection without answering")
+        status, text, headers = _parse_head(head)
+    except Problem:
+        sock.close()
+        raise
+    except ValueError as exc:
+        sock.close()
+        raise Problem(Kind.HTTP, f"the proxy answered something that is not HTTP: {exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise Problem(Kind.PROXY_UPSTREAM,
+                      _classify(exc, "waiting for the proxy's answer", route.timeout).message
+                      ) from None
+    if status == 200:
+        return sock
+    sock.close()
+    reason, rule = headers.get("x-portcullis-reason"), headers.get("x-portcullis-rule")
+    if rule == "-":
+        rule = None
+    answer = f"{status} {text}".strip()
+    # A 403/407 is the proxy's own decision; a 5xx is the proxy failing to
+    # reach the name, which is a network problem behind the proxy.
+    kind = Kind.PROXY_REFUSED if status in (403, 407) else Kind.PROXY_UPSTREAM
+    if status not in (403, 407, 502, 503, 504):
+        kind = Kind.HTTP
+    message = f"refused: {status} {reason}" if reason else f"proxy answered {answer}"
+    raise Problem(kind, message, status=status, reason=reason, rule=rule)
+
+
+def open_tunnel(route: Route, name: str, port: int) -> tuple[socket.socket, str | None]:
+    """A TCP stream to name:port the way this node reaches it; (socket, address dialled)."""
+    if route.proxy is not None:
+        return connect_via_proxy(route, name, port), None
+    return connect_direct(route, resolve(route, name, port), port)
+
+
+def _cert_info(cert: dict[str, object]) -> CertInfo:
+    def flat(field_name: str) -> str:
+        rdns = cert.get(field_name, ())
+        assert isinstance(rdns, tuple)
+        return ", ".join(f"{k}={v}" for rdn in rdns for k, v in rdn)
+
+    not_after = str(cert.get("notAfter", ""))
+    expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
+    return CertInfo(flat("subject"), flat("issuer"), expires)
+
+
+def tls_handshake(route: Route, sock: socket.socket, name: str) -> tuple[ssl.SSLSocket, CertInfo]:
+    """Handshake presenting `name` in SNI; the certificate must be valid for it."""
+    sock.settimeout(route.timeout)
+    try:
+        tls = route.context.wrap_socket(sock, server_hostname=name)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise Problem(Kind.TLS_CERT, exc.verify_message or str(exc)) from None
+    except ssl.SSLError as exc:
+        sock.close()
+        raise Problem(Kind.TLS, f"handshake failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        sock.close()
+        problem = _classify(exc, "TLS handshake", route.timeout)
+        if problem.kind is Kind.NETWORK:  # e.g. EOF: the peer hung up mid-handshake
+            problem = Problem(Kind.RESET, f"TLS handshake: {exc}")
+        raise problem from None
+    cert = tls.getpeercert()
+    assert cert is not None  # verified contexts always have one
+    return tls, _cert_info(dict(cert))
+
+
+class _OnSocket(http.client.HTTPSConnection):
+    """http.client on a socket that is already connected and encrypted."""
+
+    def __init__(self, name: str, port: int, tls: ssl.SSLSocket, timeout: float) -> None:
+        super().__init__(name, port, timeout=timeout)
+        self.sock = tls
+
+    def connect(self) -> None:  # pragma: no cover - the socket is given
+        raise http.client.NotConnected("the socket is given")
+
+
+def http_request(route: Route, tls: ssl.SSLSocket, name: str, port: int, method: str,
+                 target: str, headers: Mapping[str, str], max_body: int = 4096) -> Reply:
+    """One request on `tls`; reads at most `max_body` bytes of the body, then closes."""
+    conn = _OnSocket(name, port, tls, route.timeout)
+    started = time.monotonic()
+    try:
+        conn.request(method, target, headers={"User-Agent": "portcullis-check", **headers,
+                                              "Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read(max_body) if method != "HEAD" else b""
+        return Reply(resp.status, resp.reason, resp.headers, body)
+    except http.client.HTTPException as exc:
+        raise Problem(Kind.HTTP, f"bad HTTP answer: {exc!r}") from None
+    except OSError as exc:
+        what = f"{method} {target}"
+        waited = time.monotonic() - started
+        raise _classify(exc, what, round(waited, 1)) from None
+    finally:
+        conn.close()
