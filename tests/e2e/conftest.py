@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.testbed import Testbed, start_testbed
+from tests.testbed.squid import ReferenceProxy, start_reference_proxy
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,11 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     """
     with start_testbed(tmp_path_factory.mktemp("testbed")) as bed:
         yield bed
+
+
+@pytest.fixture(scope="session")
+def reference_proxy(testbed: Testbed) -> Iterator[ReferenceProxy]:
+    """Squid on 127.0.0.1:<free port>, resolving the testbed names from `testbed.hosts`:
+    a known-good proxy to check the client side against before Portcullis."""
+    with start_reference_proxy(testbed.hosts) as proxy:
+        yield proxy

@@ -7,13 +7,21 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
 
-from tests.testbed import AddressedHTTPSConnection, Testbed, https_request, verify_pulled
+from tests.testbed import (
+    AddressedHTTPSConnection,
+    Testbed,
+    https_request,
+    skopeo_pull,
+    verify_pulled,
+)
 from tests.testbed.image import ImageInfo, write_oci_layout
+from tests.testbed.squid import ReferenceProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +146,30 @@ def test_layout_is_reproducible_and_verify_pulled_catches_corruption(tmp_path: P
 
     with pytest.raises(AssertionError, match="manifest digest"):
         verify_pulled(good, dataclasses.replace(a, manifest_digest="sha256:" + "0" * 64))
+
+
+@pytest.mark.parametrize("which", ["image", "small_image"])
+def test_skopeo_pull_through_a_reference_proxy_follows_the_redirect(
+    testbed: Testbed, reference_proxy: ReferenceProxy, tmp_path: Path, which: str
+) -> None:
+    expected: ImageInfo = getattr(testbed, which)
+    ref = testbed.image_ref if which == "image" else testbed.small_image_ref
+    dest = tmp_path / "pulled"
+    result = skopeo_pull(ref, dest, ca_dir=testbed.ca_dir, proxy=reference_proxy.url, timeout=60)
+    assert result.returncode == 0, result.stderr
+    verify_pulled(dest, expected)
+    # Both names went through the proxy: the registry and, for the blobs, the CDN.
+    tunnels = reference_proxy.access_log.read_text()
+    assert f"CONNECT us.icr.io:443 - HIER_DIRECT/{testbed.registry_addr[0]}" in tunnels
+    assert f"CONNECT dd0.icr.io:443 - HIER_DIRECT/{testbed.cdn_addr[0]}" in tunnels
+
+
+def test_skopeo_pull_fails_cleanly_when_the_proxy_is_gone(testbed: Testbed, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, never listening
+        result = skopeo_pull(
+            testbed.small_image_ref, tmp_path / "x", ca_dir=testbed.ca_dir, proxy=dead, timeout=30
+        )
+    assert result.returncode != 0
+    assert "connection refused" in result.stderr.lower(), result.stderr
