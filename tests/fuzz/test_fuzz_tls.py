@@ -97,6 +97,64 @@ EXPECTED = [parse_client_hello(h) for h in HELLOS]
 FIELDS = [length_fields(h) for h in HELLOS]
 
 
+def _vec(data: bytes, at: int, width: int) -> tuple[bytes, int]:
+    """A length-prefixed vector at `at`: (contents, offset after it)."""
+    (size,) = struct.unpack_from("!B" if width == 1 else "!H", data, at)
+    stop = at + width + size
+    if stop > len(data):
+        raise struct.error("vector overruns")
+    return data[at + width : stop], stop
+
+
+def strict_reading(data: bytes, record_bytes: int) -> ClientHello:
+    """An independent, struct-based reading of an accepted hello.
+
+    The parser under test may refuse more than this, never accept less: each
+    accepted hello must be exactly well-formed here, with the same fields.
+    """
+    message, at = b"", 0
+    while at < record_bytes:
+        kind, _, size = struct.unpack_from("!BHH", data, at)
+        assert kind == 0x16 and 0 < size <= 1 << 14
+        message, at = message + data[at + 5 : at + 5 + size], at + 5 + size
+    assert at == record_bytes and message[0] == 1
+    assert int.from_bytes(message[1:4], "big") == len(message) - 4
+    body = message[4:]
+    session_id, at = _vec(body, 34, 1)
+    suites, at = _vec(body, at, 2)
+    methods, at = _vec(body, at, 1)
+    assert len(session_id) <= 32 and suites and len(suites) % 2 == 0 and methods
+    if at == len(body):
+        return ClientHello(None, False, (), record_bytes)
+    blob, at = _vec(body, at, 2)
+    assert at == len(body)
+    exts: dict[int, bytes] = {}
+    while blob:
+        ext_type, size = struct.unpack_from("!HH", blob)
+        assert ext_type not in exts and 4 + size <= len(blob)
+        exts[ext_type], blob = blob[4 : 4 + size], blob[4 + size :]
+    sni = None
+    if 0 in exts:
+        names, rest = _vec(exts[0], 0, 2)
+        assert names and rest == len(exts[0])
+        while names:
+            name, after = _vec(names, 1, 2)
+            if names[0] == 0:
+                assert sni is None and name and name.isascii()
+                sni = name.decode()
+            names = names[after:]
+    alpn: list[str] = []
+    if 16 in exts:
+        protocols, rest = _vec(exts[16], 0, 2)
+        assert protocols and rest == len(exts[16])
+        while protocols:
+            protocol, after = _vec(protocols, 0, 1)
+            assert protocol
+            alpn.append(protocol.decode("latin-1"))
+            protocols = protocols[after:]
+    return ClientHello(sni, 0xFE0D in exts, tuple(alpn), record_bytes)
+
+
 def outcome(data: bytes, max_size: int = MAX_HELLO_SIZE) -> ClientHello | str | None:
     try:
         hello = parse_client_hello(data, max_size)
@@ -105,7 +163,7 @@ def outcome(data: bytes, max_size: int = MAX_HELLO_SIZE) -> ClientHello | str | 
         return "error"
     if hello is not None:
         assert 0 < hello.record_bytes <= min(len(data), max_size)
-        assert hello.sni is None or (hello.sni and hello.sni.isascii())
+        assert strict_reading(data, hello.record_bytes) == hello
     return hello
 
 

@@ -94,6 +94,7 @@ BAD_HEADS: dict[str, tuple[bytes, str]] = {
     "bare LF everywhere": (b"GET http://a/ HTTP/1.1\nHost: a\n\n", "bare LF"),
     "bare LF in one line": (b"GET http://a/ HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n", "bare LF"),
     "lone CR": (b"GET http://a/ HTTP/1.1\r\nX: a\rb\r\n\r\n", "CR not followed"),
+    "lone CR in request line": (b"GET http://a/\r HTTP/1.1\r\n\r\n", "CR not followed"),
     "CR before the final CRLF": (b"GET http://a/ HTTP/1.1\r\nX: a\r\r\n\r\n", "CR not followed"),
     "obs-fold": (b"GET http://a/ HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "folding"),
     "obs-fold with tab": (b"GET http://a/ HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", "folding"),
@@ -132,15 +133,29 @@ def test_bad_heads(case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["bare LF everywhere", "TLS to the HTTP port", "lone CR", "double space", "HTTP/2.0"]
+    "case",
+    [
+        "bare LF everywhere",
+        "TLS to the HTTP port",
+        "escape in request line",
+        "lone CR in request line",
+        "double space",
+        "HTTP/2.0",
+    ],
 )
 def test_bad_bytes_refused_before_the_head_is_complete(case: str) -> None:
     data = BAD_HEADS[case][0]
     # Everything but the blank line that would complete the head.
     cut = data.find(b"\n\n") if b"\n\n" in data else data.rfind(b"\r\n\r\n") + 2
     assert 0 < cut < len(data) - 1 or case == "TLS to the HTTP port"
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match=BAD_HEADS[case][1]):
         parse_request_head(data[: max(cut, 3)])
+
+
+def test_head_ended_by_bare_lfs_is_refused_not_awaited() -> None:
+    # No CRLFCRLF will ever come; waiting would hold the connection to the limit.
+    with pytest.raises(BadRequest, match="bare LF"):
+        parse_request_head(b"GET http://a/ HTTP/1.1\r\nHost: a\n\n")
 
 
 def test_exactly_max_headers_is_fine() -> None:

@@ -87,11 +87,13 @@ _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 # Compiled once at import; each is one C-level scan per head.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-# In a complete head every CR must start a CRLF and every LF end one. In a
-# partial buffer a final CR may still be followed by its LF, hence two forms.
-_CTL = rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
-_BAD_IN_HEAD = re.compile(_CTL + rb"|(?<!\r)\n|\r(?!\n)")
-_BAD_IN_PARTIAL = re.compile(_CTL + rb"|(?<!\r)\n|\r(?=[^\n])")
+# Every byte a head may hold: HTAB, CR, LF, printable ASCII, obs-text.
+# `translate(None, _ALLOWED)` deletes them at C speed and leaves only the bad
+# ones, an order of magnitude faster than a regex scan; the regex below only
+# runs to name the culprit.
+_ALLOWED = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_STRAY_CR_LF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +119,22 @@ class RequestHead:
         return tuple(v for k, v in self.headers if k == key)
 
 
-def _bad_byte(match: re.Match[bytes]) -> BadRequest:
-    byte = match.group()
-    if byte == b"\n":
-        return BadRequest(f"bare LF at offset {match.start()}; lines must end with CRLF")
-    if byte == b"\r":
-        return BadRequest(f"CR not followed by LF at offset {match.start()}")
-    return BadRequest(f"control byte 0x{byte[0]:02x} at offset {match.start()} in the request head")
+def _check_bytes(buf: bytes | bytearray, start: int, end: int) -> None:
+    """Refuse control bytes, and CR or LF outside a CRLF pair, in buf[start:end]."""
+    region = buf[start:end]
+    if region.translate(None, _ALLOWED):
+        bad = _CTL.search(buf, start, end)
+        offset = bad.start() if bad else -1
+        raise BadRequest(f"control byte 0x{buf[offset]:02x} at offset {offset} in the request head")
+    pairs = region.count(b"\r\n")
+    if region.count(b"\r") == pairs and region.count(b"\n") == pairs:
+        return
+    stray = _STRAY_CR_LF.search(buf, start, end)
+    if stray is None:  # unreachable while the counts above are right
+        raise BadRequest("CR or LF outside a CRLF line ending")
+    if stray.group() == b"\n":
+        raise BadRequest(f"bare LF at offset {stray.start()}; lines must end with CRLF")
+    raise BadRequest(f"CR not followed by LF at offset {stray.start()}")
 
 
 def _parse_request_line(line: bytes | bytearray) -> tuple[str, str, str]:
@@ -144,18 +155,29 @@ def _parse_request_line(line: bytes | bytearray) -> tuple[str, str, str]:
     return name, target.decode("ascii"), ver
 
 
-def _parse_header_line(line: bytes | bytearray) -> tuple[str, str]:
-    if line[0] in (0x20, 0x09):
-        raise BadRequest("obsolete line folding (a header line starting with whitespace)")
-    colon = line.find(b":")
-    if colon <= 0:
-        raise BadRequest(f"header line without a name and colon: {line[:40]!r}")
-    name = line[:colon]
-    if not _TOKEN.fullmatch(name):
-        if name[-1] in (0x20, 0x09):
-            raise BadRequest(f"whitespace between header name {name.rstrip()[:40]!r} and colon")
-        raise BadRequest(f"invalid header name {name[:40]!r}")
-    return name.lower().decode("ascii"), line[colon + 1 :].strip(b" \t").decode("latin-1")
+def _parse_headers(lines: list[bytes] | list[bytearray]) -> tuple[tuple[str, str], ...]:
+    """Header lines (after the request line) to (lowercase name, stripped value).
+
+    One loop with local names, not a call per line: this runs for every
+    request through the proxy.
+    """
+    token = _TOKEN.fullmatch
+    out: list[tuple[str, str]] = []
+    append = out.append
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if token(name) is None:
+            if line[0] in (0x20, 0x09):
+                raise BadRequest("obsolete line folding (a header line starting with whitespace)")
+            if not colon or not name:
+                raise BadRequest(f"header line without a name and colon: {line[:40]!r}")
+            if name[-1] in (0x20, 0x09):
+                raise BadRequest(f"whitespace between header name {name.rstrip()[:40]!r} and colon")
+            raise BadRequest(f"invalid header name {name[:40]!r}")
+        if not colon:
+            raise BadRequest(f"header line without a name and colon: {line[:40]!r}")
+        append((name.lower().decode("ascii"), value.strip(b" \t").decode("latin-1")))
+    return tuple(out)
 
 
 def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) -> RequestHead | None:
@@ -173,21 +195,26 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
     if end < 0:
         if len(buf) >= max_size:
             raise HeaderTooLarge(f"no end of the request head within {max_size} bytes")
-        bad = _BAD_IN_PARTIAL.search(buf, start)
-        if bad:
-            raise _bad_byte(bad)
-        eol = buf.find(b"\r\n", start)
-        if eol >= 0:
-            _parse_request_line(buf[start:eol])
+        # Early refusals, cheap enough to repeat on every read of a slow
+        # client: junk in the request line (a TLS hello sent to the plain
+        # port fails on its first byte) and a head ended by bare LFs, which
+        # would otherwise wait for a CRLFCRLF that never comes.
+        if buf.find(b"\n\n", start) >= 0:
+            raise BadRequest("bare LF line endings; lines must end with CRLF")
+        eol = buf.find(b"\n", start)
+        if eol < 0:
+            # A final CR may still get its LF from the next read.
+            _check_bytes(buf, start, len(buf) - 1 if buf.endswith(b"\r") else len(buf))
+        else:
+            _check_bytes(buf, start, eol + 1)
+            _parse_request_line(buf[start : eol - 1])
         return None
-    bad = _BAD_IN_HEAD.search(buf, start, end)
-    if bad:
-        raise _bad_byte(bad)
+    _check_bytes(buf, start, end)
     lines = buf[start:end].split(b"\r\n")
     if len(lines) - 1 > MAX_HEADERS:
         raise BadRequest(f"{len(lines) - 1} header lines; the limit is {MAX_HEADERS}")
     method, target, version = _parse_request_line(lines[0])
-    headers = tuple(_parse_header_line(line) for line in lines[1:])
+    headers = _parse_headers(lines[1:])
     return RequestHead(method, target, version, headers, end + 4)
 
 

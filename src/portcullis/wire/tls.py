@@ -183,10 +183,15 @@ def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> Cl
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     seen: set[int] = set()
+    # Inlined reads: this loop runs for every extension of every hello.
     while i < end:
-        i = need(i, 4, "extension header")
-        ext, ext_len = _u16(b, i - 4), _u16(b, i - 2)
-        stop = need(i, ext_len, f"extension 0x{ext:04x}")
+        if i + 4 > end:
+            raise MalformedClientHello("extension header overruns the ClientHello")
+        ext = b[i] << 8 | b[i + 1]
+        stop = i + 4 + (b[i + 2] << 8 | b[i + 3])
+        i += 4
+        if stop > end:
+            raise MalformedClientHello(f"extension 0x{ext:04x} overruns the ClientHello")
         if ext in seen:
             raise MalformedClientHello(f"extension 0x{ext:04x} appears twice")
         seen.add(ext)
