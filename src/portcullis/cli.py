@@ -19,6 +19,7 @@ from portcullis.config import Policy, PolicyError, load_policy
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
+from portcullis.tools import export as exporting
 from portcullis.wire.authority import AuthorityError
 
 EXIT_OK = 0
@@ -66,6 +67,34 @@ DOMAIN_FORMATS: dict[str, Callable[[Sequence[catalog.CatalogEntry]], str]] = {
     "json": _entries_json,
     "csv": _entries_csv,
 }
+
+
+class _ExportRefusedError(click.ClickException):
+    """An export format cannot express the selection; exit 2 like a usage error."""
+
+    exit_code = EXIT_USAGE
+
+
+def _export_renderer(fmt: str) -> Callable[[Sequence[catalog.CatalogEntry]], str]:
+    def render(entries: Sequence[catalog.CatalogEntry]) -> str:
+        params = click.get_current_context().params
+        chosen = " ".join(
+            f"{k}={','.join(v) if isinstance(v, tuple) else v}"
+            for k, v in sorted(params.items())
+            if v and k != "fmt"
+        )
+        spec = exporting.spec_from_names(
+            [entry.name for entry in entries], origin=f"portcullis domains ({chosen})"
+        )
+        try:
+            return exporting.render(fmt, spec)
+        except exporting.ExportRefused as exc:
+            raise _ExportRefusedError(str(exc)) from None
+
+    return render
+
+
+DOMAIN_FORMATS.update({fmt: _export_renderer(fmt) for fmt in exporting.FORMATS})
 
 
 def _regions_text(regions: Sequence[catalog.Region]) -> str:
@@ -409,6 +438,43 @@ def nftables(path: str | None, apply_rules: bool, uid: str | None) -> None:
         click.echo(f"portcullis nftables: {exc}", err=True)
         raise SystemExit(EXIT_DENIED) from None
     click.echo(f"loaded table inet {nft.TABLE}")
+
+# --- export: other firewalls' configurations ---
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
+              help="Policy file to export.")
+@click.option("--format", "fmt", required=True, type=click.Choice(list(exporting.FORMATS)),
+              help="Target firewall.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write here instead of stdout.")
+@click.option("--option", "option_list", multiple=True, metavar="KEY=VALUE",
+              help="A format's setting, e.g. cilium-version=1.18 (repeatable).")
+def export(path: str, fmt: str, output: str | None, option_list: tuple[str, ...]) -> None:
+    """Translate a policy into another firewall's configuration, with the same meaning.
+
+    Exit 2, saying why, when the format cannot express the policy exactly.
+    """
+    policy = _load_or_exit(path)
+    options: dict[str, str] = {}
+    for item in option_list:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--option {item!r}: write --option key=value")
+        options[key.strip()] = value.strip()
+    spec = exporting.spec_from_file(path, policy)
+    try:
+        text = exporting.render(fmt, spec, options)
+    except exporting.ExportRefused as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as file:
+        file.write(text)
+
 
 if __name__ == "__main__":
     main()
