@@ -190,6 +190,23 @@ def test_any_fragmentation_gives_the_same_hello(which: int, sizes: list[int]) ->
 
 
 @FUZZ
+@given(
+    st.integers(0, len(HELLOS) - 1),
+    st.binary(min_size=1, max_size=40),
+    st.lists(st.integers(1, 700), min_size=1, max_size=4),
+)
+def test_extra_handshake_bytes_in_the_last_record(
+    which: int, extra: bytes, sizes: list[int]
+) -> None:
+    flight = reframe(HELLOS[which][5:] + extra, sizes)
+    result = outcome(flight)
+    # Refused, unless the extra bytes happen to start a record of their own.
+    assert result == "error" or (
+        isinstance(result, ClientHello) and flight[result.record_bytes] == 0x16
+    )
+
+
+@FUZZ
 @given(st.integers(0, len(HELLOS) - 1), st.binary(max_size=300))
 def test_bytes_after_the_hello_change_nothing(which: int, junk: bytes) -> None:
     assert outcome(HELLOS[which] + junk) == EXPECTED[which]
@@ -241,12 +258,38 @@ def test_extension_order_does_not_matter(which: int, rnd: Random) -> None:
     assert outcome(reframe(message, [len(message)])) == EXPECTED[which]
 
 
-_EXTENSION = st.tuples(
-    st.one_of(st.sampled_from([0, 16, 0xFE0D, 21]), st.integers(0, 0xFFFF)),
-    st.one_of(
-        st.binary(max_size=12),
-        # Lists whose 2-byte length is right, so the entries get parsed.
-        st.binary(max_size=12).map(lambda b: len(b).to_bytes(2, "big") + b),
+def _list16(entries: list[bytes], trailing: bytes) -> bytes:
+    blob = b"".join(entries) + trailing
+    return len(blob).to_bytes(2, "big") + blob
+
+
+# server_name and ALPN bodies: right list length, entries of any kind and size
+# (empty ones included), and up to 2 stray bytes after the last entry.
+_SNI_DATA = st.builds(
+    _list16,
+    st.lists(
+        st.tuples(st.sampled_from([0, 0, 1, 255]), st.binary(max_size=6)).map(
+            lambda e: bytes([e[0]]) + len(e[1]).to_bytes(2, "big") + e[1]
+        ),
+        max_size=3,
+    ),
+    st.binary(max_size=2),
+)
+_ALPN_DATA = st.builds(
+    _list16,
+    st.lists(st.binary(max_size=4).map(lambda p: bytes([len(p)]) + p), max_size=3),
+    st.binary(max_size=1),
+)
+_EXTENSION = st.one_of(
+    st.tuples(st.just(0), _SNI_DATA),
+    st.tuples(st.just(16), _ALPN_DATA),
+    st.tuples(
+        st.one_of(st.sampled_from([0, 16, 0xFE0D, 21]), st.integers(0, 0xFFFF)),
+        st.one_of(
+            st.binary(max_size=12),
+            # Lists whose 2-byte length is right, so the entries get parsed.
+            st.binary(max_size=12).map(lambda b: len(b).to_bytes(2, "big") + b),
+        ),
     ),
 )
 
@@ -274,7 +317,7 @@ _SUITES = st.lists(st.binary(min_size=2, max_size=2), min_size=1, max_size=3).ma
 # Session id, cipher suites, compression methods, extensions: each piece in its
 # place and mostly well-formed, so that every later check gets reached.
 _ORDERED_BODY = st.tuples(
-    _vector(1, 34),
+    st.one_of(_vector(1, 34), st.sampled_from([32, 33]).map(lambda n: bytes([n]) + bytes(n))),
     st.one_of(_SUITES, _vector(2, 8)),
     _vector(1, 3),
     st.one_of(st.just(b""), st.binary(max_size=3), _vector(2, 12)),
