@@ -1,0 +1,124 @@
+"""`portcullis learn` end to end (issue 6, item 2): a real pull through Portcullis in
+report mode, learn a policy from its decision log, enforce that policy: the same
+pull succeeds and names (and clients) never seen are denied.
+
+The testbed lives on 127.0.0.14 (registry) / 127.0.0.15 (CDN), away from the
+shared default addresses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    with start_testbed(tmp_path_factory.mktemp("learnbed"), registry_ip="127.0.0.14",
+                       cdn_ip="127.0.0.15") as testbed:
+        yield testbed
+
+
+@pytest.fixture(scope="module")
+def report_log(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decision log of a real pull through Portcullis in report mode, with no rules."""
+    workdir = tmp_path_factory.mktemp("report")
+    with run_portcullis(workdir / "p", policy_for(bed.hosts, [], mode="report")) as proxy:
+        result = pull(bed, proxy, workdir / "out")
+        assert result.returncode == 0, result.stderr
+    decisions = [r for r in proxy.records("decision")]
+    assert {(r["decision"], r["reason"]) for r in decisions} == {("report", "no_rule")}
+    return proxy.log_path
+
+
+def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path) -> subprocess.CompletedProcess[str]:
+    shutil.rmtree(dest, ignore_errors=True)
+    return skopeo_pull(bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url, timeout=120)
+
+
+def learn(log: Path, out: Path, *args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis.cli", "learn", str(log), "-o", str(out), *args],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "learnt 1 source group, 1 rule, " in result.stderr
+    learnt = yaml.safe_load(out.read_text())
+    assert isinstance(learnt, dict)
+    return learnt
+
+
+def enforceable(bed: Testbed, learnt: dict[str, Any]) -> dict[str, Any]:
+    """The learnt policy plus what a log cannot tell: where to listen, how to resolve.
+
+    de.icr.io (on the registry's certificate) resolves to the registry too, so
+    that no test name ever reaches a real resolver.
+    """
+    local = policy_for({**bed.hosts, "de.icr.io": bed.hosts["us.icr.io"]}, [])
+    return {**learnt, **{k: local[k] for k in ("listen", "resolver", "limits")}}
+
+
+def connect_from(proxy: RunningPortcullis, target: str, source: str = "127.0.0.1") -> bytes:
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(proxy.explicit)
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        return answer
+
+
+def test_learnt_policy_allows_the_same_pull_and_nothing_else(
+    bed: Testbed, report_log: Path, tmp_path: Path
+) -> None:
+    learnt = learn(report_log, tmp_path / "learnt.yaml")
+    assert learnt["mode"] == "enforce" and learnt["default"] == "deny"
+    assert learnt["sources"] == {"clients": ["127.0.0.1/32"]}
+    assert learnt["rules"] == [{"name": "learnt", "from": ["clients"],
+                                "to": ["dd0.icr.io", "us.icr.io"], "ports": [443],
+                                "action": "allow"}]
+    with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
+        result = pull(bed, proxy, tmp_path / "out")
+        assert result.returncode == 0, result.stderr
+        verify_pulled(tmp_path / "out", bed.image)
+        assert {(r["decision"], r["rule"]) for r in proxy.decisions()} == {("allow", "learnt")}
+        # de.icr.io is on the registry's certificate but was never asked for.
+        assert connect_from(proxy, "de.icr.io:443").startswith(b"HTTP/1.1 403 ")
+        assert connect_from(proxy, "us.icr.io:80").startswith(b"HTTP/1.1 403 ")
+        # 127.0.0.9 never pulled anything: it is in no learnt source group.
+        assert connect_from(proxy, "us.icr.io:443", "127.0.0.9").startswith(b"HTTP/1.1 403 ")
+        denied = {(r["host"], r["port"], r["client"]): r["reason"]
+                  for r in proxy.decisions() if r["decision"] == "deny"}
+    assert denied == {("de.icr.io", 443, "127.0.0.1"): "no_rule",
+                      ("us.icr.io", 80, "127.0.0.1"): "port_not_allowed",
+                      ("us.icr.io", 443, "127.0.0.9"): "source_unknown"}
+
+
+def test_registry_aware_learning_allows_the_registry_wildcard(
+    bed: Testbed, report_log: Path, tmp_path: Path
+) -> None:
+    learnt = learn(report_log, tmp_path / "learnt.yaml", "--registry-aware")
+    assert learnt["rules"][0]["to"] == ["*.icr.io"]
+    with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
+        result = pull(bed, proxy, tmp_path / "out")
+        assert result.returncode == 0, result.stderr
+        verify_pulled(tmp_path / "out", bed.image)
+        # Another IBM delivery host is what the wildcard is for; another registry is not.
+        assert connect_from(proxy, "de.icr.io:443").startswith(b"HTTP/1.1 200 ")
+        assert connect_from(proxy, "quay.io:443").startswith(b"HTTP/1.1 403 ")
+        quay = proxy.decisions("quay.io")
+    assert [(r["decision"], r["reason"]) for r in quay] == [("deny", "no_rule")]
