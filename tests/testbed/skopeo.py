@@ -60,8 +60,12 @@ def skopeo_pull(
     proxy: str | None,
     timeout: float,
     extra_args: list[str] | None = None,
+    netns: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`skopeo copy docker://REF dir:DEST_DIR`, through `proxy` when given.
+
+    With `netns`, skopeo runs under `ip netns exec NETNS`: in that network
+    namespace, with /etc/netns/NETNS/hosts as its /etc/hosts.
 
     With a proxy, HTTPS_PROXY/HTTP_PROXY (both spellings) point at it and
     NO_PROXY/no_proxy are removed, so every connection - registry and redirected
@@ -89,6 +93,8 @@ def skopeo_pull(
         f"docker://{ref}",
         f"dir:{dest_dir}",
     ]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
     return _run(argv, clean_env(extra), timeout)
 
 

@@ -8,6 +8,8 @@ the proxy and the upstream could split differently cannot get through.
 The first head was already checked by the strict parser; every head, first or
 later on a kept-alive connection, is checked again by `check_request` (Host
 agreement, Content-Length / Transfer-Encoding conflicts) before it is decided.
+Transparent mode reuses this path for redirected port-80 traffic (origin-form
+requests decided on their Host) through `authority_of` and `choose`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import h11
 
+from portcullis.config import IPAddress
 from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Reason
+from portcullis.policy.engine import Verdict
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import Attempt, FirewallState
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
+from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_absolute_uri
+
+# The name and port a request is decided on (raises HttpError), and the order
+# in which the checked addresses are dialled (raises Refused).
+AuthorityOf = Callable[[RequestHead], Authority]
+Choose = Callable[[Attempt, Verdict, list[IPAddress]], list[IPAddress]]
 
 _READ = 65536
 # Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never forwarded.
@@ -90,7 +101,13 @@ async def _send(sock: socket.socket, data: bytes | None) -> None:
 
 
 async def serve(
-    state: FirewallState, conn: socket.socket, attempt: Attempt, raw: bytes
+    state: FirewallState,
+    conn: socket.socket,
+    attempt: Attempt,
+    raw: bytes,
+    *,
+    authority_of: AuthorityOf = check_request,
+    choose: Choose | None = None,
 ) -> None:
     """Serve absolute-form requests on `conn` until either side closes."""
     limits = state.policy.limits
@@ -110,7 +127,7 @@ async def serve(
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed or a client that went away
             try:
-                authority = check_request(_as_head(event))
+                authority = authority_of(_as_head(event))
             except HttpError as exc:
                 attempt.refuse(exc.reason)
                 attempt.record()
@@ -135,6 +152,8 @@ async def serve(
                     addresses = await resolve_and_check(
                         state, attempt, verdict, authority.host, authority.is_ip
                     )
+                    if choose is not None:
+                        addresses = choose(attempt, verdict, addresses)
                     upstream = _Upstream(key, await dial(state, attempt, addresses, key[1]))
                 except Refused as refusal:
                     attempt.record()
@@ -155,8 +174,8 @@ async def serve(
             # The next request on this connection is a new decision with its own record.
             attempt.record_close(sent_up, sent_down, "done")
             sent_up = sent_down = 0
-            attempt = Attempt(state, "http", attempt.client, attempt.client_port,
-                              new_connection_id())
+            attempt = Attempt(state, attempt.mode, attempt.client, attempt.client_port,
+                              new_connection_id(), original_dst=attempt.original_dst)
     except _Closed:
         pass
     finally:
@@ -175,7 +194,9 @@ async def _exchange(
 ) -> tuple[int, int]:
     """Forward one request with its body, then its response; return body byte counts."""
     timeout = state.policy.limits.idle_timeout
-    _, _, path = parse_absolute_uri(request.target.decode("ascii"))
+    target = request.target.decode("ascii")
+    # Origin-form only gets here from transparent mode, whose `authority_of` took the Host.
+    path = target if target.startswith("/") else parse_absolute_uri(target)[2]
     outgoing = h11.Request(
         method=request.method, target=path.encode("ascii"), headers=_forwardable(request.headers),
         http_version=request.http_version,

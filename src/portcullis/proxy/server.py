@@ -21,12 +21,14 @@ from typing import Any
 
 from portcullis.config import Policy, PolicyError, load_policy, parse_hostport
 from portcullis.observe.admin import AdminServer
+from portcullis.observe.events import Mode
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
 from portcullis.proxy.explicit import handle_explicit
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.transparent import handle_transparent
 
 Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
 WATCH_INTERVAL = 2.0
@@ -72,8 +74,7 @@ class Server:
     async def start(self) -> None:
         policy = self.state.policy
         handlers: dict[str, Handler] = {"explicit": handle_explicit}
-        if policy.listen.transparent is not None:
-            self.state.log.log_error("transparent mode is not available in this build")
+        handlers["transparent"] = handle_transparent
         for mode, handler in handlers.items():
             address = getattr(policy.listen, mode)
             if address is None:
@@ -171,7 +172,8 @@ class Server:
         from portcullis.observe.events import new_connection_id
         from portcullis.policy.decisions import Reason
 
-        attempt = Attempt(self.state, "explicit", str(peer[0]), int(peer[1]), new_connection_id())
+        kind: Mode = "transparent" if mode == "transparent" else "explicit"
+        attempt = Attempt(self.state, kind, str(peer[0]), int(peer[1]), new_connection_id())
         attempt.refuse(Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY)
         attempt.record()
         if mode == "explicit":

@@ -1,0 +1,431 @@
+"""Transparent mode end to end (issue 4, item 3): a worker with no proxy settings,
+a firewall namespace routing it with the `portcullis nftables` redirect, and the
+real testbed in a registry namespace.
+
+    worker 10.231.K.2 --veth-- 10.231.K.1  firewall  10.231.K+1.1 --veth-- registry
+                               Portcullis, transparent :3129     .2 us.icr.io (docker-registry)
+                                                                 .3 dd0.icr.io (nginx CDN)
+                                                                 .4 an attacker's listener
+                                                                 .5 plain.icr.io (HTTP :80)
+
+Every address is inside namespaces this module creates and always deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
+from tests.netns import Namespaces, inside, namespaces
+from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+
+pytestmark = pytest.mark.e2e
+
+# Per-run subnets: namespaces keep concurrent runs apart anyway, but the testbed
+# serializes runs on the same addresses with a lock file.
+K = 16 + (os.getpid() % 100) * 2
+WORKER_NET, REGISTRY_NET = f"10.231.{K}", f"10.231.{K + 1}"
+WORKER_IP, FW_WORKER_IP = f"{WORKER_NET}.2", f"{WORKER_NET}.1"
+FW_REGISTRY_IP, REGISTRY_IP, CDN_IP = f"{REGISTRY_NET}.1", f"{REGISTRY_NET}.2", f"{REGISTRY_NET}.3"
+ATTACKER_IP, PLAIN_IP = f"{REGISTRY_NET}.4", f"{REGISTRY_NET}.5"
+TRANSPARENT_PORT = 3129
+HELLO_TIMEOUT = 1.5
+ALERT_ACCESS_DENIED = bytes.fromhex("15030300020231")
+
+
+@dataclass
+class Net:
+    ns: Namespaces
+    bed: Testbed
+    proxy: RunningPortcullis
+    attacker: socket.socket
+    plain_paths: list[str]
+    workdir: Path
+
+    def use(self, **transparent: Any) -> None:
+        """Install the module's policy (with these `transparent:` settings) and wait for it."""
+        self.use_policy(base_policy(self.bed, transparent=transparent))
+
+    def use_policy(self, policy: dict[str, Any]) -> None:
+        if yaml.safe_load(self.proxy.policy_path.read_text()) == policy:
+            return
+        done = len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"])
+        self.proxy.write_policy(policy)
+        self.proxy.reload()
+        deadline = time.monotonic() + 10
+        while len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"]) <= done:
+            assert time.monotonic() < deadline, self.proxy.records()[-3:]
+            time.sleep(0.05)
+
+    def mark(self) -> int:
+        return len(self.proxy.records())
+
+    def decisions_since(self, mark: int) -> list[dict[str, Any]]:
+        return [r for r in self.proxy.records()[mark:] if r.get("event") == "decision"]
+
+    def decision_for(self, client_port: int, timeout: float = 10) -> dict[str, Any]:
+        return self.proxy.wait_for_log(
+            lambda r: r.get("event") == "decision" and r.get("client_port") == client_port,
+            timeout=timeout,
+        )
+
+    def pull(self, ref: str, dest: Path) -> Any:
+        shutil.rmtree(dest, ignore_errors=True)
+        return skopeo_pull(ref, dest, ca_dir=self.bed.ca_dir, proxy=None, timeout=120,
+                           netns=self.ns.worker)
+
+
+def base_policy(bed: Testbed, *, to: tuple[str, ...] = ("us.icr.io", "dd0.icr.io"),
+                transparent: dict[str, Any] | None = None) -> dict[str, Any]:
+    hosts = {**bed.hosts, "plain.icr.io": [PLAIN_IP]}
+    policy = policy_for(hosts, [], sources=(f"{WORKER_NET}.0/24",))
+    policy["listen"]["transparent"] = f"0.0.0.0:{TRANSPARENT_PORT}"
+    policy["rules"] = [
+        {"name": "registry", "from": ["workers"], "to": list(to), "ports": [443]},
+        {"name": "plain", "from": ["workers"], "to": ["plain.icr.io"], "ports": [80]},
+    ]
+    policy["limits"]["client_hello_timeout"] = HELLO_TIMEOUT
+    policy["limits"]["header_timeout"] = 3
+    policy["transparent"] = {"strict": False, "ech": "deny", **(transparent or {})}
+    return policy
+
+
+def _topology(ns: Namespaces) -> None:
+    ns.link("firewall", "fw-w", "worker", "wk0")
+    ns.link("firewall", "fw-r", "registry", "rg0")
+    ns.address("worker", "wk0", f"{WORKER_IP}/24")
+    ns.address("firewall", "fw-w", f"{FW_WORKER_IP}/24")
+    ns.address("firewall", "fw-r", f"{FW_REGISTRY_IP}/24")
+    for ip in (REGISTRY_IP, CDN_IP, ATTACKER_IP, PLAIN_IP):
+        ns.address("registry", "rg0", f"{ip}/24")
+    ns.exec("worker", ["ip", "route", "add", "default", "via", FW_WORKER_IP])
+    ns.exec("registry", ["ip", "route", "add", "default", "via", FW_REGISTRY_IP])
+    ns.exec("firewall", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    # The worker resolves like any node would, from its own /etc/hosts.
+    ns.etc("worker", {
+        "hosts": (f"127.0.0.1 localhost\n{REGISTRY_IP} us.icr.io\n{CDN_IP} dd0.icr.io\n"
+                  f"{PLAIN_IP} plain.icr.io\n"),
+        "resolv.conf": "nameserver 127.0.0.1\n",
+    })
+
+
+class _PlainHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[str]
+
+    def do_GET(self) -> None:
+        self.seen.append(f"{self.headers.get('Host')} {self.path}")
+        body = b"plain hello\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    workdir = tmp_path_factory.mktemp("transparent")
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(namespaces("worker", "firewall", "registry"))
+        _topology(ns)
+        with inside(ns.registry):
+            bed = stack.enter_context(
+                start_testbed(workdir / "testbed", registry_ip=REGISTRY_IP, cdn_ip=CDN_IP))
+            attacker = stack.enter_context(socket.create_server((ATTACKER_IP, 443)))
+            seen: list[str] = []
+            handler = type("Handler", (_PlainHandler,), {"seen": seen})
+            plain = http.server.ThreadingHTTPServer((PLAIN_IP, 80), handler)
+        stack.callback(plain.server_close)
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+        stack.callback(plain.shutdown)
+        policy = base_policy(bed)
+        policy_path = workdir / "nft-policy.yaml"
+        policy_path.write_text(yaml.safe_dump(policy))
+        # The redirect comes from the command an operator would run on the gateway.
+        loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(policy_path), "--apply"])
+        assert loaded.strip() == "loaded table inet portcullis"
+        with inside(ns.firewall):
+            proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
+        yield Net(ns, bed, proxy, attacker, seen, workdir)
+
+
+@contextlib.contextmanager
+def worker_socket(net: Net, address: tuple[str, int], timeout: float = 10
+                  ) -> Iterator[socket.socket]:
+    with inside(net.ns.worker):
+        sock = socket.create_connection(address, timeout=timeout)
+    with sock:
+        yield sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    out = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def client_hello(server_hostname: str | None) -> bytes:
+    """The first flight OpenSSL sends (one record holding the ClientHello)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
+
+
+def with_ech(flight: bytes) -> bytes:
+    """`flight` with an encrypted_client_hello (0xfe0d) extension appended."""
+    body = flight[9:]
+    i = 34
+    i += 1 + body[i]
+    i += 2 + int.from_bytes(body[i : i + 2], "big")
+    i += 1 + body[i]
+    ext_len = int.from_bytes(body[i : i + 2], "big")
+    ech = struct.pack("!HH", 0xFE0D, 8) + bytes(8)
+    new = body[:i] + struct.pack("!H", ext_len + len(ech)) + body[i + 2 :] + ech
+    message = b"\x01" + len(new).to_bytes(3, "big") + new
+    return struct.pack("!BHH", 0x16, 0x0301, len(message)) + message
+
+
+def tls_get(sock: socket.socket, bed: Testbed, name: str = "us.icr.io") -> bytes:
+    """GET /v2/ over verified TLS as `name`; the first line of the answer."""
+    tls = bed.ssl_context().wrap_socket(sock, server_hostname=name)
+    tls.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    return read_all(tls).split(b"\r\n", 1)[0]
+
+
+def test_allowed_pull_succeeds_with_no_proxy_settings(net: Net, tmp_path: Path) -> None:
+    net.use()
+    mark = net.mark()
+    result = net.pull(net.bed.image_ref, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    verify_pulled(tmp_path / "out", net.bed.image)
+    decisions = net.decisions_since(mark)
+    assert {r["host"] for r in decisions} == {"us.icr.io", "dd0.icr.io"}
+    expected_ip = {"us.icr.io": REGISTRY_IP, "dd0.icr.io": CDN_IP}
+    for r in decisions:
+        assert (r["mode"], r["decision"], r["reason"]) == ("transparent", "allow", "rule_allow")
+        assert r["client"] == WORKER_IP and r["sni"] == r["host"] and r["port"] == 443
+        assert r["original_dst"] == r["dialed"] == f"{expected_ip[r['host']]}:443"
+    closes = [r for r in net.proxy.records()[mark:] if r.get("event") == "close"]
+    assert sum(c["bytes_down"] for c in closes) > net.bed.image.total_size
+
+
+def test_delivery_host_not_allowed_fails_the_pull_with_no_rule(net: Net, tmp_path: Path) -> None:
+    net.use_policy(base_policy(net.bed, to=("us.icr.io",)))
+    mark = net.mark()
+    result = net.pull(net.bed.small_image_ref, tmp_path / "out")
+    assert result.returncode != 0
+    assert "access denied" in result.stderr, result.stderr
+    denied = [r for r in net.decisions_since(mark) if r["host"] == "dd0.icr.io"]
+    assert denied and {(r["decision"], r["reason"]) for r in denied} == {("deny", "no_rule")}
+    assert all(r["dialed"] is None and r["original_dst"] == f"{CDN_IP}:443" for r in denied)
+
+
+def _attacker_got_nothing(net: Net) -> None:
+    net.attacker.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        net.attacker.accept()[0].close()
+
+
+def test_spoofed_sni_goes_to_the_resolved_registry_not_the_attacker(net: Net) -> None:
+    net.use()
+    with worker_socket(net, (ATTACKER_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        # The certificate verifies: the worker reached the real us.icr.io.
+        assert tls_get(sock, net.bed) == b"HTTP/1.1 200 OK"
+    record = net.decision_for(port)
+    assert (record["decision"], record["host"]) == ("allow", "us.icr.io")
+    assert record["original_dst"] == f"{ATTACKER_IP}:443"
+    assert record["dialed"] == f"{REGISTRY_IP}:443"
+    _attacker_got_nothing(net)
+
+
+def test_strict_mode_refuses_an_original_destination_dns_does_not_give(net: Net) -> None:
+    net.use(strict=True)
+    with worker_socket(net, (ATTACKER_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
+            tls_get(sock, net.bed)
+    record = net.decision_for(port)
+    assert (record["decision"], record["reason"]) == ("deny", "original_dst_mismatch")
+    assert record["original_dst"] == f"{ATTACKER_IP}:443" and record["dialed"] is None
+    _attacker_got_nothing(net)
+    # The registry's own address is among the resolved ones: strict lets it through.
+    with worker_socket(net, (REGISTRY_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        assert tls_get(sock, net.bed) == b"HTTP/1.1 200 OK"
+    assert net.decision_for(port)["dialed"] == f"{REGISTRY_IP}:443"
+
+
+def _send_slowly(chunks: list[bytes], pause: float) -> Callable[[socket.socket], None]:
+    def send(sock: socket.socket) -> None:
+        for chunk in chunks:
+            sock.sendall(chunk)
+            time.sleep(pause)
+    return send
+
+
+REFUSALS = {
+    "no_sni": (lambda s: s.sendall(client_hello(None)), ALERT_ACCESS_DENIED),
+    "ech_present": (lambda s: s.sendall(with_ech(client_hello("us.icr.io"))),
+                    ALERT_ACCESS_DENIED),
+    "not_tls": (lambda s: s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: us.icr.io\r\n\r\n"), b""),
+    # Part of a hello, then silence past client_hello_timeout.
+    "header_timeout": (lambda s: s.sendall(client_hello("us.icr.io")[:20]), b""),
+}
+
+
+@pytest.mark.parametrize("reason", list(REFUSALS))
+def test_unusable_hellos_are_refused_with_their_reason(net: Net, reason: str) -> None:
+    net.use()
+    send, answer = REFUSALS[reason]
+    started = time.monotonic()
+    with worker_socket(net, (REGISTRY_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        send(sock)
+        assert read_all(sock) == answer
+    took = time.monotonic() - started
+    record = net.decision_for(port)
+    assert (record["mode"], record["decision"], record["reason"]) == (
+        "transparent", "deny", reason)
+    assert record["original_dst"] == f"{REGISTRY_IP}:443"
+    assert record["dialed"] is None and record["resolved"] == []
+    if reason == "header_timeout":
+        assert HELLO_TIMEOUT - 0.1 <= took < HELLO_TIMEOUT + 3
+    if reason == "ech_present":
+        assert record["sni"] == "us.icr.io" and record["rule"] == "registry"
+
+
+def test_ech_allow_outer_decides_on_the_outer_name(net: Net) -> None:
+    net.use(ech="allow_outer")
+    with worker_socket(net, (REGISTRY_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(with_ech(client_hello("us.icr.io")))
+        record = net.decision_for(port)
+    assert (record["decision"], record["host"]) == ("allow", "us.icr.io")
+    assert record["dialed"] == f"{REGISTRY_IP}:443"
+
+
+def test_connecting_to_the_listener_itself_is_refused(net: Net) -> None:
+    net.use()
+    with worker_socket(net, (FW_WORKER_IP, TRANSPARENT_PORT)) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(client_hello("us.icr.io"))
+        assert read_all(sock) == b""
+    record = net.decision_for(port)
+    assert (record["decision"], record["reason"]) == ("deny", "address_forbidden")
+    assert record["original_dst"] == f"{FW_WORKER_IP}:{TRANSPARENT_PORT}"
+    assert record["dialed"] is None
+
+
+def test_hello_split_over_records_and_segments_is_relayed_intact(net: Net) -> None:
+    """Three handshake records in seven TCP segments: decided on the reassembled SNI,
+    and forwarded byte for byte (any change breaks the handshake's transcript hash)."""
+    net.use()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = net.bed.ssl_context().wrap_bio(incoming, outgoing, server_hostname="us.icr.io")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    flight = outgoing.read()
+    message = flight[5:]
+    third = len(message) // 3 + 1
+    records = b"".join(struct.pack("!BHH", 0x16, 0x0301, len(part)) + part
+                       for part in (message[i : i + third] for i in range(0, len(message), third)))
+    segments = [records[i : i + len(records) // 6] for i in range(0, len(records),
+                                                                 len(records) // 6)]
+    with worker_socket(net, (REGISTRY_IP, 443)) as sock:
+        port = sock.getsockname()[1]
+        _send_slowly(segments, 0.05)(sock)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "the connection closed during the handshake"
+                incoming.write(data)
+        sock.sendall(outgoing.read())
+        tls.write(b"GET /v2/ HTTP/1.1\r\nHost: us.icr.io\r\nConnection: close\r\n\r\n")
+        sock.sendall(outgoing.read())
+        answer = b""
+        while not answer.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, answer
+                incoming.write(data)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+    record = net.decision_for(port)
+    assert (record["decision"], record["sni"]) == ("allow", "us.icr.io")
+
+
+def test_plain_http_on_port_80_is_decided_on_each_host(net: Net) -> None:
+    net.use()
+    net.plain_paths.clear()
+    with worker_socket(net, (PLAIN_IP, 80)) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: plain.icr.io\r\n\r\n")
+        first = b""
+        while not first.endswith(b"plain hello\n"):
+            chunk = sock.recv(65536)
+            assert chunk, first
+            first += chunk
+        assert first.startswith(b"HTTP/1.1 200 ")
+        # Same connection, another name: decided again, and refused.
+        sock.sendall(b"GET /steal HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
+        second = read_all(sock)
+    assert second.startswith(b"HTTP/1.1 403 ") and b"reason: no_rule" in second
+    assert net.plain_paths == ["plain.icr.io /hello"]
+    records = [r for r in net.proxy.records()
+               if r.get("event") == "decision" and r.get("client_port") == port]
+    assert [(r["host"], r["port"], r["decision"], r["mode"]) for r in records] == [
+        ("plain.icr.io", 80, "allow", "transparent"),
+        ("elsewhere.example", 80, "deny", "transparent"),
+    ]
+    assert all(r["original_dst"] == f"{PLAIN_IP}:80" for r in records)
+
+
+def test_quic_from_the_worker_is_dropped(net: Net) -> None:
+    with inside(net.ns.registry):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(net.ns.worker):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server, client:
+        server.bind((REGISTRY_IP, 443))
+        server.settimeout(1)
+        client.sendto(b"quic initial", (REGISTRY_IP, 443))
+        with pytest.raises(TimeoutError):
+            server.recv(100)
+
+
+def test_the_allowed_pull_still_works_afterwards(net: Net, tmp_path: Path) -> None:
+    net.use()
+    result = net.pull(net.bed.small_image_ref, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    verify_pulled(tmp_path / "out", net.bed.small_image)
+    assert net.proxy.proc.poll() is None
