@@ -341,6 +341,40 @@ def test_connecting_to_the_listener_itself_is_refused(net: Net) -> None:
     assert record["dialed"] is None
 
 
+LOOP_RULES = f"""table inet loop {{
+    chain out {{
+        type nat hook output priority -150; policy accept;
+        tcp dport 443 redirect to :{TRANSPARENT_PORT}
+    }}
+}}
+"""
+
+
+def test_a_redirect_loop_is_cut_at_the_first_turn(net: Net) -> None:
+    """A same-host set-up that forgot the exemption sends Portcullis's own upstream
+    connection back to it: refused there, instead of dialling itself until out of fds."""
+    net.use()
+    mark = net.mark()
+    net.ns.exec("firewall", ["nft", "-f", "-"], input=LOOP_RULES)
+    try:
+        with worker_socket(net, (REGISTRY_IP, 443)) as sock, pytest.raises(
+            ssl.SSLError, match="ACCESS_DENIED"
+        ):
+            tls_get(sock, net.bed)
+    finally:
+        net.ns.exec("firewall", ["nft", "delete", "table", "inet", "loop"])
+    time.sleep(0.2)
+    decisions = net.decisions_since(mark)
+    assert [(r["client"], r["decision"], r["reason"]) for r in decisions] == [
+        (WORKER_IP, "allow", "rule_allow"),
+        (FW_REGISTRY_IP, "deny", "address_forbidden"),
+    ]
+    # The looped connection is our own, still aimed at the registry.
+    assert decisions[1]["original_dst"] == f"{REGISTRY_IP}:443"
+    errors = [r for r in net.proxy.records()[mark:] if "redirect loop" in r.get("msg", "")]
+    assert len(errors) == 1
+
+
 def test_hello_split_over_records_and_segments_is_relayed_intact(net: Net) -> None:
     """Three handshake records in seven TCP segments: decided on the reassembled SNI,
     and forwarded byte for byte (any change breaks the handshake's transcript hash)."""
