@@ -230,6 +230,14 @@ class AdminServer:
         if not isinstance(head, h11.Request):
             return head
         if not self._is_allowed(peername):
+            # An audit trail: a refused admin client is someone probing the firewall.
+            if self._log is not None:
+                client = client_address(peername)
+                self._log.log_info(
+                    "admin client refused",
+                    client=str(client) if client is not None else repr(peername),
+                    path=head.target.decode("latin-1"),
+                )
             return _Response(403, "forbidden\n")
         try:
             parts = urlsplit(head.target.decode("ascii"))

@@ -49,6 +49,10 @@ _HOP_BY_HOP = frozenset(
 class _Closed(Exception):
     """One side closed or failed: stop serving this connection."""
 
+    def __init__(self, reason: str = "closed") -> None:
+        super().__init__(reason)
+        self.reason = reason  # the close record's close_reason
+
 
 def _forwardable(headers: Any) -> list[tuple[bytes, bytes]]:
     listed = {
@@ -114,6 +118,7 @@ async def serve(
     client = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes)
     client.receive_data(raw)
     upstream: _Upstream | None = None
+    close_reason = "closed"
     sent_up = sent_down = 0
     try:
         while True:
@@ -176,13 +181,13 @@ async def serve(
             sent_up = sent_down = 0
             attempt = Attempt(state, attempt.mode, attempt.client, attempt.client_port,
                               new_connection_id(), original_dst=attempt.original_dst)
-    except _Closed:
-        pass
+    except _Closed as closed:
+        close_reason = closed.reason
     finally:
         if upstream is not None:
             upstream.sock.close()
         if attempt.logged:
-            attempt.record_close(sent_up, sent_down, "closed")
+            attempt.record_close(sent_up, sent_down, close_reason)
 
 
 async def _exchange(
@@ -204,7 +209,12 @@ async def _exchange(
     up = down = 0
     await _send(upstream.sock, upstream.conn.send(outgoing))
     while True:
-        event = await _next_event(client, conn, timeout)
+        try:
+            event = await _next_event(client, conn, timeout)
+        except h11.RemoteProtocolError as exc:
+            # The body broke its own framing after the head went upstream: the
+            # upstream holds half a request, so both connections end here.
+            raise _Closed("bad_request") from exc
         if isinstance(event, h11.Data):
             up += len(event.data)
         await _send(upstream.sock, upstream.conn.send(event))
