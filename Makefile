@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream
 BENCH_DEBS := squid tinyproxy nginx curl
 
-.PHONY: setup run test lint typecheck unit sysdeps bench bench-policy clean
+.PHONY: setup run test lint typecheck unit sysdeps bench bench-policy fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: setup
 	  else echo "missing Debian packages (run as root to install):$$missing"; exit 1; fi; \
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Coverage-guided fuzzing of both wire parsers (atheris; not in `make test`):
+# FUZZ_SECONDS per harness; the figures go into docs/security.md.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(BIN)/pip install -q atheris
+	$(BIN)/python tests/fuzz/run_atheris.py --seconds $(FUZZ_SECONDS)
 
 bench-policy: setup
 	$(BIN)/python bench/policy_bench.py

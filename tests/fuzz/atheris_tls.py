@@ -1,0 +1,107 @@
+"""Coverage-guided fuzzing (atheris/libFuzzer) of the ClientHello parser; run by
+`make fuzz`, never by pytest.
+
+Seeds are real OpenSSL hellos. Each input is parsed as sent, behind a valid
+record and handshake header (to reach the body parser quickly), and cut into
+small records (to reach the reassembly path). Only None, a ClientHello,
+NotTLS or MalformedClientHello may come out, and a parsed hello must not depend
+on bytes after it.
+
+    python tests/fuzz/atheris_tls.py -max_total_time=60 CORPUS_DIR
+"""
+
+from __future__ import annotations
+
+import ssl
+import struct
+import sys
+from pathlib import Path
+
+import atheris
+
+with atheris.instrument_imports():
+    from portcullis.wire.tls import (
+        ClientHello,
+        ClientHelloError,
+        NotTLS,
+        parse_client_hello,
+        peek_is_tls,
+    )
+
+
+def real_hello(server_hostname: str | None, alpn: list[str] | None = None) -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("the handshake cannot finish without a server")
+
+
+def reframe(message: bytes, size: int) -> bytes:
+    out = bytearray()
+    for i in range(0, len(message), size):
+        chunk = message[i : i + size]
+        out += struct.pack("!BHH", 0x16, 0x0301, len(chunk)) + chunk
+    return bytes(out)
+
+
+def check(data: bytes, max_size: int = 65536) -> ClientHello | None:
+    try:
+        hello = parse_client_hello(data, max_size)
+    except NotTLS as exc:
+        # NotTLS is only for streams that do not start like a TLS record.
+        if peek_is_tls(data) is not False:
+            raise AssertionError(f"NotTLS for a TLS-looking start: {data[:5].hex()}") from exc
+        return None
+    except ClientHelloError as exc:
+        if not str(exc):
+            raise AssertionError("an error without a message") from exc
+        return None
+    if hello is None:
+        return None
+    if not (0 < hello.record_bytes <= min(len(data), max_size)):
+        raise AssertionError(f"record_bytes {hello.record_bytes} outside the input")
+    if hello.sni is not None and not (hello.sni and hello.sni.isascii()):
+        raise AssertionError(f"SNI {hello.sni!r} is empty or not ASCII")
+    try:
+        again = parse_client_hello(data + b"\x17\x03\x03junk", max_size)
+    except ClientHelloError as exc:
+        raise AssertionError("trailing bytes turned a parsed hello into an error") from exc
+    if again != hello:
+        raise AssertionError(f"trailing bytes changed the hello: {hello} != {again}")
+    return hello
+
+
+def one_input(data: bytes) -> None:
+    check(data)
+    if data:
+        check(data, max_size=64 + data[0] * 4)
+    body = b"\x01" + len(data).to_bytes(3, "big") + data
+    if len(body) <= 1 << 14:
+        check(struct.pack("!BHH", 0x16, 0x0303, len(body)) + body)
+    check(reframe(body, 1 + (data[-1] if data else 0)))
+
+
+def main() -> None:
+    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if corpus:
+        seeds = Path(corpus[0])
+        seeds.mkdir(parents=True, exist_ok=True)
+        hellos = [real_hello("us.icr.io"), real_hello(None), real_hello("dd0.icr.io", ["h2"])]
+        for index, hello in enumerate(hellos):
+            (seeds / f"seed-{index}").write_bytes(hello)
+            # The bare handshake body: `one_input` wraps it in records itself.
+            (seeds / f"body-{index}").write_bytes(hello[9:])
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""`make fuzz`: run each atheris harness for a set time and record the figures.
+
+Each harness runs in its own process (libFuzzer owns the process and exits on
+the first crash). The corpus is kept under build/fuzz/ between runs, so a later
+run starts where the last one stopped. The figures (inputs tried, coverage,
+crashes) replace the block between the markers in docs/security.md, so the
+document always shows the last run; the exit status is 1 when anything crashed.
+
+    python tests/fuzz/run_atheris.py --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESSES = {
+    "http1": ("tests/fuzz/atheris_http1.py", "parse_request_head, check_request, authorities"),
+    "tls": ("tests/fuzz/atheris_tls.py", "parse_client_hello (single record and reassembly)"),
+}
+BEGIN = "<!-- atheris:begin -->"
+END = "<!-- atheris:end -->"
+
+
+@dataclass
+class Run:
+    name: str
+    target: str
+    seconds: int
+    executed: int
+    per_second: int
+    coverage: int
+    corpus: int
+    crashes: list[Path]
+    exit_code: int
+
+
+def _stat(output: str, key: str) -> int:
+    match = re.search(rf"stat::{key}:\s+(\d+)", output)
+    return int(match.group(1)) if match else 0
+
+
+def run_one(name: str, seconds: int, work: Path) -> Run:
+    script, target = HARNESSES[name]
+    corpus = work / "corpus" / name
+    crashes = work / "crashes"
+    corpus.mkdir(parents=True, exist_ok=True)
+    crashes.mkdir(parents=True, exist_ok=True)
+    before = set(crashes.glob(f"{name}-*"))
+    argv = [
+        sys.executable, str(ROOT / script), f"-max_total_time={seconds}", "-print_final_stats=1",
+        f"-artifact_prefix={crashes}/{name}-", "-rss_limit_mb=2048", str(corpus),
+    ]
+    print(f"fuzzing {name} for {seconds} s ...", flush=True)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                          timeout=seconds * 3 + 120, check=False)
+    output = proc.stdout + proc.stderr
+    (work / f"{name}.log").write_text(output)
+    coverage = [int(c) for c in re.findall(r"cov: (\d+)", output)]
+    found = sorted(set(crashes.glob(f"{name}-*")) - before)
+    return Run(
+        name=name, target=target, seconds=seconds,
+        executed=_stat(output, "number_of_executed_units"),
+        per_second=_stat(output, "average_exec_per_sec"),
+        coverage=max(coverage, default=0),
+        corpus=sum(1 for _ in corpus.iterdir()),
+        crashes=found, exit_code=proc.returncode,
+    )
+
+
+def report(runs: list[Run]) -> str:
+    atheris_version = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m; print(m.version('atheris'))"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        BEGIN,
+        f"Last `make fuzz`: {when}, atheris {atheris_version}, Python "
+        f"{platform.python_version()}, {platform.machine()}.",
+        "",
+        "| harness | code under test | seconds | inputs tried | inputs/s | coverage edges "
+        "| corpus | crashes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        crashes = ", ".join(str(p.relative_to(ROOT)) for p in r.crashes) or "0"
+        lines.append(
+            f"| {r.name} | {r.target} | {r.seconds} | {r.executed:,} | {r.per_second} "
+            f"| {r.coverage} | {r.corpus} | {crashes} |"
+        )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_report(doc: Path, block: str) -> None:
+    text = doc.read_text() if doc.exists() else "# Security\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Fuzzing figures\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=60, help="per harness")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "fuzz")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "security.md")
+    parser.add_argument("harness", nargs="*", default=list(HARNESSES))
+    args = parser.parse_args()
+    runs = [run_one(name, args.seconds, args.work) for name in args.harness]
+    block = report(runs)
+    write_report(args.doc, block)
+    print(block)
+    failed = [r for r in runs if r.crashes or r.exit_code != 0]
+    for r in failed:
+        print(f"{r.name}: exit {r.exit_code}, see {args.work / (r.name + '.log')}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
