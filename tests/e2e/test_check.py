@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.portcullis_proc import policy_for, run_portcullis
+from tests.e2e.token_registry import TokenRegistry, start_token_registry
 from tests.testbed import Testbed, start_testbed
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +37,13 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     with start_testbed(tmp_path_factory.mktemp("checkbed"), registry_ip=REGISTRY_IP,
                        cdn_ip=CDN_IP) as testbed:
         yield testbed
+
+
+@pytest.fixture(scope="module")
+def token_registry(bed: Testbed, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[TokenRegistry]:
+    with start_token_registry(bed, tmp_path_factory.mktemp("tokenreg")) as registry:
+        yield registry
 
 
 @pytest.fixture
@@ -215,3 +223,63 @@ def test_usage_errors_exit_2() -> None:
     assert check("--registry", "ibm", "--region", "nowhere").returncode == 2
     assert check("--image", "us.icr.io/NS/App").returncode == 2
     assert check("--image", "a.io/x:1", "--proxy", "https://p:1").returncode == 2
+
+
+def token_pins(registry: TokenRegistry) -> tuple[str, ...]:
+    return ("--resolve", f"us.icr.io={registry.registry_ip}",
+            "--resolve", f"auth.icr.io={registry.auth_ip}", "--resolve", f"dd0.icr.io={CDN_IP}",
+            "--ca", str(registry.ca_bundle))
+
+
+def test_bearer_realm_token_then_manifest_and_blobs(
+    bed: Testbed, token_registry: TokenRegistry
+) -> None:
+    issued = len(token_registry.policy.issued)
+    code, report = check_json("--image", bed.image_ref, *token_pins(token_registry))
+    assert code == 0, report["diagnoses"]
+    assert token_registry.policy.issued[issued:] == ["anonymous"]
+    pull = report["pull"]
+    assert [(p["step"], p["status"]) for p in pull] == [
+        ("api", "ok"), ("token", "ok"), ("manifest", "ok"),
+        ("blob", "ok"), ("blob", "ok"), ("blob", "ok")]
+    assert pull[0]["detail"] == "401, token realm https://auth.icr.io/token"
+    assert pull[1]["detail"] == "token issued anonymously"
+    by_name = rows(report)
+    assert by_name["auth.icr.io"]["roles"] == ["token"]
+    assert step(by_name["us.icr.io"], "http")["detail"] == "401 Bearer https://auth.icr.io/token"
+
+
+def test_token_host_refused_by_portcullis_is_named(
+    bed: Testbed, token_registry: TokenRegistry, tmp_path: Path
+) -> None:
+    policy = policy_for(token_registry.hosts, ["us.icr.io", "dd0.icr.io"])
+    with run_portcullis(tmp_path / "p", policy) as proxy:
+        code, report = check_json("--image", bed.image_ref, "--proxy", proxy.url,
+                                  "--ca", str(token_registry.ca_bundle))
+    assert code == 1
+    assert [d["message"] for d in report["diagnoses"]] == [
+        "proxy refused auth.icr.io:443 (reason no_rule): add auth.icr.io or *.icr.io to the rule"]
+    assert [(p["step"], p["status"], p.get("host")) for p in report["pull"]] == [
+        ("api", "ok", None), ("token", "fail", "auth.icr.io")]
+
+
+def test_token_service_wanting_credentials_is_not_a_network_failure(
+    bed: Testbed, token_registry: TokenRegistry
+) -> None:
+    token_registry.policy.anonymous = False
+    try:
+        code, report = check_json("--image", bed.image_ref, *token_pins(token_registry))
+        assert code == 1
+        token = report["pull"][1]
+        assert (token["step"], token["kind"], token["host"]) == ("token", "auth", "auth.icr.io")
+        assert all(row["ok"] for row in report["names"])  # every name is reachable
+        assert [d["message"] for d in report["diagnoses"]] == [
+            "auth.icr.io wants credentials (401 Unauthorized); the network path works: pass "
+            "--user USER:PASSWORD (IBM Cloud: --user iamapikey:APIKEY)"]
+        code, report = check_json("--image", bed.image_ref, *token_pins(token_registry),
+                                  "--user", "alice:s3cret")
+        assert code == 0, report["diagnoses"]
+        assert report["pull"][1]["detail"] == "token issued with --user"
+        assert token_registry.policy.issued[-1] == "alice"
+    finally:
+        token_registry.policy.anonymous = True

@@ -146,13 +146,14 @@ class PullProbe:
 
     def _unexpected(self, step: str, target: str, reply: Reply, hops: list[str]) -> None:
         status = reply.status
+        kind, why = Kind.HTTP, ""
         if status in (401, 403):
-            kind, why = Kind.AUTH, "the registry wants credentials (--user USER:PASSWORD)"
+            kind = Kind.AUTH  # the diagnosis line says what to pass
         elif status == 404:
-            kind, why = Kind.HTTP, "not found: check the image name and tag"
-        else:
-            kind, why = Kind.HTTP, "unexpected answer"
-        self._record(step, target, Status.FAIL, f"{status} {reply.reason}: {why}", hops, kind)
+            why = ": check the image name and tag"
+        entry = self._record(step, target, Status.FAIL, f"{status} {reply.reason}{why}", hops,
+                             kind)
+        entry.host = hops[-1].partition(":")[0] if hops else None
 
     def run(self) -> list[PullStep]:
         try:
