@@ -179,3 +179,10 @@ def test_same_host_redirect_exempts_marked_sockets_and_drops_quic(same_host: Nam
         assert quic_server.recv(100) == b"marked"
         with pytest.raises(TimeoutError):
             quic_server.recv(100)
+
+
+def test_the_documented_example_policy_gives_a_valid_ruleset() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "nftables" / "transparent-policy.yaml"
+    text = ruleset(parse_policy(example.read_text(), str(example)))
+    load(text, check_only=True)
+    assert "ip saddr @workers4 tcp dport { 443 } redirect to :3129" in rule_lines(text)
