@@ -144,7 +144,10 @@ class Resolver:
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
 
     def _static(self, name: str) -> Resolution | None:
-        literal = _literal(name)
+        # Only text that can be an IP literal is parsed as one: ip_address()
+        # raising twice for every ordinary name is a hot-path cost.
+        could_be_literal = name[-1:].isdigit() or ":" in name or name.startswith("[")
+        literal = _literal(name) if could_be_literal else None
         if literal is not None:
             return Resolution(name, (literal,), "literal", 0.0, (), 0.0)
         addrs = self._hosts.get(name)
