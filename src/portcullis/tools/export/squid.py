@@ -12,8 +12,10 @@ wildcard of the same rule already covers are left out (they match anyway).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
+from portcullis.config import IPNetwork
 from portcullis.tools.export.model import (
     ExportRule,
     ExportSpec,
@@ -44,6 +46,29 @@ def _names_acl(rule: ExportRule) -> tuple[list[str], list[str]]:
     return values, apexes
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_V4_ANY = ipaddress.IPv4Network("0.0.0.0/0")
+_V6_ANY = ipaddress.IPv6Network("::/0")
+
+
+def _squid_networks(networks: tuple[IPNetwork, ...]) -> list[str]:
+    """CIDRs as Squid matches them. Squid holds IPv4 clients as IPv4-mapped IPv6,
+    so an IPv6 range over ::ffff:0:0/96 would also take IPv4 clients, which
+    Portcullis never matches against IPv6 ranges: that block is cut out. Squid
+    also refuses 0.0.0.0/0 ("use all"), and `all` means both families."""
+    if _V4_ANY in networks and _V6_ANY in networks:
+        return ["all"]
+    out: list[str] = []
+    for network in networks:
+        if network == _V4_ANY:
+            out += ["0.0.0.0/1", "128.0.0.0/1"]
+        elif isinstance(network, ipaddress.IPv6Network) and _MAPPED.subnet_of(network):
+            out += [str(n) for n in sorted(network.address_exclude(_MAPPED))]
+        else:
+            out.append(str(network))
+    return out
+
+
 def render(spec: ExportSpec, options: Mapping[str, str]) -> str:
     refuse_if(FORMAT, common_problems(spec, FORMAT, cidr_destinations=True))
     out = [f"# {line}" for line in header_lines(spec, FORMAT, [
@@ -60,7 +85,7 @@ def render(spec: ExportSpec, options: Mapping[str, str]) -> str:
         acl = f"portcullis_r{rule.index + 1}"
         out.append("")
         out.append(f"# rule {rule.index + 1}: {comment_text(rule.name)} ({rule.action})")
-        out.extend(f"acl {acl}_src src {network}" for network in rule.networks)
+        out.extend(f"acl {acl}_src src {network}" for network in _squid_networks(rule.networks))
         out.extend(f"acl {acl}_port port {port}" for port in rule.ports)
         values, apexes = _names_acl(rule)
         out.extend(f"acl {acl}_names dstdomain -n {value}" for value in values)

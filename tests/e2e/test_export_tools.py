@@ -1,0 +1,235 @@
+"""The text exports checked by the real tools (squid -k parse, nginx -t,
+haproxy -c), then run: nginx and HAProxy configured from the export route real
+TLS ClientHellos from clients in every source class, and every decision must be
+Portcullis's own (tests/export_cases.py). Only loopback addresses are used."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portcullis.tools.export import render, spec_from_file
+from tests.dnsserver import DnsServer, Record
+from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
+from tests.testbed.procs import ManagedProcess, clean_env, require_free
+
+pytestmark = pytest.mark.e2e
+
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+PROXY_IPS = {"nginx": "127.0.0.60", "haproxy": "127.0.0.62"}
+UPSTREAM_IP = "127.0.0.61"
+PORTS = (443, 8443)
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which(argv[0])
+    assert binary, f"{argv[0]} is not installed (make sysdeps)"
+    return subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=60)
+
+
+def nginx_main(tmp: Path, stream_conf: Path) -> Path:
+    main = tmp / "nginx.conf"
+    main.write_text(
+        f"load_module {NGINX_STREAM_MODULE};\n"
+        f"pid {tmp / 'nginx.pid'};\n"
+        f"error_log {tmp / 'nginx-error.log'} info;\n"
+        "daemon off;\n"
+        "events {}\n"
+        f"include {stream_conf};\n"
+    )
+    return main
+
+
+def exported(tmp: Path, fmt: str, text: str, options: dict[str, str] | None = None) -> Path:
+    path, policy = write(tmp, text)
+    out = tmp / f"export.{fmt}"
+    out.write_text(render(fmt, spec_from_file(path, policy), options))
+    return out
+
+
+# --- validity -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [RICH, LISTED])
+def test_squid_parses_the_export_without_a_warning(tmp_path: Path, source: str) -> None:
+    conf = exported(tmp_path, "squid", source)
+    result = run(["squid", "-k", "parse", "-f", str(conf)])
+    assert result.returncode == 0, result.stderr
+    complaints = [line for line in result.stderr.splitlines()
+                  if any(w in line for w in ("WARNING", "ERROR", "FATAL", "Bungled"))]
+    assert complaints == []
+    assert "Processing: http_access deny all" in result.stderr
+
+
+def test_squid_parses_a_whole_catalog_export(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis.cli", "domains", "--all-regions", "--wildcards",
+         "--format", "squid"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    conf = tmp_path / "catalog.conf"
+    conf.write_text(result.stdout)
+    parsed = run(["squid", "-k", "parse", "-f", str(conf)])
+    assert parsed.returncode == 0, parsed.stderr
+    assert "WARNING" not in parsed.stderr and "ERROR" not in parsed.stderr
+
+
+@pytest.mark.parametrize("source", [RICH, LISTED])
+def test_nginx_accepts_the_export(tmp_path: Path, source: str) -> None:
+    conf = exported(tmp_path, "nginx", source, {"listen": PROXY_IPS["nginx"]})
+    result = run(["nginx", "-t", "-c", str(nginx_main(tmp_path, conf))])
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr
+
+
+@pytest.mark.parametrize("source", [RICH, LISTED])
+def test_haproxy_accepts_the_export_without_a_warning(tmp_path: Path, source: str) -> None:
+    conf = exported(tmp_path, "haproxy", source, {"listen": PROXY_IPS["haproxy"]})
+    result = run(["haproxy", "-c", "-f", str(conf)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration file is valid" in result.stdout
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+def test_the_tools_reject_a_broken_export(tmp_path: Path) -> None:
+    """The validity checks above can fail: the same tools refuse a damaged file."""
+    for fmt, argv in (("squid", ["squid", "-k", "parse", "-f"]),
+                      ("haproxy", ["haproxy", "-c", "-f"])):
+        conf = exported(tmp_path, fmt, RICH)
+        conf.write_text(conf.read_text().replace(" src ", " srcc ", 1))
+        assert run([*argv, str(conf)]).returncode != 0
+    conf = exported(tmp_path, "nginx", RICH)
+    conf.write_text(conf.read_text().replace("hostnames;", "hostname;", 1))
+    assert run(["nginx", "-t", "-c", str(nginx_main(tmp_path, conf))]).returncode != 0
+
+
+# --- behaviour --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def upstreams() -> Iterator[list[tuple[int, str]]]:
+    """A plain TCP server on UPSTREAM_IP per port that answers `UPSTREAM <port>`
+    to whatever arrives (a forwarded ClientHello), so a client sees it was let through."""
+    seen: list[tuple[int, str]] = []
+    servers = []
+    stop = threading.Event()
+    for port in PORTS:
+        require_free((UPSTREAM_IP, port), "export test upstream")
+        server = socket.create_server((UPSTREAM_IP, port))
+        server.settimeout(0.2)
+        servers.append((port, server))
+
+    def serve(port: int, server: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(f"UPSTREAM {port}\n".encode())
+                    seen.append((port, peer[0]))
+
+    threads = [threading.Thread(target=serve, args=item, daemon=True) for item in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        for _, server in servers:
+            server.close()
+
+
+def client_hello(name: str) -> bytes:
+    context = ssl.create_default_context()
+    obj = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def let_through(client: str, proxy: tuple[str, int], name: str) -> bool:
+    """Send a real ClientHello for `name` from `client`; True when the upstream answered."""
+    with socket.socket() as sock:
+        sock.bind((client, 0))
+        sock.settimeout(10)
+        sock.connect(proxy)
+        sock.sendall(client_hello(name))
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    assert answer in (b"", b"UPSTREAM 443\n", b"UPSTREAM 8443\n"), answer
+    return answer.startswith(b"UPSTREAM")
+
+
+def wait_listening(proc: ManagedProcess, address: tuple[str, int]) -> None:
+    def probe() -> bool:
+        with socket.create_connection(address, timeout=1):
+            return True
+
+    proc.wait_ready(probe, 15)
+
+
+def start_proxy(fmt: str, tmp: Path, dns: DnsServer) -> ManagedProcess:
+    ip = PROXY_IPS[fmt]
+    for port in PORTS:
+        require_free((ip, port), f"exported {fmt}")
+    conf = exported(tmp, fmt, RICH, {"listen": ip, "resolver": dns.server})
+    if fmt == "nginx":
+        argv = [shutil.which("nginx") or "nginx", "-c", str(nginx_main(tmp, conf))]
+    else:
+        argv = [shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)]
+    proc = ManagedProcess(fmt, argv, tmp / f"{fmt}.log", clean_env())
+    try:
+        for port in PORTS:
+            wait_listening(proc, (ip, port))
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.mark.parametrize("fmt", ["nginx", "haproxy"])
+def test_the_exported_proxy_decides_every_probe_as_portcullis(tmp_path: Path, fmt: str) -> None:
+    _, policy = write(tmp_path, RICH, "reference.yaml")
+    records = {name: [Record("A", UPSTREAM_IP, ttl=60)] for name in PROBE_NAMES}
+    with DnsServer(records) as dns, upstreams() as seen:
+        proc = start_proxy(fmt, tmp_path, dns)
+        try:
+            mismatches = []
+            outcomes = set()
+            allowed_names = set()
+            for label, client in CLIENTS.items():
+                for port in PORTS:
+                    for name in PROBE_NAMES:
+                        want = expected(policy, client, name, port)
+                        got = let_through(client, (PROXY_IPS[fmt], port), name)
+                        outcomes.add(got)
+                        if want:
+                            allowed_names.add(name)
+                        if got != want:
+                            mismatches.append(f"{label} {client} -> {name}:{port}: "
+                                              f"{'through' if got else 'refused'}")
+        finally:
+            proc.stop()
+        assert mismatches == [], "\n".join(mismatches)
+        assert outcomes == {True, False}
+        assert {port for port, _ in seen} == set(PORTS)
+        # A refused name is never even looked up.
+        looked_up = {name for name, _, _ in dns.query_log}
+        assert looked_up and looked_up <= allowed_names, looked_up - allowed_names
