@@ -93,7 +93,14 @@ class Namespaces:
     def etc(self, role: str, files: dict[str, str]) -> None:
         """Files `ip netns exec` binds over /etc inside the namespace (hosts, resolv.conf)."""
         directory = ETC_NETNS / self.names[role]
-        directory.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                # Another run's delete() removed the then-empty /etc/netns in between.
+                if attempt == 2:
+                    raise
         for file, text in files.items():
             (directory / file).write_text(text)
 
