@@ -458,7 +458,7 @@ def learn(logs: tuple[str, ...], registry_aware: bool, output: str | None) -> No
     except (OSError, UnicodeDecodeError, learning.LearnError) as exc:
         click.echo(f"learn: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
-    text = learning.render(policy, found, logs)
+    text = learning.render(policy, found, logs, registry_aware=registry_aware)
     if output:
         with open(output, "w", encoding="utf-8") as file:
             file.write(text)

@@ -249,14 +249,17 @@ def learn_policy(found: Observed, *, registry_aware: bool = False) -> dict[str, 
             "default": "deny"}
 
 
-def render(policy: dict[str, Any], found: Observed, sources: Sequence[str]) -> str:
+def render(policy: dict[str, Any], found: Observed, sources: Sequence[str], *,
+           registry_aware: bool = False) -> str:
     """YAML with a header saying where it came from; checked with parse_policy."""
     span = f" ({found.first} .. {found.last})" if found.first else ""
-    lines = [
-        f"# Learnt by `portcullis learn` from {found.decisions} decisions{span}",
-        f"# in {', '.join(sources)}. It allows exactly what those connections asked for;",
-        "# review it, and add listen/resolver settings before enforcing it.",
-    ]
+    lines = [f"# Learnt by `portcullis learn` from {found.decisions} decisions{span}"]
+    if registry_aware:
+        lines += [f"# in {', '.join(sources)}. It allows what those connections asked for,",
+                  "# registry names widened to what their registry needs (--registry-aware);"]
+    else:
+        lines += [f"# in {', '.join(sources)}. It allows exactly what those connections asked for;"]
+    lines.append("# review it, and add listen/resolver settings before enforcing it.")
     if found.skipped:
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(found.skipped.items()))
         lines.append(f"# Not learnt: {counts}")

@@ -102,6 +102,9 @@ class PullProbe:
         self.credentials = credentials
         self.steps: list[PullStep] = []
         self._auth: str | None = None
+        # Hosts that already failed to connect: later blobs redirected there fail
+        # at once instead of each waiting out another timeout.
+        self._dead: dict[tuple[str, int], Problem] = {}
         self._base = f"https://{image.host}" + ("" if image.port == 443 else f":{image.port}")
 
     def _fetch(self, url: str, headers: dict[str, str], role: str, max_body: int
@@ -118,9 +121,15 @@ class PullProbe:
             self.touch(host, port, role if host == origin else "blob")
             sent = {k: v for k, v in headers.items() if k != "Authorization" or host == origin}
             target = parts.path + (f"?{parts.query}" if parts.query else "")
+            if (host, port) in self._dead:
+                raise StepFailed(self._dead[host, port], host, hops)
             try:
                 sock, _ = open_tunnel(self.route, host, port)
                 tls, _ = tls_handshake(self.route, sock, host)
+            except Problem as problem:
+                self._dead[host, port] = problem
+                raise StepFailed(problem, host, hops) from None
+            try:
                 reply = http_request(self.route, tls, host, port, "GET", target or "/", sent,
                                      max_body)
             except Problem as problem:
@@ -254,7 +263,8 @@ class PullProbe:
             return self._get_manifest("index", str(first["digest"]))
         count = len(doc.get("layers") or doc.get("fsLayers") or [])
         kind = KIND_NAMES.get(media, media)
-        self._record(step, target, Status.OK, f"{kind}, {count} layers", hops)
+        layers = "1 layer" if count == 1 else f"{count} layers"
+        self._record(step, target, Status.OK, f"{kind}, {layers}", hops)
         return doc
 
     def _manifest(self) -> dict[str, Any] | None:
