@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import ipaddress
 import socket
 import time
 
 from portcullis.config import IPAddress, IPNetwork, parse_network
-from portcullis.net.addresses import AddressVerdict, check_addresses
+from portcullis.net.addresses import check_addresses
 from portcullis.net.resolver import DnsFailure
 from portcullis.policy.decisions import Reason
 from portcullis.policy.engine import Verdict
@@ -47,22 +46,6 @@ def vouched_ranges(verdict: Verdict, is_ip: bool) -> tuple[IPNetwork, ...] | Non
     return rule.resolves_to
 
 
-@functools.lru_cache(maxsize=4096)
-def _admission(
-    addresses: tuple[IPAddress, ...],
-    allow_ranges: tuple[IPNetwork, ...],
-    resolves_to: tuple[IPNetwork, ...] | None,
-    own: frozenset[IPAddress],
-) -> tuple[tuple[str, ...], list[AddressVerdict]]:
-    # Pure in its arguments, and the same few answers recur for every
-    # connection to a name: classifying and describing them each time was a
-    # visible share of the per-connection CPU (bench/findings.md).
-    verdicts = check_addresses(
-        addresses, allow_ranges=allow_ranges, resolves_to=resolves_to, own=own
-    )
-    return tuple(str(a) for a in addresses), verdicts
-
-
 async def resolve_and_check(
     state: FirewallState, attempt: Attempt, verdict: Verdict, host: str, is_ip: bool
 ) -> list[IPAddress]:
@@ -81,11 +64,12 @@ async def resolve_and_check(
         attempt.dns_ms = (time.monotonic() - started) * 1000
         state.metrics.observe_dns(attempt.dns_ms / 1000)
         addresses = resolution.addresses
-    attempt.resolved, verdicts = _admission(
-        tuple(addresses),
-        tuple(state.policy.resolver.allow_ranges),
-        vouched_ranges(verdict, is_ip),
-        state.own,
+    attempt.resolved = tuple(str(a) for a in addresses)
+    verdicts = check_addresses(
+        addresses,
+        allow_ranges=state.policy.resolver.allow_ranges,
+        resolves_to=vouched_ranges(verdict, is_ip),
+        own=state.own,
     )
     allowed = [v.address for v in verdicts if v.allowed]
     if allowed:
@@ -117,7 +101,14 @@ async def dial(
     last: Refused | None = None
     for address in addresses:
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            # EMFILE/ENFILE/ENOBUFS: the proxy is out of resources, not the
+            # upstream unreachable. The client hears so (503) and may retry.
+            attempt.refuse(Reason.OVER_CAPACITY)
+            message = f"cannot open a socket to {address}:{port}: {exc.strerror}"
+            raise Refused(Reason.OVER_CAPACITY, 503, message) from None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Needs CAP_NET_ADMIN; only a same-host transparent set-up relies on it.
@@ -127,9 +118,7 @@ async def dial(
         try:
             if remaining <= 0:
                 raise TimeoutError
-            # asyncio.timeout, not wait_for: on 3.11 wait_for costs a new Task per call.
-            async with asyncio.timeout(remaining):
-                await loop.sock_connect(sock, (str(address), port))
+            await asyncio.wait_for(loop.sock_connect(sock, (str(address), port)), remaining)
         except TimeoutError:
             sock.close()
             state.metrics.connect_error("timeout")
