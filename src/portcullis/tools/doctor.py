@@ -10,6 +10,7 @@ that names the name and the fix.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -76,10 +77,7 @@ def _rest_skipped(report: NameReport) -> None:
     report.steps += [Step(name, Status.SKIP, "") for name in STEPS if name not in done]
 
 
-def _http_step(route: Route, report: NameReport, tls: object) -> Step:
-    from ssl import SSLSocket
-
-    assert isinstance(tls, SSLSocket)
+def _http_step(route: Route, report: NameReport, tls: ssl.SSLSocket) -> Step:
     reply = http_request(route, tls, report.name, report.port, "GET", "/v2/", {}, 4096)
     challenge = reply.headers.get("WWW-Authenticate", "")
     scheme, params = parse_challenge(challenge)
