@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import socket
 import time
 
 from portcullis.config import IPAddress, IPNetwork, parse_network
-from portcullis.net.addresses import check_addresses
+from portcullis.net.addresses import AddressVerdict, check_addresses
 from portcullis.net.resolver import DnsFailure
 from portcullis.policy.decisions import Reason
 from portcullis.policy.engine import Verdict
@@ -46,6 +47,22 @@ def vouched_ranges(verdict: Verdict, is_ip: bool) -> tuple[IPNetwork, ...] | Non
     return rule.resolves_to
 
 
+@functools.lru_cache(maxsize=4096)
+def _admission(
+    addresses: tuple[IPAddress, ...],
+    allow_ranges: tuple[IPNetwork, ...],
+    resolves_to: tuple[IPNetwork, ...] | None,
+    own: frozenset[IPAddress],
+) -> tuple[tuple[str, ...], list[AddressVerdict]]:
+    # Pure in its arguments, and the same few answers recur for every
+    # connection to a name: classifying and describing them each time was a
+    # visible share of the per-connection CPU (bench/findings.md).
+    verdicts = check_addresses(
+        addresses, allow_ranges=allow_ranges, resolves_to=resolves_to, own=own
+    )
+    return tuple(str(a) for a in addresses), verdicts
+
+
 async def resolve_and_check(
     state: FirewallState, attempt: Attempt, verdict: Verdict, host: str, is_ip: bool
 ) -> list[IPAddress]:
@@ -64,12 +81,11 @@ async def resolve_and_check(
         attempt.dns_ms = (time.monotonic() - started) * 1000
         state.metrics.observe_dns(attempt.dns_ms / 1000)
         addresses = resolution.addresses
-    attempt.resolved = tuple(str(a) for a in addresses)
-    verdicts = check_addresses(
-        addresses,
-        allow_ranges=state.policy.resolver.allow_ranges,
-        resolves_to=vouched_ranges(verdict, is_ip),
-        own=state.own,
+    attempt.resolved, verdicts = _admission(
+        tuple(addresses),
+        tuple(state.policy.resolver.allow_ranges),
+        vouched_ranges(verdict, is_ip),
+        state.own,
     )
     allowed = [v.address for v in verdicts if v.allowed]
     if allowed:
@@ -118,7 +134,9 @@ async def dial(
         try:
             if remaining <= 0:
                 raise TimeoutError
-            await asyncio.wait_for(loop.sock_connect(sock, (str(address), port)), remaining)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for costs a new Task per call.
+            async with asyncio.timeout(remaining):
+                await loop.sock_connect(sock, (str(address), port))
         except TimeoutError:
             sock.close()
             state.metrics.connect_error("timeout")
