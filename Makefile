@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System parts the end-to-end tests drive for real (DESIGN §7).
-TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream
+TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream systemd
 BENCH_DEBS := squid tinyproxy nginx curl
 
 .PHONY: setup run test lint typecheck unit sysdeps bench bench-policy fuzz clean
