@@ -32,7 +32,7 @@ from portcullis.proxy.transparent import handle_transparent
 
 Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
 WATCH_INTERVAL = 2.0
-# Connections taken from the backlog per wake-up of an accept loop.
+# Connections an accept loop starts before it yields to them.
 ACCEPT_BATCH = 32
 
 
@@ -125,6 +125,9 @@ class Server:
     async def _drain(self) -> None:
         for task in self._accepting:
             task.cancel()
+        # The accept loops unregister their listener on the way out: let them,
+        # before the fds are closed and their numbers can be reused.
+        await asyncio.gather(*self._accepting, return_exceptions=True)
         for sock in self.listeners.values():
             sock.close()
         timeout = self.state.policy.limits.drain_timeout
@@ -142,27 +145,46 @@ class Server:
     # -- accepting --------------------------------------------------------------
 
     async def _accept_loop(self, listener: socket.socket, handler: Handler, mode: str) -> None:
+        # One reader registration for the listener's whole life, and plain
+        # accept() calls until the backlog is empty: loop.sock_accept would
+        # register and unregister the listener (four to eight syscalls under
+        # uvloop) for every connection (bench/findings.md).
         loop = asyncio.get_running_loop()
         limits = self.state.policy.limits
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(listener)
-                # Then take what else is queued with plain accept() calls: under
-                # load that saves a reader registration and a loop round trip per
-                # connection; the bound keeps the other tasks served.
-                for _ in range(ACCEPT_BATCH):
-                    self._start(loop, conn, peer, handler, mode, limits.max_connections)
-                    try:
-                        conn, peer = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                else:
-                    self._start(loop, conn, peer, handler, mode, limits.max_connections)
-            except OSError as exc:
-                # EMFILE/ENFILE: out of descriptors. Back off instead of spinning;
-                # the clients still queued will be served when fds free up.
-                self.state.log.log_error("accept failed", error=str(exc), mode=mode)
-                await asyncio.sleep(0.1)
+        fd = listener.fileno()
+        waiter: asyncio.Future[None] | None = None
+
+        def readable() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            accepted = 0
+            while True:
+                try:
+                    conn, peer = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    waiter = loop.create_future()
+                    await waiter
+                    accepted = 0
+                    continue
+                except OSError as exc:
+                    # EMFILE/ENFILE: out of descriptors. Back off instead of
+                    # spinning (the reader would fire on every turn meanwhile);
+                    # the clients still queued are served when fds free up.
+                    self.state.log.log_error("accept failed", error=str(exc), mode=mode)
+                    loop.remove_reader(fd)
+                    await asyncio.sleep(0.1)
+                    loop.add_reader(fd, readable)
+                    continue
+                self._start(loop, conn, peer, handler, mode, limits.max_connections)
+                accepted += 1
+                if accepted >= ACCEPT_BATCH:
+                    accepted = 0
+                    await asyncio.sleep(0)  # let the connections just started run
+        finally:
+            loop.remove_reader(fd)
 
     def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: Any,
                handler: Handler, mode: str, max_connections: int) -> None:

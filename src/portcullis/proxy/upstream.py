@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import ipaddress
+import os
 import socket
 import time
 
@@ -107,6 +108,33 @@ def _error_kind(exc: OSError) -> str:
     return "other"
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def connect_socket(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int]
+) -> None:
+    """Connect a non-blocking socket to a numeric address.
+
+    Not loop.sock_connect: uvloop's passes every address, numeric or not,
+    through getaddrinfo on its thread pool, a thread hand-off per connection.
+    """
+    err = sock.connect_ex(address)
+    if err in (errno.EINPROGRESS, errno.EAGAIN):
+        waiter: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))  # OSError() picks the errno's subclass
+
+
 async def dial(
     state: FirewallState, attempt: Attempt, addresses: list[IPAddress], port: int
 ) -> socket.socket:
@@ -136,7 +164,7 @@ async def dial(
                 raise TimeoutError
             # asyncio.timeout, not wait_for: on 3.11 wait_for costs a new Task per call.
             async with asyncio.timeout(remaining):
-                await loop.sock_connect(sock, (str(address), port))
+                await connect_socket(loop, sock, (str(address), port))
         except TimeoutError:
             sock.close()
             state.metrics.connect_error("timeout")
