@@ -25,6 +25,10 @@ from portcullis.observe.events import CloseEvent, DecisionEvent
 # cut is flagged in "truncated" so a reader knows the value is not the whole name.
 MAX_STRING = 512
 
+# One encoder for every line: json.dumps() with options builds a new
+# JSONEncoder on each call, a cost paid twice per connection.
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
+
 _RESERVED = frozenset({"event", "time", "ts", "msg", "truncated"})
 
 
@@ -116,7 +120,7 @@ class DecisionLog:
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
-            line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+            line = _encode(record)
             line += "\n"
             if self._stream is not None:
                 self._stream.write(line)
