@@ -28,7 +28,9 @@ from bench.servers import ORIGIN_ADDR, ORIGIN_NAME, SMALL_PATH, SMALL_SIZE, TLS_
 
 CLIENTS = 50
 PROCESSES = 2
-DURATION = 10.0
+# Per slice; bench/run.py interleaves several slices per target so that drift
+# on the shared machine hits every target alike.
+DURATION = 5.0
 WARMUP = 1.0
 _REQUEST = (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\n"
             "Connection: close\r\n\r\n").encode()
@@ -104,6 +106,26 @@ class RateResult:
     loadgen_cores: float  # load generator CPU seconds per second of wall time
     proxy_cores: float | None
     first_errors: list[str]
+    latencies: list[float]  # seconds, sorted
+    measured_s: float
+
+
+def combine(parts: list[RateResult]) -> RateResult:
+    """One result from several slices of the same target (interleaved rounds)."""
+    latencies = sorted(x for p in parts for x in p.latencies)
+    measured = sum(p.measured_s for p in parts)
+    proxy = [p.proxy_cores for p in parts if p.proxy_cores is not None]
+    return RateResult(
+        rate=len(latencies) / measured,
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        errors=sum(p.errors for p in parts),
+        loadgen_cores=sum(p.loadgen_cores for p in parts) / len(parts),
+        proxy_cores=sum(proxy) / len(proxy) if proxy else None,
+        first_errors=[e for p in parts for e in p.first_errors][:5],
+        latencies=latencies,
+        measured_s=measured,
+    )
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -142,6 +164,8 @@ def measure(ca: str, proxy: Server | None, duration: float = DURATION) -> RateRe
         loadgen_cores=sum(r["cpu_s"] for r in results) / duration,
         proxy_cores=proxy_cpu / proxy_wall if proxy else None,
         first_errors=[e for r in results for e in r["errors"]][:5],
+        latencies=latencies,
+        measured_s=measured,
     )
 
 
