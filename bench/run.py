@@ -2,7 +2,7 @@
 one run, on loopback; prints the table and rewrites bench/RESULTS.md with it.
 
     .venv/bin/python -m bench.run [--only bulk,rate,idle,policy] [--rounds 3]
-        [--duration 10] [--tunnels 10000] [--no-write]
+        [--bulk-rounds 5] [--duration 5] [--tunnels 10000] [--no-write]
 
 A partial run (--only, or smaller figures) prints but leaves RESULTS.md alone
 unless --write is given. bench/findings.md (profiles, what each change bought)
@@ -198,7 +198,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--proxies", default=",".join(label for label, _ in PROXIES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="connection-rate slices per target")
+    parser.add_argument("--bulk-rounds", type=int, default=5, help="downloads per target")
     parser.add_argument("--duration", type=float, default=connrate.DURATION)
     parser.add_argument("--tunnels", type=int, default=idle.TUNNELS)
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None)
@@ -206,6 +207,7 @@ def main() -> None:
     only = args.only.split(",")
     names = args.proxies.split(",")
     full = (set(only) == set(SCENARIOS) and len(names) == len(PROXIES) and args.rounds >= 3
+            and args.bulk_rounds >= 3
             and args.duration >= connrate.DURATION and args.tunnels >= idle.TUNNELS)
     write = full if args.write is None else args.write
     servers.raise_nofile()
@@ -221,7 +223,7 @@ def main() -> None:
             try:
                 with running(work, names) as proxies:
                     if "bulk" in only:
-                        run_bulk(report, work, origin, proxies, args.rounds)
+                        run_bulk(report, work, origin, proxies, args.bulk_rounds)
                     if "rate" in only:
                         run_rate(report, work, proxies, args.duration, args.rounds)
                     if "idle" in only:
