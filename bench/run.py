@@ -39,6 +39,24 @@ PROXIES: list[tuple[str, Callable[[Workdir], Server]]] = [
 ]
 
 
+SETUP = """\
+- origin: nginx, 2 workers, TLS 1.3 with a trustme ECDSA P-256 certificate on
+  127.0.0.2:8443 (tunnels for bulk and rate) and plain HTTP on 127.0.0.2:8080
+  (idle tunnels), serving a sparse 1 GiB file and a 1 KiB file from tmpfs;
+- portcullis: `portcullis serve` on uvloop, one process, or `--workers 2` for
+  `portcullis x2`; the name resolves through `resolver.hosts`, the decision log
+  is a file on tmpfs (two JSON lines per connection, included in its cost);
+- squid: one worker, no cache, hosts_file for the name, access log on tmpfs;
+- tinyproxy: the name from a hosts file bind-mounted in a private mount
+  namespace, `LogLevel Connect` to a file on tmpfs;
+- every proxy is asked `CONNECT bench.icr.io:PORT` and resolves the name itself;
+- bulk client: curl through the proxy to /dev/null; rate clients: 2 processes of
+  25 threads, Python ssl (a real ClientHello with SNI, full handshake, the
+  certificate verified), `Connection: close`; idle: one asyncio process;
+- CPU, RSS, PSS and fds are read from /proc over each server's process tree.\
+"""
+
+
 def fmt(value: float | None, spec: str = ".2f") -> str:
     if value is None or value != value:  # None or NaN
         return "-"
@@ -249,7 +267,8 @@ def write_results(report: Report, info: dict[str, str], started: datetime.dateti
         "bench/findings.md. All servers on loopback on one shared 2-core machine: absolute\n"
         "figures drift between runs, ratios within one run hold.\n\n"
         f"Run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s.\n\n"
-        f"## Machine\n\n{machine}\n\n## Targets (issue 5)\n\n{targets}\n\n"
+        f"## Machine\n\n{machine}\n\n## Set-up\n\n{SETUP}\n\n"
+        f"## Targets (issue 5)\n\n{targets}\n\n"
         "## Figures\n\n" + "\n".join(report.sections)
     )
     if findings.exists():
