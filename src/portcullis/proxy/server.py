@@ -169,6 +169,8 @@ class Server:
                     await waiter
                     accepted = 0
                     continue
+                except ConnectionAbortedError:
+                    continue  # the client gave up while queued: nothing to back off from
                 except OSError as exc:
                     # EMFILE/ENFILE: out of descriptors. Back off instead of
                     # spinning (the reader would fire on every turn meanwhile);
