@@ -25,6 +25,8 @@ from bench import bulk, connrate, idle, procfs, servers
 from bench.servers import Server, Workdir
 
 HERE = Path(__file__).resolve().parent
+BEGIN = "<!-- from here to the end marker: written by make bench (bench/run.py) -->"
+END = "<!-- end of the part written by make bench -->"
 # fds a proxy keeps besides its tunnels (listeners, epoll, logs, pipe pool): the
 # reserve left when sizing a single-process run, and the "constant" allowed.
 IDLE_FD_RESERVE = 64
@@ -273,7 +275,17 @@ def write_results(report: Report, info: dict[str, str], started: datetime.dateti
     )
     if findings.exists():
         text += "\n" + findings.read_text()
-    (HERE / "RESULTS.md").write_text(text)
+    # Other sections of RESULTS.md (the soak run's) belong to other tools:
+    # only the part between the markers is ours to replace.
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    if BEGIN in old and END in old:
+        head, _, rest = old.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        path.write_text(head + block + tail)
+    else:
+        path.write_text(block + ("\n\n" + old if old else "\n"))
 
 
 if __name__ == "__main__":
