@@ -530,6 +530,23 @@ def test_bad_chunk_size_ends_the_request_without_a_handler_failure(env: Env) -> 
     still_serving(env)
 
 
+@pytest.mark.parametrize("listed", ["content-length", "host", "Transfer-Encoding"])
+def test_framing_header_named_in_connection_is_still_forwarded(env: Env, listed: str) -> None:
+    # `Connection: content-length` must not strip the field h11 frames the
+    # upstream request with (nor the Host it routes on): the request is
+    # forwarded whole and the proxy logs no failure of its own.
+    errors_before = len(env.proxy.records("error"))
+    framing = ("Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+               if listed == "Transfer-Encoding" else "Content-Length: 5\r\n\r\nhello")
+    raw = env.fill(POST_WEB + f"Connection: close, {listed}\r\n" + framing)
+    answer = send_raw(env, raw)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    seen = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert seen["body_len"] == 5
+    assert any(name.lower() == "host" for name, _ in seen["headers"])
+    assert len(env.proxy.records("error")) == errors_before, env.proxy.records("error")[-1:]
+
+
 # --- 2. names that resolve somewhere forbidden --------------------------------------
 
 

@@ -44,6 +44,10 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization",
      b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
 )
+# Kept even when `Connection:` lists them: without its framing field h11 refuses
+# to send the body it already parsed (an HTTP/1.1 request also needs Host), and
+# the exception would end the connection as a proxy failure.
+_END_TO_END = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
 class _Closed(Exception):
@@ -61,6 +65,7 @@ def _forwardable(headers: Any) -> list[tuple[bytes, bytes]]:
         if name == b"connection"
         for token in value.split(b",")
     }
+    listed -= _END_TO_END
     return [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in listed]
 
 
