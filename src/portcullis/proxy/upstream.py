@@ -19,7 +19,7 @@ import time
 from portcullis.config import IPAddress, IPNetwork, parse_network
 from portcullis.net.addresses import AddressVerdict, check_addresses
 from portcullis.net.resolver import DnsFailure
-from portcullis.policy.decisions import Reason
+from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.engine import Verdict
 from portcullis.proxy.state import Attempt, FirewallState
 
@@ -39,8 +39,11 @@ class Refused(Exception):
 
 
 def vouched_ranges(verdict: Verdict, is_ip: bool) -> tuple[IPNetwork, ...] | None:
+    """The CIDRs the deciding rule vouches for, beyond the global checks; None for none."""
     rule = verdict.rule
-    if rule is None:
+    # A deny rule reaches this point only in report mode: its CIDRs name what it
+    # keeps out, and a dry run must not turn them into addresses it may dial.
+    if rule is None or rule.action is not Decision.ALLOW:
         return None
     if is_ip:
         # A CIDR destination names the addresses itself: it vouches for them.
