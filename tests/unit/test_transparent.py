@@ -4,8 +4,19 @@ in tests/e2e/test_transparent.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import ipaddress
+import json
+import socket
+
 import pytest
 
+from portcullis.config import parse_policy
+from portcullis.observe.log import DecisionLog
+from portcullis.observe.metrics import Metrics
+from portcullis.proxy import transparent
+from portcullis.proxy.state import FirewallState
 from portcullis.proxy.transparent import host_authority, sni_host
 from portcullis.wire.authority import Authority, AuthorityError
 from portcullis.wire.http1 import BadRequest, RequestHead, parse_request_head
@@ -67,3 +78,34 @@ def test_host_authority(raw: bytes, expected: Authority) -> None:
 def test_host_authority_refuses(raw: bytes) -> None:
     with pytest.raises(BadRequest):
         host_authority(head(raw), 80)
+
+
+def test_silent_client_on_a_plain_port_is_recorded_as_header_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A redirected port-80 connection that never sends a byte is refused at the
+    # header timeout, and that refusal is logged (decisions.md: no name, no
+    # report), not dropped silently as if the client had gone away.
+    policy = parse_policy("version: 1\nlimits: {header_timeout: 0.2}\n")
+    out = io.StringIO()
+    state = FirewallState(policy, DecisionLog(out), Metrics())
+    redirected = (ipaddress.ip_address("192.0.2.80"), 80)
+    monkeypatch.setattr(transparent, "original_dst", lambda sock: redirected)
+
+    async def main() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        conn, peer = listener.accept()
+        conn.setblocking(False)
+        try:
+            await asyncio.wait_for(transparent.handle_transparent(state, conn, peer), 5)
+        finally:
+            client.close()
+            listener.close()
+
+    asyncio.run(main())
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    decisions = [r for r in records if r["event"] == "decision"]
+    assert [(d["decision"], d["reason"], d["original_dst"]) for d in decisions] == [
+        ("deny", "header_timeout", "192.0.2.80:80")
+    ]

@@ -98,10 +98,11 @@ async def _first_bytes(state: FirewallState, conn: socket.socket) -> bytes:
     """The first chunk, to tell TLS from plain HTTP on a port that allows either."""
     loop = asyncio.get_running_loop()
     try:
-        data = await asyncio.wait_for(
-            loop.sock_recv(conn, _READ), state.policy.limits.header_timeout
-        )
-    except (ConnectionError, OSError) as exc:
+        async with asyncio.timeout(state.policy.limits.header_timeout):
+            data = await loop.sock_recv(conn, _READ)
+    except TimeoutError:
+        raise  # an OSError subclass, but it means "too slow", not "gone"
+    except OSError as exc:
         raise ClientGone from exc
     if not data:
         raise ClientGone
