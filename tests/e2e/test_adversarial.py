@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import ssl
 import struct
@@ -818,3 +819,67 @@ def test_every_log_line_is_one_json_object_of_printable_ascii(env: Env) -> None:
         json.loads(line)
     # And the proxy never logged a failure of its own for any of them.
     assert env.proxy.records("error") == []
+
+
+# --- 6. drain in the middle of a decision ---------------------------------------------
+
+
+def test_drain_while_a_tunnel_waits_for_its_hello_records_one_decision(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM cancels a handler that dialled and still waits for the ClientHello:
+    the connection gets exactly one decision record (`draining`)."""
+    ca = trustme.CA()
+    upstream = TlsUpstream(UPSTREAM_IP, ca, [REGISTRY])
+    policy = policy_for({REGISTRY: [UPSTREAM_IP]}, [REGISTRY])
+    policy["rules"][0]["ports"] = [upstream.port]
+    policy["tls_ports"] = [upstream.port]
+    policy["limits"] = {"drain_timeout": 0.5, "client_hello_timeout": 30}
+    try:
+        with run_portcullis(tmp_path, policy) as proxy:
+            sock, answer = proxy.connect(f"{REGISTRY}:{upstream.port}")
+            with sock:
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                proxy.proc.send_signal(signal.SIGTERM)
+                assert proxy.proc.wait(timeout=10) == 0
+            records = proxy.decisions(REGISTRY)
+            assert [(r["decision"], r["reason"]) for r in records] == [("deny", "draining")]
+            assert proxy.records("error") == []
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("request_line", [
+    "CONNECT silent.adv.test:{PORT} HTTP/1.1\r\nHost: silent.adv.test:{PORT}\r\n\r\n",
+    "GET http://silent.adv.test:{PORT}/ HTTP/1.1\r\nHost: silent.adv.test:{PORT}\r\n\r\n",
+])
+def test_drain_while_dialling_records_one_decision(tmp_path: Path, request_line: str) -> None:
+    """SIGTERM cancels a handler whose dial hangs (the upstream's accept queue is
+    full): one `draining` record, for a tunnel and for plain HTTP alike."""
+    listener = socket.socket()
+    listener.bind((UPSTREAM_IP, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex((UPSTREAM_IP, port))
+        fillers.append(filler)
+    policy = policy_for({"silent.adv.test": [UPSTREAM_IP]}, ["silent.adv.test"])
+    policy["rules"][0]["ports"] = [port]
+    policy["limits"] = {"drain_timeout": 0.5, "connect_timeout": 30}
+    try:
+        with run_portcullis(tmp_path, policy) as proxy:
+            with socket.create_connection(proxy.explicit, timeout=10) as sock:
+                sock.sendall(request_line.replace("{PORT}", str(port)).encode())
+                time.sleep(0.3)  # decided, now dialling
+                proxy.proc.send_signal(signal.SIGTERM)
+                assert proxy.proc.wait(timeout=10) == 0
+            records = proxy.decisions("silent.adv.test")
+            assert [(r["decision"], r["reason"]) for r in records] == [("deny", "draining")]
+            assert proxy.records("error") == []
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

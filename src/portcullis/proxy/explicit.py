@@ -127,6 +127,9 @@ async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple
     attempt = Attempt(state, "explicit", peer[0], peer[1], new_connection_id())
     try:
         await _serve(state, conn, attempt)
+    except asyncio.CancelledError:
+        attempt.abandon()
+        raise
     finally:
         conn.close()
 
@@ -203,6 +206,9 @@ async def _connect(
         attempt.record()
         upstream.close()
         return
+    except BaseException:
+        upstream.close()
+        raise
     attempt.record()
     state.metrics.connection_opened("explicit")
     try:

@@ -188,6 +188,10 @@ async def serve(
                               new_connection_id(), original_dst=attempt.original_dst)
     except _Closed as closed:
         close_reason = closed.reason
+    except asyncio.CancelledError:
+        close_reason = "cancelled"
+        attempt.abandon()
+        raise
     finally:
         if upstream is not None:
             upstream.sock.close()

@@ -104,6 +104,16 @@ class Attempt:
         self.decision = Decision.DENY
         self.reason = reason
 
+    def abandon(self) -> None:
+        """The handler was cancelled (drain) while deciding: record `draining`, once.
+
+        Before a name is known there is no decision to record, as when the
+        client goes away first.
+        """
+        if self.host is not None and not self.logged:
+            self.refuse(Reason.DRAINING)
+            self.record()
+
     def record(self) -> None:
         """Log and count the decision, once."""
         if self.logged:

@@ -56,6 +56,9 @@ async def handle_transparent(
     attempt = Attempt(state, "transparent", peer[0], peer[1], new_connection_id())
     try:
         await _serve(state, conn, attempt)
+    except asyncio.CancelledError:
+        attempt.abandon()
+        raise
     finally:
         conn.close()
 

@@ -168,6 +168,9 @@ async def dial(
             # asyncio.timeout, not wait_for: on 3.11 wait_for costs a new Task per call.
             async with asyncio.timeout(remaining):
                 await connect_socket(loop, sock, (str(address), port))
+        except asyncio.CancelledError:
+            sock.close()
+            raise
         except TimeoutError:
             sock.close()
             state.metrics.connect_error("timeout")
