@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from portcullis.config import parse_policy
 from portcullis.policy.decisions import Decision, Reason
-from portcullis.policy.engine import Engine
+from portcullis.policy.engine import Engine, SourceIndex
 from portcullis.policy.explain import explain
 
 POLICY = textwrap.dedent(
@@ -143,3 +143,12 @@ def test_explain_agrees_with_decide(client: str, host: str, port: int) -> None:
     explanation = explain(ENGINE, address, host, port, is_ip=is_ip)
     matched = [rule.name for rule, trace, _ in explanation.traces if trace.matches]
     assert matched[:1] == ([verdict.rule_name] if verdict.rule else [])
+
+
+def test_source_index_caches_an_ipv4_mapped_client_under_its_own_address() -> None:
+    # A dual-stack listener sees every IPv4 client as ::ffff:a.b.c.d: those
+    # lookups must hit the cache too, not redo the longest-prefix walk each time.
+    index = SourceIndex({"workers": [ipaddress.ip_network("10.240.0.0/24")]})
+    mapped = ipaddress.ip_address("::ffff:10.240.0.7")
+    assert index.groups_of(mapped) == {"workers"}
+    assert index._cache.get(mapped) == {"workers"}

@@ -84,12 +84,13 @@ class SourceIndex:
         if cached is not None:
             return cached
         found: frozenset[str] = frozenset()
+        looked_up = client
         version = client.version
         if version == 6 and client.ipv4_mapped is not None:  # type: ignore[union-attr]
-            client = client.ipv4_mapped  # type: ignore[union-attr]
+            looked_up = client.ipv4_mapped  # type: ignore[union-attr]
             version = 4
         bits = 32 if version == 4 else 128
-        address = int(client)
+        address = int(looked_up)
         for prefixlen, table in self._tables[version]:
             hit = table.get(address >> (bits - prefixlen) << (bits - prefixlen))
             if hit is not None:
