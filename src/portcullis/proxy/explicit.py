@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import socket
 from collections.abc import Callable
 from typing import TypeVar
 
-from portcullis.config import IPAddress
 from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.names import InvalidName, normalize_name
 from portcullis.proxy import plain
 from portcullis.proxy.relay import relay
 from portcullis.proxy.responses import error_response
-from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.state import Attempt, FirewallState, client_address
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_request_head
@@ -32,13 +29,6 @@ from portcullis.wire.tls import ClientHello, ClientHelloError, parse_client_hell
 T = TypeVar("T")
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _READ = 65536
-
-
-@functools.lru_cache(maxsize=4096)
-def client_address(text: str) -> IPAddress:
-    """The client's address as an object (zone dropped); parsing it per connection
-    showed in profiles, and clients reconnect from the same few addresses."""
-    return ipaddress.ip_address(text.partition("%")[0])
 
 
 class ClientGone(Exception):

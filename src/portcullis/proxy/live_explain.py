@@ -13,7 +13,7 @@ from portcullis.net.resolver import DnsFailure
 from portcullis.policy.decisions import Reason
 from portcullis.policy.explain import Explanation, explain
 from portcullis.proxy.state import FirewallState
-from portcullis.proxy.upstream import vouched_ranges
+from portcullis.proxy.upstream import address_refusal, vouched_ranges
 from portcullis.wire.authority import AuthorityError, parse_authority
 
 
@@ -52,9 +52,8 @@ async def explain_live(
         for c in checks
     ]
     result.resolution = resolution
-    if not any(c.allowed for c in checks):
-        outside = all(c.outside_resolves_to for c in checks)
-        reason = Reason.RESOLVES_OUTSIDE if outside else Reason.ADDRESS_FORBIDDEN
+    reason = address_refusal(checks)
+    if reason is not None:
         result.verdict = engine.refuse(reason, result.verdict.rule)
     return result
 

@@ -15,7 +15,6 @@ requests decided on their Host) through `authority_of` and `choose`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Reason
 from portcullis.policy.engine import Verdict
 from portcullis.proxy.responses import error_response
-from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.state import Attempt, FirewallState, client_address
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_absolute_uri
@@ -144,9 +143,9 @@ async def serve(
                 await _send(conn, error_response(exc.status, attempt, exc.message))
                 return
             attempt.host, attempt.port = authority.host, authority.port
-            client_ip = ipaddress.ip_address(attempt.client.partition("%")[0])
             verdict = state.engine.decide(
-                client_ip, authority.host, authority.port, is_ip=authority.is_ip
+                client_address(attempt.client), authority.host, authority.port,
+                is_ip=authority.is_ip,
             )
             attempt.set_verdict(verdict)
             if not verdict.allowed:

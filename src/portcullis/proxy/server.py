@@ -21,9 +21,10 @@ from typing import Any
 
 from portcullis.config import Policy, PolicyError, load_policy, parse_hostport
 from portcullis.observe.admin import AdminServer
-from portcullis.observe.events import Mode
+from portcullis.observe.events import Mode, new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
+from portcullis.policy.decisions import Reason
 from portcullis.policy.engine import Engine
 from portcullis.proxy.explicit import handle_explicit
 from portcullis.proxy.responses import error_response
@@ -75,8 +76,9 @@ class Server:
 
     async def start(self) -> None:
         policy = self.state.policy
-        handlers: dict[str, Handler] = {"explicit": handle_explicit}
-        handlers["transparent"] = handle_transparent
+        handlers: dict[str, Handler] = {
+            "explicit": handle_explicit, "transparent": handle_transparent
+        }
         for mode, handler in handlers.items():
             address = getattr(policy.listen, mode)
             if address is None:
@@ -208,9 +210,6 @@ class Server:
             self.state.log.log_error("handler failed", error=repr(exc), client=str(peer[0]))
 
     def _refuse_over_capacity(self, conn: socket.socket, peer: Any, mode: str) -> None:
-        from portcullis.observe.events import new_connection_id
-        from portcullis.policy.decisions import Reason
-
         kind: Mode = "transparent" if mode == "transparent" else "explicit"
         attempt = Attempt(self.state, kind, str(peer[0]), int(peer[1]), new_connection_id())
         attempt.refuse(Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY)

@@ -7,6 +7,7 @@ established tunnels and in-flight decisions keep the policy they started with.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.engine import Engine, Verdict
+
+
+@functools.lru_cache(maxsize=4096)
+def client_address(text: str) -> IPAddress:
+    """The client's address as an object (zone dropped); parsing it per connection
+    showed in profiles, and clients reconnect from the same few addresses."""
+    return ipaddress.ip_address(text.partition("%")[0])
 
 
 def build_resolver(policy: Policy) -> Resolver:
@@ -53,7 +61,6 @@ class FirewallState:
         self.log = log
         self.metrics = metrics
         self.draining = False
-        self.active = 0
         self.policy = policy
         self.engine = Engine(policy)
         self.resolver = build_resolver(policy)
@@ -82,7 +89,6 @@ class Attempt:
     host: str | None = None
     port: int = 0
     sni: str | None = None
-    verdict: Verdict | None = None
     decision: Decision = Decision.DENY
     reason: Reason = Reason.BAD_REQUEST
     rule: str | None = None
@@ -94,7 +100,6 @@ class Attempt:
     logged: bool = False
 
     def set_verdict(self, verdict: Verdict) -> None:
-        self.verdict = verdict
         self.decision = verdict.decision
         self.reason = verdict.reason
         self.rule = verdict.rule_name

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import socket
 
 from portcullis.config import IPAddress
@@ -32,7 +31,7 @@ from portcullis.policy.engine import Verdict
 from portcullis.proxy import plain
 from portcullis.proxy.explicit import ClientGone, read_client_hello, sni_problem
 from portcullis.proxy.relay import relay
-from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.state import Attempt, FirewallState, client_address
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.authority import Authority, AuthorityError, parse_authority
 from portcullis.wire.http1 import BadRequest, RequestHead, check_request
@@ -160,8 +159,7 @@ async def _serve_tls(
         return
     attempt.host = host
     engine = state.engine
-    client_ip = ipaddress.ip_address(attempt.client.partition("%")[0])
-    verdict = engine.decide(unmapped(client_ip), host, original[1])
+    verdict = engine.decide(unmapped(client_address(attempt.client)), host, original[1])
     attempt.set_verdict(verdict)
     problem = sni_problem(hello, host, False, ech_policy) if verdict.allowed else None
     if problem is not None:
@@ -191,7 +189,7 @@ async def _serve_tls(
 
 
 def _is_our_own(attempt: Attempt) -> bool:
-    client = unmapped(ipaddress.ip_address(attempt.client.partition("%")[0]))
+    client = unmapped(client_address(attempt.client))
     return (client, attempt.client_port) in _our_ends
 
 

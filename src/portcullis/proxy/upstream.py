@@ -15,6 +15,7 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 from portcullis.config import IPAddress, IPNetwork, parse_network
 from portcullis.net.addresses import AddressVerdict, check_addresses
@@ -49,6 +50,14 @@ def vouched_ranges(verdict: Verdict, is_ip: bool) -> tuple[IPNetwork, ...] | Non
         # A CIDR destination names the addresses itself: it vouches for them.
         return tuple(parse_network(d) for d in rule.destinations if "/" in d)
     return rule.resolves_to
+
+
+def address_refusal(verdicts: Sequence[AddressVerdict]) -> Reason | None:
+    """Why none of the checked addresses may be dialled; None when one may."""
+    if any(v.allowed for v in verdicts):
+        return None
+    outside = bool(verdicts) and all(v.outside_resolves_to for v in verdicts)
+    return Reason.RESOLVES_OUTSIDE if outside else Reason.ADDRESS_FORBIDDEN
 
 
 @functools.lru_cache(maxsize=4096)
@@ -91,11 +100,9 @@ async def resolve_and_check(
         vouched_ranges(verdict, is_ip),
         state.own,
     )
-    allowed = [v.address for v in verdicts if v.allowed]
-    if allowed:
-        return allowed
-    outside = bool(verdicts) and all(v.outside_resolves_to for v in verdicts)
-    reason = Reason.RESOLVES_OUTSIDE if outside else Reason.ADDRESS_FORBIDDEN
+    reason = address_refusal(verdicts)
+    if reason is None:
+        return [v.address for v in verdicts if v.allowed]
     attempt.refuse(reason)
     detail = "; ".join(f"{v.address}: {v.why}" for v in verdicts) or "no addresses"
     raise Refused(reason, 403, f"{host} resolves to no permitted address ({detail})")
