@@ -76,7 +76,9 @@ def start_reference_proxy(
     directory = Path(tempfile.mkdtemp(prefix="portcullis-squid-"))
     # A per-run service name keeps squid's /dev/shm segments apart from any other
     # squid on the machine, and tells us exactly which ones to remove afterwards.
-    service = f"pcsquid{os.getpid()}x{directory.name.rsplit('-', 1)[-1]}"
+    # Squid takes only letters and digits here; mkdtemp suffixes may hold '_'.
+    suffix = "".join(c for c in directory.name.rsplit("-", 1)[-1] if c.isalnum())
+    service = f"pcsquid{os.getpid()}x{suffix}"
     try:
         hosts_file = directory / "hosts"
         hosts_file.write_text(
