@@ -14,7 +14,6 @@ from portcullis.net.addresses import (
     IPNetwork,
     check_addresses,
     classify,
-    first_allowed,
     unmap,
 )
 
@@ -282,13 +281,6 @@ def test_empty_resolves_to_admits_nothing() -> None:
     [v] = check_addresses([a("8.8.8.8")], resolves_to=[])
     assert not v.allowed and v.outside_resolves_to
     assert "outside resolves_to (nothing)" in v.why
-
-
-def test_first_allowed_keeps_resolution_order() -> None:
-    verdicts = check_addresses([a("10.0.0.1"), a("8.8.4.4"), a("8.8.8.8")])
-    assert first_allowed(verdicts) == a("8.8.4.4")
-    assert first_allowed(check_addresses([a("10.0.0.1"), a("127.0.0.1")])) is None
-    assert first_allowed([]) is None
 
 
 def test_verdicts_preserve_order_and_length() -> None:

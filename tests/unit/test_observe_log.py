@@ -148,7 +148,7 @@ def test_exactly_max_is_not_truncated() -> None:
 def test_close_event() -> None:
     buf = io.StringIO()
     log = DecisionLog(buf)
-    log.log(
+    log.close_event(
         CloseEvent(
             time=1_700_000_000.0,
             id="p-2",

@@ -212,10 +212,3 @@ def check_addresses(
     """
     return [_verdict(a, allow_ranges, resolves_to, own) for a in addresses]
 
-
-def first_allowed(verdicts: Iterable[AddressVerdict]) -> IPAddress | None:
-    """The address to dial: the first admitted one, in resolution order."""
-    for verdict in verdicts:
-        if verdict.allowed:
-            return verdict.address
-    return None

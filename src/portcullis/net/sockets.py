@@ -13,6 +13,7 @@ import socket
 import struct
 
 from portcullis.config import IPAddress
+from portcullis.net.addresses import unmap
 
 # linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h; Python's socket
 # module does not export them.
@@ -49,16 +50,9 @@ def parse_sockaddr(raw: bytes) -> Endpoint:
     raise ValueError(f"sockaddr family {family} is neither AF_INET nor AF_INET6")
 
 
-def unmapped(address: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 def local_endpoint(sock: socket.socket) -> Endpoint:
     name = sock.getsockname()
-    return unmapped(ipaddress.ip_address(str(name[0]).partition("%")[0])), int(name[1])
+    return unmap(ipaddress.ip_address(str(name[0]).partition("%")[0])), int(name[1])
 
 
 def original_dst(sock: socket.socket) -> Endpoint:

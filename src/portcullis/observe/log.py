@@ -176,12 +176,6 @@ class DecisionLog:
             rec["truncated"] = cut
         self._write(rec)
 
-    def log(self, ev: DecisionEvent | CloseEvent) -> None:
-        if isinstance(ev, DecisionEvent):
-            self.decision(ev)
-        else:
-            self.close_event(ev)
-
     def _operational(self, event: str, message: str, fields: dict[str, object]) -> None:
         cut: list[str] = []
         rec = self._head(event, time.time())

@@ -39,6 +39,3 @@ class Reason(StrEnum):
     OVER_CAPACITY = "over_capacity"
     DRAINING = "draining"
 
-
-# Reasons under which a request may proceed (before report mode is applied).
-ALLOWING_REASONS = frozenset({Reason.RULE_ALLOW})

@@ -193,7 +193,10 @@ async def _connect(
                     upstream.close()
                     return
     except (ClientGone, OSError):
+        # The decision stands (the tunnel was allowed); the close record says
+        # the client left before its first bytes.
         attempt.record()
+        attempt.record_close(0, 0, "client_gone")
         upstream.close()
         return
     except BaseException:

@@ -94,7 +94,8 @@ async def _next_event(
         if event is not h11.NEED_DATA:
             return event
         try:
-            data = await asyncio.wait_for(loop.sock_recv(sock, _READ), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: a Task per call on 3.11
+                data = await loop.sock_recv(sock, _READ)
         except (OSError, TimeoutError) as exc:
             raise _Closed from exc
         conn.receive_data(data)

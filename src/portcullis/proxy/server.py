@@ -134,7 +134,8 @@ class Server:
             sock.close()
         timeout = self.state.policy.limits.drain_timeout
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout or None)
+            # drain_timeout 0 cancels open connections at once.
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:

@@ -17,13 +17,13 @@ import dataclasses
 import socket
 
 from portcullis.config import IPAddress
+from portcullis.net.addresses import unmap
 from portcullis.net.sockets import (
     Endpoint,
     NoOriginalDestination,
     format_endpoint,
     local_endpoint,
     original_dst,
-    unmapped,
 )
 from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Decision, Reason
@@ -159,7 +159,7 @@ async def _serve_tls(
         return
     attempt.host = host
     engine = state.engine
-    verdict = engine.decide(unmapped(client_address(attempt.client)), host, original[1])
+    verdict = engine.decide(unmap(client_address(attempt.client)), host, original[1])
     attempt.set_verdict(verdict)
     problem = sni_problem(hello, host, False, ech_policy) if verdict.allowed else None
     if problem is not None:
@@ -189,7 +189,7 @@ async def _serve_tls(
 
 
 def _is_our_own(attempt: Attempt) -> bool:
-    client = unmapped(client_address(attempt.client))
+    client = unmap(client_address(attempt.client))
     return (client, attempt.client_port) in _our_ends
 
 

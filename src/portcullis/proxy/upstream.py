@@ -66,14 +66,15 @@ def _admission(
     allow_ranges: tuple[IPNetwork, ...],
     resolves_to: tuple[IPNetwork, ...] | None,
     own: frozenset[IPAddress],
-) -> tuple[tuple[str, ...], list[AddressVerdict]]:
+) -> tuple[tuple[str, ...], tuple[AddressVerdict, ...]]:
     # Pure in its arguments, and the same few answers recur for every
     # connection to a name: classifying and describing them each time was a
     # visible share of the per-connection CPU (bench/findings.md).
+    # A tuple: the cached answer is shared by every caller and must not change.
     verdicts = check_addresses(
         addresses, allow_ranges=allow_ranges, resolves_to=resolves_to, own=own
     )
-    return tuple(str(a) for a in addresses), verdicts
+    return tuple(str(a) for a in addresses), tuple(verdicts)
 
 
 async def resolve_and_check(
