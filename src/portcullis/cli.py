@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 a check failed or a request is denied, 2 usage or policy err
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import ipaddress
 import json
@@ -15,6 +14,7 @@ from collections.abc import Callable, Sequence
 import click
 
 from portcullis import catalog
+from portcullis.catalog import render
 from portcullis.config import Policy, PolicyError, load_policy
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
@@ -43,29 +43,12 @@ def _catalog_or_usage(registry: str) -> catalog.Catalog:
         raise click.UsageError(str(exc)) from None
 
 
-def _entries_text(entries: Sequence[catalog.CatalogEntry]) -> str:
-    return "".join(f"{entry.name}\n" for entry in entries)
-
-
-def _entries_json(entries: Sequence[catalog.CatalogEntry]) -> str:
-    return json.dumps([entry.to_dict() for entry in entries], indent=2) + "\n"
-
-
-def _entries_csv(entries: Sequence[catalog.CatalogEntry]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["name", "tags", "source", "as_of"])
-    for entry in entries:
-        writer.writerow([entry.name, " ".join(entry.tags), entry.source, entry.as_of])
-    return out.getvalue()
-
-
 # Renderers for `domains --format`. Firewall export formats (squid, nginx...)
 # are added to this mapping before `domains` is defined: click copies the keys.
 DOMAIN_FORMATS: dict[str, Callable[[Sequence[catalog.CatalogEntry]], str]] = {
-    "text": _entries_text,
-    "json": _entries_json,
-    "csv": _entries_csv,
+    "text": render.entries_text,
+    "json": render.entries_json,
+    "csv": render.entries_csv,
 }
 
 
@@ -97,21 +80,6 @@ def _export_renderer(fmt: str) -> Callable[[Sequence[catalog.CatalogEntry]], str
 DOMAIN_FORMATS.update({fmt: _export_renderer(fmt) for fmt in exporting.FORMATS})
 
 
-def _regions_text(regions: Sequence[catalog.Region]) -> str:
-    rows = [("REGION", "NAME", "REGISTRY", "DEPRECATED", "")]
-    for r in regions:
-        later = "(later doc)" if r.later else ""
-        rows.append(
-            (r.id, r.name, ", ".join(r.addresses) or "-", ", ".join(r.deprecated) or "-", later)
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]]).rstrip()
-        for row in rows
-    ]
-    return "\n".join(lines) + "\n"
-
-
 @main.command()
 @click.option("--registry", default="ibm", show_default=True, help="Catalog id or alias.")
 @click.option(
@@ -136,7 +104,7 @@ def regions(registry: str, fmt: str) -> None:
     elif not cat.regions:
         click.echo(f"{cat.id} has no regions", err=True)
     else:
-        click.echo(_regions_text(cat.regions), nl=False)
+        click.echo(render.regions_text(cat.regions), nl=False)
 
 
 def _parse_params(raw: Sequence[str]) -> dict[str, str]:

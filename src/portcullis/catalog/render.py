@@ -1,0 +1,43 @@
+"""Catalog selections and region tables as text, JSON and CSV (`domains`, `regions`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+from portcullis.catalog.loader import CatalogEntry, Region
+
+
+def entries_text(entries: Sequence[CatalogEntry]) -> str:
+    return "".join(f"{entry.name}\n" for entry in entries)
+
+
+def entries_json(entries: Sequence[CatalogEntry]) -> str:
+    return json.dumps([entry.to_dict() for entry in entries], indent=2) + "\n"
+
+
+def entries_csv(entries: Sequence[CatalogEntry]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["name", "tags", "source", "as_of"])
+    for entry in entries:
+        writer.writerow([entry.name, " ".join(entry.tags), entry.source, entry.as_of])
+    return out.getvalue()
+
+
+def regions_text(regions: Sequence[Region]) -> str:
+    """The IBM document's table shape: region, name, registry, deprecated address."""
+    rows = [("REGION", "NAME", "REGISTRY", "DEPRECATED", "")]
+    for r in regions:
+        later = "(later doc)" if r.later else ""
+        rows.append(
+            (r.id, r.name, ", ".join(r.addresses) or "-", ", ".join(r.deprecated) or "-", later)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]]).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) + "\n"
