@@ -25,10 +25,10 @@ VARIANTS = [("splice", 1 << 20), ("splice", 256 << 10), ("splice", 64 << 10),
 
 
 def serve_variant(mode: str, size: int, argv: list[str]) -> None:
-    from portcullis.proxy import relay
+    from portcullis.proxy import pipes, relay
 
     relay.USE_SPLICE = relay.USE_SPLICE and mode == "splice"
-    relay.PIPE_SIZE = size
+    pipes.PIPE_SIZE = size
     relay.COPY_CHUNK = size
     from portcullis.cli import main
 

@@ -4,7 +4,6 @@ import io
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +248,6 @@ def test_reopen_failure_keeps_old_file(tmp_path: Path) -> None:
     assert msgs == ["log reopen failed", "after"]
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_forked_writers_never_interleave_lines(tmp_path: Path) -> None:
     path = tmp_path / "shared.log"
     procs, per = 4, 300
@@ -280,7 +278,6 @@ def test_connection_ids_unique_and_short() -> None:
     assert len({i.split("-")[0] for i in ids}) == 1
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_connection_id_prefix_changes_after_fork() -> None:
     parent = new_connection_id()
     r, w = os.pipe()

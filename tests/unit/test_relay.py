@@ -17,7 +17,8 @@ import pytest
 
 from portcullis.proxy import loop as proxy_loop
 from portcullis.proxy import relay as relay_mod
-from portcullis.proxy.relay import CloseReason, RelayResult, close_pipe_pool, relay
+from portcullis.proxy.pipes import PIPE_POOL_MAX, close_pipe_pool
+from portcullis.proxy.relay import CloseReason, RelayResult, relay
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -43,10 +44,9 @@ class Env:
 )
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     use_uvloop, use_splice = request.param
-    if use_uvloop and not proxy_loop.uvloop_available():
-        pytest.skip("uvloop not installed")
-    if use_splice and not relay_mod.USE_SPLICE:
-        pytest.skip("no os.splice on this platform")
+    # uvloop is a dependency and the target is Linux: a missing one is a failure.
+    assert not use_uvloop or proxy_loop.uvloop_available(), "uvloop is not installed"
+    assert not use_splice or relay_mod.USE_SPLICE, "os.splice is unavailable"
     yield Env(use_uvloop, use_splice)
     close_pipe_pool()
 
@@ -363,7 +363,7 @@ def test_idle_tunnels_hold_no_pipes(env: Env) -> None:
             await read_exactly(rig.client, 100_000)
         await asyncio.sleep(0.05)
         with_pool = open_fds() - before
-        assert with_pool <= 4 * n + 2 * relay_mod.PIPE_POOL_MAX
+        assert with_pool <= 4 * n + 2 * PIPE_POOL_MAX
         close_pipe_pool()
         # Exactly the two app sockets and the relay's two sockets per tunnel.
         assert open_fds() - before == 4 * n
@@ -395,9 +395,9 @@ def test_relay_closes_sockets_even_if_it_cannot_start(env: Env) -> None:
     env.run(main)
 
 
-@pytest.mark.skipif(not relay_mod.USE_SPLICE, reason="no os.splice on this platform")
 @pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
 def test_out_of_fds_falls_back_to_copying(use_uvloop: bool) -> None:
+    assert relay_mod.USE_SPLICE, "os.splice is unavailable"
     # Only the splice path needs fds beyond the two sockets.
     env = Env(use_uvloop, use_splice=True)
 

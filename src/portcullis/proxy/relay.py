@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import os
 import socket
 import struct
 import sys
-import threading
 from dataclasses import dataclass
 from enum import StrEnum
+
+from portcullis.proxy.pipes import Pipe, acquire_pipe, copy_buffer, release_pipe
 
 # Process-wide switch; relay(use_splice=...) overrides it per call (tests cover both).
 USE_SPLICE: bool = sys.platform == "linux" and hasattr(os, "splice")
@@ -39,11 +39,6 @@ USE_SPLICE: bool = sys.platform == "linux" and hasattr(os, "splice")
 COPY_CHUNK = 256 * 1024
 # Chunks moved per readiness callback before yielding to other tunnels.
 _BURST = 8
-# Requested pipe capacity: bigger pipes mean fewer splice calls per GiB. The
-# kernel may refuse (per-user pipe page limits); then the default size is kept.
-PIPE_SIZE = 1024 * 1024
-# Empty pipes kept per thread for reuse: the constant in "2 fds per tunnel + constant".
-PIPE_POOL_MAX = 16
 # splice() answers these when a file type does not support it: fall back to copying.
 _SPLICE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -81,59 +76,6 @@ class RelayResult:
     close_reason: CloseReason
 
 
-class _Pipe:
-    __slots__ = ("r", "size", "w")
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
-
-
-class _PerThread(threading.local):
-    # Loops run one per thread; callbacks use these only between two awaits,
-    # so a per-thread pool and buffer need no locking.
-    def __init__(self) -> None:
-        self.pipes: list[_Pipe] = []
-        self.buffer: memoryview | None = None
-
-
-_local = _PerThread()
-
-
-def _acquire_pipe() -> _Pipe:
-    pool = _local.pipes
-    return pool.pop() if pool else _Pipe()
-
-
-def _release_pipe(pipe: _Pipe, *, reusable: bool) -> None:
-    pool = _local.pipes
-    if reusable and len(pool) < PIPE_POOL_MAX:
-        pool.append(pipe)
-    else:
-        pipe.close()
-
-
-def _copy_buffer(size: int) -> memoryview:
-    buf = _local.buffer
-    if buf is None or len(buf) != size:
-        buf = _local.buffer = memoryview(bytearray(size))
-    return buf
-
-
-def close_pipe_pool() -> None:
-    """Close this thread's spare pipes (at shutdown, or to count fds exactly in tests)."""
-    pool = _local.pipes
-    while pool:
-        pool.pop().close()
-
-
 class _Direction:
     """One way of the tunnel: read `src`, write `dst`."""
 
@@ -150,7 +92,7 @@ class _Direction:
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.splice = splice
-        self.pipe: _Pipe | None = None
+        self.pipe: Pipe | None = None
         self.in_pipe = 0  # bytes sitting in self.pipe
         self.pending: memoryview | None = None  # bytes read but not yet written
         self.buf: memoryview | None = None
@@ -195,7 +137,7 @@ class _Direction:
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
             # A pipe with bytes still in it cannot be reused by another tunnel.
-            _release_pipe(pipe, reusable=self.in_pipe == 0)
+            release_pipe(pipe, reusable=self.in_pipe == 0)
             self.in_pipe = 0
         self.pending = None
 
@@ -247,7 +189,7 @@ class _Direction:
         pipe = self.pipe
         if pipe is None:
             try:
-                pipe = self.pipe = _acquire_pipe()
+                pipe = self.pipe = acquire_pipe()
             except OSError:
                 # Out of fds (EMFILE/ENFILE): this tunnel can still move bytes by copying.
                 return self._pump_copy()
@@ -298,7 +240,7 @@ class _Direction:
         pipe = self.pipe
         if pipe is not None and self.in_pipe == 0:
             self.pipe = None
-            _release_pipe(pipe, reusable=True)
+            release_pipe(pipe, reusable=True)
 
     def _to_copy_mode(self) -> None:
         """splice refused these sockets: keep what is in the pipe, go on with recv/send."""
@@ -313,12 +255,12 @@ class _Direction:
                 self.in_pipe -= len(chunk)
                 chunks.append(chunk)
             self.pending = memoryview(b"".join(chunks))
-        _release_pipe(pipe, reusable=True)
+        release_pipe(pipe, reusable=True)
 
     def _pump_copy(self) -> bool | None:
         buf = self.buf
         if buf is None:
-            buf = self.buf = _copy_buffer(COPY_CHUNK)
+            buf = self.buf = copy_buffer(COPY_CHUNK)
         size = len(buf)
         recv_into = self.src.recv_into
         send = self.dst.send
