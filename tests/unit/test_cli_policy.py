@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -81,3 +84,26 @@ def test_explain_denials_and_bad_input(tmp_path: Path) -> None:
     bad_port = runner.invoke(main, ["explain", "-c", path, "--from", "10.240.0.9",
                                     "--to", "us.icr.io:0"])
     assert bad_port.exit_code == 2
+
+
+def test_serve_on_a_busy_address_exits_2_naming_it(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    policy = _write(tmp_path, f"version: 1\nlisten:\n  explicit: 127.0.0.1:{port}\n"
+                              "  admin: 127.0.0.1:0\n")
+    log = tmp_path / "log.jsonl"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "portcullis.cli", "serve", "-c", policy, "--log", str(log)],
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        busy.close()
+    assert done.returncode == 2
+    message = f"cannot listen on 127.0.0.1:{port} (explicit): Address already in use"
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    [record] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert (record["event"], record["msg"]) == ("error", message)

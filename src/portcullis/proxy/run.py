@@ -12,7 +12,7 @@ import sys
 from portcullis.config import Policy
 from portcullis.observe.log import DecisionLog
 from portcullis.proxy.loop import run
-from portcullis.proxy.server import Server
+from portcullis.proxy.server import ListenError, Server
 from portcullis.tools.summary import policy_summary
 
 
@@ -36,7 +36,12 @@ def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bo
             print(policy_summary(policy, server.state.engine, listening), file=sys.stderr)
         await server.wait_stopped()
 
-    run(main(), use_uvloop=use_uvloop)
+    try:
+        run(main(), use_uvloop=use_uvloop)
+    except ListenError as exc:
+        log.log_error(str(exc))
+        print(f"portcullis: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -66,4 +71,6 @@ def serve_forever(policy: Policy, path: str | None, *, log_path: str | None, wor
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
-    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+    if status in (0, -signal.SIGTERM, -signal.SIGINT):
+        return 0
+    return 2 if status == 2 else 1

@@ -37,6 +37,10 @@ WATCH_INTERVAL = 2.0
 ACCEPT_BATCH = 32
 
 
+class ListenError(Exception):
+    """A listen address that cannot be bound; the message names it and why."""
+
+
 def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
     host, port = parse_hostport(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -50,6 +54,17 @@ def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
+
+
+def _cannot_listen(address: str, mode: str, exc: OSError) -> str:
+    return f"cannot listen on {address} ({mode}): {exc.strerror or exc}"
+
+
+def _bind_or_explain(address: str, mode: str, *, reuse_port: bool) -> socket.socket:
+    try:
+        return bind_listener(address, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ListenError(_cannot_listen(address, mode, exc)) from None
 
 
 class Server:
@@ -83,7 +98,7 @@ class Server:
             address = getattr(policy.listen, mode)
             if address is None:
                 continue
-            sock = bind_listener(address, reuse_port=self.reuse_port)
+            sock = _bind_or_explain(address, mode, reuse_port=self.reuse_port)
             self.listeners[mode] = sock
             task = asyncio.create_task(self._accept_loop(sock, handler, mode))
             self._accepting.append(task)
@@ -100,9 +115,13 @@ class Server:
             )
             host, port = parse_hostport(policy.listen.admin)
             if self.reuse_port:
-                await self.admin.start_socket(bind_listener(policy.listen.admin, reuse_port=True))
+                admin = _bind_or_explain(policy.listen.admin, "admin", reuse_port=True)
+                await self.admin.start_socket(admin)
             else:
-                await self.admin.start(host, port)
+                try:
+                    await self.admin.start(host, port)
+                except OSError as exc:
+                    raise ListenError(_cannot_listen(policy.listen.admin, "admin", exc)) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
