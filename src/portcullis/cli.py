@@ -195,7 +195,7 @@ def _load_or_exit(path: str | None) -> Policy:
     except PolicyError as exc:
         click.echo(f"invalid policy {exc.source}:", err=True)
         for problem in exc.problems:
-            click.echo(f"  line {problem}", err=True)
+            click.echo(f"  line {problem}" if problem[:1].isdigit() else f"  {problem}", err=True)
         raise SystemExit(EXIT_USAGE) from None
 
 

@@ -44,7 +44,11 @@ class PolicyError(Exception):
         super().__init__(f"{source}: " + "; ".join(self.problems))
 
     def __str__(self) -> str:
-        return "\n".join(f"{self.source}:{p}" for p in self.problems)
+        # Located problems read "LINE: field: message", as compilers print them.
+        return "\n".join(
+            f"{self.source}:{p}" if p[:1].isdigit() else f"{self.source}: {p}"
+            for p in self.problems
+        )
 
 
 # --- field types -----------------------------------------------------------
@@ -355,7 +359,7 @@ def load_policy(path: str | Path | None) -> Policy:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PolicyError(str(file), [f"0: cannot read the file: {exc.strerror}"]) from None
+        raise PolicyError(str(file), [f"cannot read the file: {exc.strerror}"]) from None
     except UnicodeDecodeError:
-        raise PolicyError(str(file), ["0: the file is not UTF-8 text"]) from None
+        raise PolicyError(str(file), ["the file is not UTF-8 text"]) from None
     return parse_policy(text, str(file))

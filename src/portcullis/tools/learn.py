@@ -214,9 +214,10 @@ def _networks(clients: Iterable[IPAddress]) -> list[str]:
 
 def learn_policy(found: Observed, *, registry_aware: bool = False) -> dict[str, Any]:
     if not found.seen:
+        skipped = "".join(f"; {n} {what}" for what, n in sorted(found.skipped.items()))
         raise LearnError(
-            f"nothing to learn: {found.decisions} decisions, none let through"
-            if found.decisions else "no decision records in the logs")
+            f"nothing to learn: {found.decisions} decisions, none let through{skipped}"
+            if found.decisions else f"no decision records in the logs{skipped}")
     hosts = {host for _, host, _ in found.seen}
     dests = registry_groups(hosts) if registry_aware else {}
     access: dict[IPAddress, set[tuple[Dest, int]]] = defaultdict(set)
