@@ -280,6 +280,14 @@ def test_fd_limit_queues_clients_answers_503_when_it_cannot_dial_and_recovers(
                    "an allowed request succeeds again")
         assert settled_fds(pid) <= baseline
         assert [r for r in proxy.records("error") if r["msg"] != "accept failed"] == []
+        # One line per episode of failing accepts (not one per 100 ms back-off;
+        # freeing a single slot ends an episode and may start another), and
+        # each episode's end.
+        proxy.wait_for_log(lambda r: r.get("msg") == "accepting again")
+        failed = [r for r in proxy.records("error") if r["msg"] == "accept failed"]
+        recovered = [r for r in proxy.records("info") if r["msg"] == "accepting again"]
+        assert 1 <= len(failed) == len(recovered) <= 3
+        assert all(r["mode"] == "explicit" and r["after_s"] > 0 for r in recovered)
 
 
 # --- an upstream killed in the middle of a body ------------------------------------

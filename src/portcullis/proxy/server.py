@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ class Server:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
+        failing: float | None = None  # when accept() started failing
         loop.add_reader(fd, readable)
         try:
             accepted = 0
@@ -197,11 +199,19 @@ class Server:
                     # EMFILE/ENFILE: out of descriptors. Back off instead of
                     # spinning (the reader would fire on every turn meanwhile);
                     # the clients still queued are served when fds free up.
-                    self.state.log.log_error("accept failed", error=str(exc), mode=mode)
+                    # Logged once per episode, not once per back-off.
+                    if failing is None:
+                        self.state.log.log_error("accept failed", error=str(exc), mode=mode)
+                        failing = time.monotonic()
                     loop.remove_reader(fd)
                     await asyncio.sleep(0.1)
                     loop.add_reader(fd, readable)
                     continue
+                if failing is not None:
+                    self.state.log.log_info(
+                        "accepting again", mode=mode, after_s=round(time.monotonic() - failing, 3)
+                    )
+                    failing = None
                 self._start(loop, conn, peer, handler, mode, limits.max_connections)
                 accepted += 1
                 if accepted >= ACCEPT_BATCH:
