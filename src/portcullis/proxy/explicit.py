@@ -14,13 +14,12 @@ import socket
 from collections.abc import Callable
 from typing import TypeVar
 
-from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.names import InvalidName, normalize_name
 from portcullis.proxy import plain
 from portcullis.proxy.relay import relay
 from portcullis.proxy.responses import error_response
-from portcullis.proxy.state import Attempt, FirewallState, client_address
+from portcullis.proxy.state import Attempt, FirewallState, client_address, serve_connection
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_request_head
@@ -114,14 +113,7 @@ async def send_quietly(conn: socket.socket, data: bytes) -> None:
 
 async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int]) -> None:
     """Serve one client connection of the explicit listener; always closes `conn`."""
-    attempt = Attempt(state, "explicit", peer[0], peer[1], new_connection_id())
-    try:
-        await _serve(state, conn, attempt)
-    except asyncio.CancelledError:
-        attempt.abandon()
-        raise
-    finally:
-        conn.close()
+    await serve_connection(state, conn, peer, "explicit", _serve)
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:

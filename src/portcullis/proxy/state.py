@@ -7,14 +7,17 @@ established tunnels and in-flight decisions keep the policy they started with.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from portcullis.config import IPAddress, Policy, parse_hostport
 from portcullis.net.resolver import Resolver
-from portcullis.observe.events import CloseEvent, DecisionEvent, Mode
+from portcullis.observe.events import CloseEvent, DecisionEvent, Mode, new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.decisions import Decision, Reason
@@ -158,3 +161,24 @@ class Attempt:
         )
         self.state.log.close_event(event)
         self.state.metrics.record_close(event)
+
+
+ServeFn = Callable[[FirewallState, socket.socket, Attempt], Awaitable[None]]
+
+
+async def serve_connection(
+    state: FirewallState, conn: socket.socket, peer: tuple[str, int], mode: Mode, serve: ServeFn
+) -> None:
+    """Run `serve` on one accepted connection with a fresh Attempt.
+
+    Whatever happens `conn` is closed, and a connection cancelled mid-decision
+    (a drain) still leaves its one decision record.
+    """
+    attempt = Attempt(state, mode, peer[0], peer[1], new_connection_id())
+    try:
+        await serve(state, conn, attempt)
+    except asyncio.CancelledError:
+        attempt.abandon()
+        raise
+    finally:
+        conn.close()

@@ -25,13 +25,12 @@ from portcullis.net.sockets import (
     local_endpoint,
     original_dst,
 )
-from portcullis.observe.events import new_connection_id
 from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.engine import Verdict
 from portcullis.proxy import plain
 from portcullis.proxy.explicit import ClientGone, read_client_hello, sni_problem
 from portcullis.proxy.relay import relay
-from portcullis.proxy.state import Attempt, FirewallState, client_address
+from portcullis.proxy.state import Attempt, FirewallState, client_address, serve_connection
 from portcullis.proxy.upstream import Refused, dial, resolve_and_check
 from portcullis.wire.authority import Authority, AuthorityError, parse_authority
 from portcullis.wire.http1 import BadRequest, RequestHead, check_request
@@ -52,14 +51,7 @@ async def handle_transparent(
     state: FirewallState, conn: socket.socket, peer: tuple[str, int]
 ) -> None:
     """Serve one redirected connection; always closes `conn`."""
-    attempt = Attempt(state, "transparent", peer[0], peer[1], new_connection_id())
-    try:
-        await _serve(state, conn, attempt)
-    except asyncio.CancelledError:
-        attempt.abandon()
-        raise
-    finally:
-        conn.close()
+    await serve_connection(state, conn, peer, "transparent", _serve)
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
