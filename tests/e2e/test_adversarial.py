@@ -37,7 +37,7 @@ import trustme
 from tests.dnsserver import DnsServer, Record
 from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.e2e.test_plain_http import EchoServer
-from tests.unit.test_tls_parse import (
+from tests.tls_hellos import (
     build_message,
     real_hello,
     records,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from portcullis.tools.export import render, spec_from_file
 from tests.dnsserver import DnsServer, Record
 from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
 from tests.testbed.procs import ManagedProcess, clean_env, require_free
+from tests.tls_hellos import real_hello
 
 pytestmark = pytest.mark.e2e
 
@@ -154,21 +154,13 @@ def upstreams() -> Iterator[list[tuple[int, str]]]:
             server.close()
 
 
-def client_hello(name: str) -> bytes:
-    context = ssl.create_default_context()
-    obj = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
-
-
 def let_through(client: str, proxy: tuple[str, int], name: str) -> bool:
     """Send a real ClientHello for `name` from `client`; True when the upstream answered."""
     with socket.socket() as sock:
         sock.bind((client, 0))
         sock.settimeout(10)
         sock.connect(proxy)
-        sock.sendall(client_hello(name))
+        sock.sendall(real_hello(name))
         answer = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(4096):

@@ -33,6 +33,7 @@ import yaml
 from tests.e2e.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
 from tests.netns import Namespaces, inside, namespaces
 from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.tls_hellos import real_hello, with_extensions
 
 pytestmark = pytest.mark.e2e
 
@@ -184,30 +185,9 @@ def read_all(sock: socket.socket) -> bytes:
     return out
 
 
-def client_hello(server_hostname: str | None) -> bytes:
-    """The first flight OpenSSL sends (one record holding the ClientHello)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    tls = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return out.read()
-
-
 def with_ech(flight: bytes) -> bytes:
     """`flight` with an encrypted_client_hello (0xfe0d) extension appended."""
-    body = flight[9:]
-    i = 34
-    i += 1 + body[i]
-    i += 2 + int.from_bytes(body[i : i + 2], "big")
-    i += 1 + body[i]
-    ext_len = int.from_bytes(body[i : i + 2], "big")
-    ech = struct.pack("!HH", 0xFE0D, 8) + bytes(8)
-    new = body[:i] + struct.pack("!H", ext_len + len(ech)) + body[i + 2 :] + ech
-    message = b"\x01" + len(new).to_bytes(3, "big") + new
-    return struct.pack("!BHH", 0x16, 0x0301, len(message)) + message
-
+    return with_extensions(flight, {}, [(0xFE0D, bytes(8))])
 
 def tls_get(sock: socket.socket, bed: Testbed, name: str = "us.icr.io") -> bytes:
     """GET /v2/ over verified TLS as `name`; the first line of the answer."""
@@ -289,12 +269,12 @@ def _send_slowly(chunks: list[bytes], pause: float) -> Callable[[socket.socket],
 
 
 REFUSALS = {
-    "no_sni": (lambda s: s.sendall(client_hello(None)), ALERT_ACCESS_DENIED),
-    "ech_present": (lambda s: s.sendall(with_ech(client_hello("us.icr.io"))),
+    "no_sni": (lambda s: s.sendall(real_hello(None)), ALERT_ACCESS_DENIED),
+    "ech_present": (lambda s: s.sendall(with_ech(real_hello("us.icr.io"))),
                     ALERT_ACCESS_DENIED),
     "not_tls": (lambda s: s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: us.icr.io\r\n\r\n"), b""),
     # Part of a hello, then silence past client_hello_timeout.
-    "header_timeout": (lambda s: s.sendall(client_hello("us.icr.io")[:20]), b""),
+    "header_timeout": (lambda s: s.sendall(real_hello("us.icr.io")[:20]), b""),
 }
 
 
@@ -323,7 +303,7 @@ def test_ech_allow_outer_decides_on_the_outer_name(net: Net) -> None:
     net.use(ech="allow_outer")
     with worker_socket(net, (REGISTRY_IP, 443)) as sock:
         port = sock.getsockname()[1]
-        sock.sendall(with_ech(client_hello("us.icr.io")))
+        sock.sendall(with_ech(real_hello("us.icr.io")))
         record = net.decision_for(port)
     assert (record["decision"], record["host"]) == ("allow", "us.icr.io")
     assert record["dialed"] == f"{REGISTRY_IP}:443"
@@ -333,7 +313,7 @@ def test_connecting_to_the_listener_itself_is_refused(net: Net) -> None:
     net.use()
     with worker_socket(net, (FW_WORKER_IP, TRANSPARENT_PORT)) as sock:
         port = sock.getsockname()[1]
-        sock.sendall(client_hello("us.icr.io"))
+        sock.sendall(real_hello("us.icr.io"))
         assert read_all(sock) == b""
     record = net.decision_for(port)
     assert (record["decision"], record["reason"]) == ("deny", "address_forbidden")

@@ -4,12 +4,12 @@ NotTLS or MalformedClientHello (mitmproxy fuzzes its parser the same way)."""
 
 from __future__ import annotations
 
-import ssl
 import struct
 from random import Random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.tls_hellos import build_message, real_hello, reframe, split_hello
 
 from portcullis.wire.tls import (
     MAX_HELLO_SIZE,
@@ -20,53 +20,6 @@ from portcullis.wire.tls import (
 )
 
 FUZZ = settings(max_examples=400, deadline=None)
-
-
-def real_hello(server_hostname: str | None, alpn: list[str] | None = None) -> bytes:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        return outgoing.read()
-    raise AssertionError("the handshake cannot finish without a server")
-
-
-def reframe(message: bytes, sizes: list[int]) -> bytes:
-    """Records cut at the given sizes (cycled); the last takes what is left."""
-    out, i, k = bytearray(), 0, 0
-    while i < len(message):
-        chunk = message[i : i + sizes[k % len(sizes)]]
-        out += struct.pack("!BHH", 0x16, 0x0301, len(chunk)) + chunk
-        i, k = i + len(chunk), k + 1
-    return bytes(out)
-
-
-def split_hello(flight: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
-    """(body up to the extensions, [(type, data)]) of a single-record hello."""
-    body = flight[9:]
-    i = 34
-    i += 1 + body[i]
-    i += 2 + int.from_bytes(body[i : i + 2], "big")
-    i += 1 + body[i]
-    prefix, i = body[:i], i + 2
-    exts = []
-    while i < len(body):
-        ext_type, ext_len = struct.unpack_from("!HH", body, i)
-        exts.append((ext_type, body[i + 4 : i + 4 + ext_len]))
-        i += 4 + ext_len
-    return prefix, exts
-
-
-def build_message(prefix: bytes, exts: list[tuple[int, bytes]]) -> bytes:
-    blob = b"".join(struct.pack("!HH", t, len(d)) + d for t, d in exts)
-    body = prefix + struct.pack("!H", len(blob)) + blob
-    return b"\x01" + len(body).to_bytes(3, "big") + body
 
 
 def length_fields(flight: bytes) -> list[tuple[int, int]]:

@@ -3,11 +3,15 @@ and byte-level edits of them for the cases no real client sends."""
 
 from __future__ import annotations
 
-import ssl
-import struct
-from collections.abc import Mapping
-
 import pytest
+from tests.tls_hellos import (
+    build_message,
+    real_hello,
+    records,
+    server_name,
+    split_hello,
+    with_extensions,
+)
 
 from portcullis.policy.decisions import Reason
 from portcullis.wire.tls import (
@@ -17,72 +21,6 @@ from portcullis.wire.tls import (
     parse_client_hello,
     peek_is_tls,
 )
-
-
-def real_hello(server_hostname: str | None, alpn: list[str] | None = None) -> bytes:
-    """The first flight OpenSSL sends, captured through memory BIOs."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
-def split_hello(flight: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
-    """(body up to the extensions, [(type, data)]) of a single-record hello."""
-    assert flight[0] == 0x16 and flight[5] == 0x01
-    body = flight[9 : 9 + int.from_bytes(flight[6:9], "big")]
-    i = 34
-    i += 1 + body[i]
-    i += 2 + int.from_bytes(body[i : i + 2], "big")
-    i += 1 + body[i]
-    prefix, i = body[:i], i + 2
-    exts = []
-    while i < len(body):
-        ext_type, ext_len = struct.unpack_from("!HH", body, i)
-        exts.append((ext_type, body[i + 4 : i + 4 + ext_len]))
-        i += 4 + ext_len
-    return prefix, exts
-
-
-def build_message(prefix: bytes, exts: list[tuple[int, bytes]]) -> bytes:
-    """A ClientHello handshake message with all lengths recomputed."""
-    blob = b"".join(struct.pack("!HH", t, len(d)) + d for t, d in exts)
-    body = prefix + struct.pack("!H", len(blob)) + blob
-    return b"\x01" + len(body).to_bytes(3, "big") + body
-
-
-def records(message: bytes, size: int = 1 << 14, content_type: int = 0x16) -> bytes:
-    """Frame a handshake message into records of at most `size` bytes."""
-    out = bytearray()
-    for i in range(0, len(message), size):
-        chunk = message[i : i + size]
-        out += struct.pack("!BHH", content_type, 0x0301, len(chunk)) + chunk
-    return bytes(out)
-
-
-def server_name(*entries: tuple[int, bytes]) -> bytes:
-    blob = b"".join(struct.pack("!BH", kind, len(name)) + name for kind, name in entries)
-    return struct.pack("!H", len(blob)) + blob
-
-
-def with_extensions(
-    flight: bytes, edit: Mapping[int, bytes | None], extra: list[tuple[int, bytes]]
-) -> bytes:
-    """Replace (or drop, with None) extensions by type, then append `extra`."""
-    prefix, exts = split_hello(flight)
-    kept: list[tuple[int, bytes]] = []
-    for ext_type, data in exts:
-        replaced = edit.get(ext_type, data)
-        if replaced is not None:
-            kept.append((ext_type, replaced))
-    return records(build_message(prefix, kept + extra))
-
 
 SNI_HELLO = real_hello("us.icr.io")
 NO_SNI_HELLO = real_hello(None)
