@@ -12,12 +12,15 @@ on bytes after it.
 
 from __future__ import annotations
 
-import ssl
 import struct
 import sys
 from pathlib import Path
 
 import atheris
+
+# Run as a script: make the checkout importable for the shared test helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.tls_hellos import real_hello
 
 with atheris.instrument_imports():
     from portcullis.wire.tls import (
@@ -27,21 +30,6 @@ with atheris.instrument_imports():
         parse_client_hello,
         peek_is_tls,
     )
-
-
-def real_hello(server_hostname: str | None, alpn: list[str] | None = None) -> bytes:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        return outgoing.read()
-    raise AssertionError("the handshake cannot finish without a server")
 
 
 def reframe(message: bytes, size: int) -> bytes:
