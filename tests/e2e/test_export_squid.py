@@ -5,14 +5,9 @@ the dd0.icr.io blob redirect), a denied name and the apex of an allowed wildcard
 
 from __future__ import annotations
 
-import os
-import pwd
-import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +17,7 @@ import pytest
 from portcullis.config import parse_policy
 from tests.export_cases import expected
 from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
-from tests.testbed.procs import ManagedProcess, clean_env, require_binary
-from tests.testbed.squid import SQUID_USER
+from tests.testbed.squid import start_reference_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -68,68 +62,18 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         yield testbed
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def squid(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExportedSquid]:
-    binary = require_binary("squid", "squid")
     policy_path = tmp_path_factory.mktemp("export-policy") / "policy.yaml"
     policy_path.write_text(POLICY)
     exported = subprocess.run(
         [sys.executable, "-m", "portcullis.cli", "export", "-c", str(policy_path),
          "--format", "squid"], capture_output=True, text=True, timeout=60, check=True,
     ).stdout
-    user = pwd.getpwnam(SQUID_USER)
-    # Squid drops to its own user, which cannot enter pytest's 0700 tmp tree.
-    directory = Path(tempfile.mkdtemp(prefix="portcullis-export-squid-"))
-    # Alphanumeric (Squid's rule); it names the /dev/shm segments we remove afterwards.
-    service = f"pcexport{os.getpid()}x{secrets.token_hex(4)}"
-    try:
-        hosts = {"us.icr.io": REGISTRY_IP, "de.icr.io": REGISTRY_IP, "icr.io": REGISTRY_IP,
-                 "dd0.icr.io": CDN_IP}
-        (directory / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
-        (directory / "portcullis.conf").write_text(exported)
-        address = ("127.0.0.1", _free_port("127.0.0.1"))
-        (directory / "squid.conf").write_text(f"""\
-http_port {address[0]}:{address[1]}
-visible_hostname portcullis-export-squid
-cache_effective_user {SQUID_USER}
-pid_filename {directory / "squid.pid"}
-cache_log {directory / "cache.log"}
-access_log stdio:{directory / "access.log"}
-coredump_dir {directory}
-cache deny all
-cache_mem 8 MB
-hosts_file {directory / "hosts"}
-dns_nameservers 127.0.0.1
-pinger_enable off
-shutdown_lifetime 0 seconds
-include {directory / "portcullis.conf"}
-""")
-        for path in (directory, *directory.iterdir()):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        proc = ManagedProcess("squid", [binary, "-N", "-n", service, "-f",
-                                        str(directory / "squid.conf")],
-                              directory / "stdout.log", clean_env())
-        try:
-            def probe() -> bool:
-                with socket.create_connection(address, timeout=1.0):
-                    return True
-
-            proc.wait_ready(probe, 15)
-            yield ExportedSquid(f"http://{address[0]}:{address[1]}", address,
-                                directory / "access.log", exported)
-        finally:
-            proc.stop(grace=10.0)
-    finally:
-        for seg in Path("/dev/shm").glob(f"{service}-*"):
-            seg.unlink(missing_ok=True)
-        shutil.rmtree(directory, ignore_errors=True)
+    hosts = {"us.icr.io": [REGISTRY_IP], "de.icr.io": [REGISTRY_IP], "icr.io": [REGISTRY_IP],
+             "dd0.icr.io": [CDN_IP]}
+    with start_reference_proxy(hosts, timeout=15, access=exported) as proxy:
+        yield ExportedSquid(proxy.url, proxy.address, proxy.access_log, exported)
 
 
 def connect(proxy: ExportedSquid, target: str, client: str = "127.0.0.1") -> bytes:

@@ -40,8 +40,20 @@ def _free_port(host: str) -> int:
         return port
 
 
+# The reference proxy's own access rules: any loopback client, CONNECT only to 443.
+REFERENCE_ACCESS = """\
+acl clients src 127.0.0.0/8
+acl tls_ports port 443
+acl CONNECT method CONNECT
+http_access deny CONNECT !tls_ports
+http_access allow clients
+http_access deny all
+"""
+
+
 def _config(
-    directory: Path, address: tuple[str, int], hosts_file: Path, proxy: ReferenceProxy
+    directory: Path, address: tuple[str, int], hosts_file: Path, proxy: ReferenceProxy,
+    access: str,
 ) -> str:
     return f"""\
 http_port {address[0]}:{address[1]}
@@ -58,19 +70,16 @@ hosts_file {hosts_file}
 dns_nameservers 127.0.0.1
 pinger_enable off
 shutdown_lifetime 0 seconds
-acl clients src 127.0.0.0/8
-acl tls_ports port 443
-acl CONNECT method CONNECT
-http_access deny CONNECT !tls_ports
-http_access allow clients
-http_access deny all
-"""
+{access}"""
 
 
 @contextlib.contextmanager
 def start_reference_proxy(
-    hosts: Mapping[str, list[str]], *, host: str = "127.0.0.1", timeout: float = 10.0
+    hosts: Mapping[str, list[str]], *, host: str = "127.0.0.1", timeout: float = 10.0,
+    access: str = REFERENCE_ACCESS,
 ) -> Iterator[ReferenceProxy]:
+    """Squid on `host`:<free port> resolving `hosts`; `access` holds its ACLs and
+    http_access rules (the reference rules, or a configuration under test)."""
     binary = require_binary("squid", "squid")
     user = pwd.getpwnam(SQUID_USER)
     directory = Path(tempfile.mkdtemp(prefix="portcullis-squid-"))
@@ -92,7 +101,7 @@ def start_reference_proxy(
             cache_log=directory / "cache.log",
         )
         config = directory / "squid.conf"
-        config.write_text(_config(directory, address, hosts_file, proxy))
+        config.write_text(_config(directory, address, hosts_file, proxy, access))
         for path in (directory, *directory.iterdir()):
             os.chown(path, user.pw_uid, user.pw_gid)
         proc = ManagedProcess(
