@@ -22,7 +22,7 @@ from pathlib import Path
 from portcullis.config import IPNetwork, Policy, parse_network
 from portcullis.net.resolver import parse_server
 from portcullis.policy.engine import Engine
-from portcullis.policy.names import parse_pattern
+from portcullis.policy.names import parent_suffixes, parse_pattern
 
 ANY_SOURCE = "any"
 _ANY_NETWORKS: tuple[IPNetwork, ...] = (
@@ -359,15 +359,6 @@ def applicable(spec: ExportSpec, groups: frozenset[str], port: int | None) -> li
 # --- name tables ---------------------------------------------------------------
 
 
-def _suffixes(name: str) -> list[str]:
-    out: list[str] = []
-    start = name.find(".")
-    while start != -1:
-        out.append(name[start + 1 :])
-        start = name.find(".", start + 1)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class NameTable:
     """First-match decisions, keyed for targets that pick the most specific entry.
@@ -384,7 +375,7 @@ class NameTable:
 
     def covering(self, name: str) -> str | None:
         """The most specific wildcard key strictly above `name`."""
-        for suffix in _suffixes(name):
+        for suffix in parent_suffixes(name):
             if suffix in self.wildcard:
                 return suffix
         return None
@@ -404,11 +395,11 @@ def name_table(rules: Sequence[ExportRule]) -> NameTable:
         return rules[min(found)] if found else None
 
     exact = {
-        name: first([first_exact.get(name), *(first_wild.get(s) for s in _suffixes(name))])
+        name: first([first_exact.get(name), *(first_wild.get(s) for s in parent_suffixes(name))])
         for name in first_exact
     }
     wildcard = {
-        suffix: first([first_wild.get(suffix), *(first_wild.get(s) for s in _suffixes(suffix))])
+        suffix: first([first_wild.get(suffix), *(first_wild.get(s) for s in parent_suffixes(suffix))])
         for suffix in first_wild
     }
     return NameTable(exact, wildcard)
