@@ -399,7 +399,9 @@ def name_table(rules: Sequence[ExportRule]) -> NameTable:
         for name in first_exact
     }
     wildcard = {
-        suffix: first([first_wild.get(suffix), *(first_wild.get(s) for s in parent_suffixes(suffix))])
+        suffix: first(
+            [first_wild.get(suffix), *(first_wild.get(s) for s in parent_suffixes(suffix))]
+        )
         for suffix in first_wild
     }
     return NameTable(exact, wildcard)
