@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 a check failed or a request is denied, 2 usage or policy err
 from __future__ import annotations
 
 import asyncio
-import io
 import ipaddress
 import json
 from collections.abc import Callable, Sequence
@@ -14,13 +13,11 @@ from collections.abc import Callable, Sequence
 import click
 
 from portcullis import catalog
+from portcullis.basics.errors import AuthorityError, LearnError, NftablesError, PolicyError
 from portcullis.catalog import render
-from portcullis.config import Policy, PolicyError, load_policy
-from portcullis.observe.log import DecisionLog
-from portcullis.observe.metrics import Metrics
+from portcullis.config import Policy, load_policy
 from portcullis.policy.engine import Engine
 from portcullis.tools import export as exporting
-from portcullis.wire.authority import AuthorityError
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -218,15 +215,17 @@ def validate(path: str) -> None:
 @click.option("--to", "target", required=True, help="HOST[:PORT] (port 443 when omitted).")
 @click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
               help="Policy file (default: the embedded default policy).")
+@click.option("--sni", help="The TLS server name the client would send (checked like the proxy).")
 @click.option("--no-resolve", is_flag=True, help="Decide on the name only; skip DNS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def explain(source: str, target: str, path: str | None, no_resolve: bool, as_json: bool) -> None:
+def explain(source: str, target: str, path: str | None, sni: str | None, no_resolve: bool,
+            as_json: bool) -> None:
     """Show the rule that decides, why earlier rules did not, and the address checks.
 
     Exit 0 when the connection would be allowed, 1 when denied, 2 on bad input.
     """
-    from portcullis.proxy.live_explain import explain_live
-    from portcullis.proxy.state import FirewallState
+    from portcullis.proxy.admission import Gate
+    from portcullis.proxy.explaining import explain_target
 
     policy = _load_or_exit(path)
     try:
@@ -234,9 +233,10 @@ def explain(source: str, target: str, path: str | None, no_resolve: bool, as_jso
     except ValueError:
         click.echo(f"--from {source!r} is not an IP address", err=True)
         raise SystemExit(EXIT_USAGE) from None
-    state = FirewallState(policy, DecisionLog(io.StringIO()), Metrics())
     try:
-        result = asyncio.run(explain_live(state, client, target, resolve=not no_resolve))
+        result = asyncio.run(
+            explain_target(Gate(policy), client, target, sni=sni, resolve=not no_resolve)
+        )
     except AuthorityError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(EXIT_USAGE) from None
@@ -394,7 +394,7 @@ def nftables(path: str | None, apply_rules: bool, uid: str | None) -> None:
     policy = _load_or_exit(path)
     try:
         text = nft.ruleset(policy, exempt_uid=_uid(uid), source=path or "the default policy")
-    except nft.NftablesError as exc:
+    except NftablesError as exc:
         click.echo(f"portcullis nftables: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
     if not apply_rules:
@@ -402,7 +402,7 @@ def nftables(path: str | None, apply_rules: bool, uid: str | None) -> None:
         return
     try:
         nft.load(text)
-    except nft.NftablesError as exc:
+    except NftablesError as exc:
         click.echo(f"portcullis nftables: {exc}", err=True)
         raise SystemExit(EXIT_DENIED) from None
     click.echo(f"loaded table inet {nft.TABLE}")
@@ -423,7 +423,7 @@ def learn(logs: tuple[str, ...], registry_aware: bool, output: str | None) -> No
     try:
         found = learning.read_logs(logs)
         policy = learning.learn_policy(found, registry_aware=registry_aware)
-    except (OSError, UnicodeDecodeError, learning.LearnError) as exc:
+    except (OSError, UnicodeDecodeError, LearnError) as exc:
         click.echo(f"learn: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
     text = learning.render(policy, found, logs, registry_aware=registry_aware)

@@ -7,7 +7,7 @@ because the person reading it is editing YAML at 3 a.m. with pulls failing.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,75 +27,19 @@ from pydantic import (
     model_validator,
 )
 
-from portcullis.policy.names import InvalidName, InvalidPattern, normalize_name, parse_pattern
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from portcullis.basics.errors import InvalidName, InvalidPattern, PolicyError
+from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, parse_network
+from portcullis.basics.names import normalize_name, parse_pattern
 
 DEFAULT_POLICY_RESOURCE = "default-policy.yaml"
-
-
-class PolicyError(Exception):
-    """A policy that cannot be loaded; `problems` holds one line per error."""
-
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
-        self.source = source
-        self.problems = list(problems)
-        super().__init__(f"{source}: " + "; ".join(self.problems))
-
-    def __str__(self) -> str:
-        # Located problems read "LINE: field: message", as compilers print them.
-        return "\n".join(
-            f"{self.source}:{p}" if p[:1].isdigit() else f"{self.source}: {p}"
-            for p in self.problems
-        )
 
 
 # --- field types -----------------------------------------------------------
 
 
-def parse_network(value: object) -> IPNetwork:
-    """A CIDR, or a bare address meaning a single host."""
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected a CIDR such as 10.240.0.0/24, got {value!r}")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a CIDR; write one such as 10.240.0.0/24") from None
-    raise ValueError(f"{value!r} has host bits set; write {loose} (or the /{loose.max_prefixlen})")
-
-
-def _parse_address(value: object) -> IPAddress:
-    try:
-        return ipaddress.ip_address(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
-
-
-def parse_hostport(value: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port`; port 0 asks the kernel for a free one."""
-    text = value.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{value!r}: write an IPv6 listen address as [::1]:3128")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"{value!r}: write a listen address as host:port, e.g. 0.0.0.0:3128")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
-    return host or default_host, int(port)
-
-
 Network = Annotated[IPNetwork, BeforeValidator(parse_network)]
-Address = Annotated[IPAddress, BeforeValidator(_parse_address)]
+Address = Annotated[IPAddress, BeforeValidator(parse_address)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 HostPort = Annotated[str, AfterValidator(lambda v: (parse_hostport(v), v)[1])]
 
@@ -141,7 +85,8 @@ class CatalogRef(_Model):
         return self
 
     def expand(self) -> list[str]:
-        from portcullis.catalog.loader import CatalogError, load_catalog, select
+        from portcullis.basics.errors import CatalogError
+        from portcullis.catalog.loader import load_catalog, select
 
         try:
             catalog = load_catalog(self.catalog)
@@ -247,21 +192,13 @@ class Policy(_Model):
                 raise ValueError(f"rules[{index}]: the rule name {rule.name!r} is used twice")
             names.add(rule.name)
             for group in rule.from_:
-                if group not in self.sources and not _is_cidr(group):
+                if group not in self.sources and not is_cidr(group):
                     known = ", ".join(sorted(self.sources)) or "none defined"
                     raise ValueError(
                         f"rule {rule.name!r}: unknown source group {group!r} "
                         f"(known: {known}); define it under `sources:` or write a CIDR"
                     )
         return self
-
-
-def _is_cidr(text: str) -> bool:
-    try:
-        parse_network(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- loading with line numbers ----------------------------------------------

@@ -16,10 +16,10 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from portcullis.wire.authority import AuthorityError, parse_authority
+    from portcullis.basics.errors import AuthorityError, HttpError
+    from portcullis.wire.authority import parse_authority
     from portcullis.wire.http1 import (
         KNOWN_METHODS,
-        HttpError,
         check_request,
         parse_absolute_uri,
         parse_connect_target,

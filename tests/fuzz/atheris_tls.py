@@ -23,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.tls_hellos import real_hello
 
 with atheris.instrument_imports():
-    from portcullis.wire.tls import (
-        ClientHello,
-        ClientHelloError,
-        NotTLS,
-        parse_client_hello,
-        peek_is_tls,
-    )
+    from portcullis.basics.errors import ClientHelloError, NotTLS
+    from portcullis.wire.tls import ClientHello, parse_client_hello, peek_is_tls
 
 
 def reframe(message: bytes, size: int) -> bytes:

@@ -9,12 +9,12 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portcullis.policy.names import normalize_name
+from portcullis.basics.errors import HttpError
+from portcullis.basics.names import normalize_name
 from portcullis.wire.http1 import (
     KNOWN_METHODS,
     MAX_HEAD_SIZE,
     Authority,
-    HttpError,
     RequestHead,
     check_request,
     parse_absolute_uri,

@@ -11,13 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.tls_hellos import build_message, real_hello, reframe, split_hello
 
-from portcullis.wire.tls import (
-    MAX_HELLO_SIZE,
-    ClientHello,
-    MalformedClientHello,
-    NotTLS,
-    parse_client_hello,
-)
+from portcullis.basics.errors import MalformedClientHello, NotTLS
+from portcullis.wire.tls import MAX_HELLO_SIZE, ClientHello, parse_client_hello
 
 FUZZ = settings(max_examples=400, deadline=None)
 

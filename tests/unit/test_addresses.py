@@ -8,14 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portcullis.net.addresses import (
-    AddressClass,
-    IPAddress,
-    IPNetwork,
-    check_addresses,
-    classify,
-    unmap,
-)
+from portcullis.basics.ip import IPAddress, IPNetwork, unmap
+from portcullis.net.addresses import AddressClass, check_addresses, classify
 
 C = AddressClass
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.observe.admin import AdminServer, ExplainResult, IPNetwork, client_address
 from portcullis.observe.events import DecisionEvent
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
-from portcullis.policy.decisions import Decision, Reason
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,12 +27,12 @@ class State:
     def __init__(self) -> None:
         self.ready = True
         self.draining = False
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, ...]] = []
         self.metrics = Metrics()
         self.logbuf = io.StringIO()
 
-    def explain(self, src: str, dst: str) -> ExplainResult:
-        self.calls.append((src, dst))
+    def explain(self, src: str, dst: str, sni: str | None) -> ExplainResult:
+        self.calls.append((src, dst) if sni is None else (src, dst, sni))
         if dst.startswith("denied"):
             return 403, {"decision": "deny", "reason": "no_rule", "to": dst}
         return 200, {"decision": "allow", "from": src, "to": dst}
@@ -125,7 +125,7 @@ def test_readyz_callback_error_is_not_ready() -> None:
         raise RuntimeError("boom")
 
     async def main() -> None:
-        srv = AdminServer(metrics=Metrics(), ready=broken, explain=lambda a, b: (200, {}))
+        srv = AdminServer(metrics=Metrics(), ready=broken, explain=lambda a, b, c: (200, {}))
         await srv.start("127.0.0.1", 0)
         try:
             assert (await get(srv.bound_port, "/readyz"))[::2] == (503, b"not ready\n")
@@ -180,7 +180,9 @@ def test_explain_passes_parameters_and_status() -> None:
             status, _, body = await get(srv.bound_port, "/explain?to=denied.example&from=::1")
             assert status == 403
             assert json.loads(body)["reason"] == "no_rule"
-            assert st.calls == [("10.240.0.7", "us.icr.io:443"), ("::1", "denied.example")]
+            await get(srv.bound_port, "/explain?from=::1&to=us.icr.io&sni=evil.example")
+            assert st.calls == [("10.240.0.7", "us.icr.io:443"), ("::1", "denied.example"),
+                                ("::1", "us.icr.io", "evil.example")]
 
     asyncio.run(main())
 
@@ -194,6 +196,8 @@ def test_explain_passes_parameters_and_status() -> None:
         ("?from=&to=a.example", "'from' missing"),
         ("?from=10.0.0.1&from=10.0.0.2&to=a.example", "'from' repeated"),
         ("?from=not-an-ip&to=a.example", "not an IP"),
+        ("?from=10.0.0.1&to=a.example&sni=", "'sni' is repeated or empty"),
+        ("?from=10.0.0.1&to=a.example&sni=a.example&sni=b.example", "'sni' is repeated"),
         ("?" + "&".join(f"k{i}=v" for i in range(20)), "too many"),
     ],
 )
@@ -210,7 +214,7 @@ def test_explain_bad_parameters_are_400_json(query: str, needle: str) -> None:
 
 
 def test_explain_async_callable_errors_and_timeouts() -> None:
-    async def slow_or_bad(src: str, dst: str) -> ExplainResult:
+    async def slow_or_bad(src: str, dst: str, sni: str | None) -> ExplainResult:
         if dst == "slow.example":
             await asyncio.sleep(5)
         if dst == "raise.example":
@@ -348,7 +352,7 @@ def test_dual_stack_socket_sees_mapped_v4_and_admits_it() -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::ffff:127.0.0.1", 0))
         sock.listen()
-        srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b: (200, {}))
+        srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b, c: (200, {}))
         await srv.start_socket(sock)
         try:
             # The peer address here is ::ffff:127.0.0.1, admitted by 127.0.0.0/8.
@@ -393,6 +397,6 @@ def test_connection_limit_and_close_with_idle_clients() -> None:
 
 
 def test_bound_port_before_start_raises() -> None:
-    srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b: (200, {}))
+    srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b, c: (200, {}))
     with pytest.raises(RuntimeError):
         _ = srv.bound_port

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from portcullis.catalog import (
-    CatalogEntry,
-    CatalogError,
-    catalog_ids,
-    load_catalog,
-    select,
-    templates,
-)
+from portcullis.basics.errors import CatalogError
+from portcullis.basics.names import parse_pattern
+from portcullis.catalog import CatalogEntry, catalog_ids, load_catalog, select, templates
 from portcullis.catalog.loader import parse_catalog
-from portcullis.policy.names import parse_pattern
 
 # The table "Addresses for Container Registry traffic" of the IBM doc
 # (lastupdated 2025-07-29), copied by hand: the expected truth.

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from portcullis.config import PolicyError, load_policy, parse_hostport, parse_policy
+from portcullis.basics.errors import PolicyError
+from portcullis.basics.hostport import parse_hostport
+from portcullis.config import load_policy, parse_policy
 
 GOOD = textwrap.dedent(
     """\

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from portcullis.proxy import loop as proxy_loop
-from portcullis.proxy.upstream import connect_socket
+from portcullis.proxy.dialer import connect_socket
 
 
 def _nonblocking() -> socket.socket:

@@ -17,7 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from portcullis.config import parse_hostport, parse_policy
+from portcullis.basics.hostport import parse_hostport
+from portcullis.config import parse_policy
 from portcullis.policy.engine import Engine
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import parse_policy
-from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.engine import Engine, SourceIndex
 from portcullis.policy.explain import explain
 
@@ -91,14 +91,14 @@ def test_decide_ip_literal(client: str, address: str, decision: Decision) -> Non
     assert verdict.decision == decision
 
 
-def test_report_mode_turns_denials_into_reports() -> None:
+def test_the_engine_says_what_the_rules_say_in_report_mode_too() -> None:
+    # Report mode is admission's (proxy/admission.py), applied once, after the rules.
     engine = Engine(parse_policy(POLICY.replace("default: deny", "mode: report\ndefault: deny")))
     verdict = engine.decide(ipaddress.ip_address("10.240.0.5"), "evil.example", 443)
-    assert (verdict.decision, verdict.reason) == (Decision.REPORT, Reason.NO_RULE)
-    assert verdict.allowed
+    assert (verdict.decision, verdict.reason) == (Decision.DENY, Reason.NO_RULE)
+    assert not verdict.allowed
     allowed = engine.decide(ipaddress.ip_address("10.240.0.5"), "us.icr.io", 443)
     assert allowed.decision == Decision.ALLOW
-    assert engine.refuse(Reason.ADDRESS_FORBIDDEN).decision == Decision.REPORT
 
 
 def test_default_allow() -> None:

@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
 
+from portcullis.basics.errors import ExportRefused
 from portcullis.cli import main
 from portcullis.config import Policy
-from portcullis.tools.export import FORMATS, ExportRefused, render, spec_from_file
+from portcullis.tools.export import FORMATS, render, spec_from_file
 from portcullis.tools.export.model import (
     ExportSpec,
     NameSet,

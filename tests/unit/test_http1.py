@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from portcullis.policy.decisions import Reason
+from portcullis.basics.errors import BadRequest, HeaderTooLarge, HttpError, NotImplementedMethod
+from portcullis.basics.vocabulary import Reason
 from portcullis.wire.http1 import (
     MAX_HEADERS,
     Authority,
-    BadRequest,
-    HeaderTooLarge,
-    HttpError,
-    NotImplementedMethod,
     RequestHead,
     check_request,
     parse_absolute_uri,

@@ -10,13 +10,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from portcullis.basics.errors import LearnError
+from portcullis.basics.vocabulary import Decision, Mode, Reason
 from portcullis.cli import EXIT_OK, EXIT_USAGE, main
 from portcullis.config import parse_policy
-from portcullis.observe.events import CloseEvent, DecisionEvent, Mode
+from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.observe.log import DecisionLog
-from portcullis.policy.decisions import Decision, Reason
 from portcullis.policy.engine import Engine
-from portcullis.tools.learn import LearnError, learn_policy, read_logs, registry_groups, render
+from portcullis.tools.learn import learn_policy, read_logs, registry_groups, render
 
 Seen = tuple[str, str, int]  # client, host, port
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from portcullis import __version__
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.observe.metrics import LATENCY_BUCKETS, Metrics
-from portcullis.policy.decisions import Decision, Reason
 
 
 def dec(rule: str | None, decision: Decision, reason: Reason) -> DecisionEvent:

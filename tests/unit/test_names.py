@@ -6,13 +6,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from portcullis.policy.names import (
-    InvalidName,
-    InvalidPattern,
-    normalize_name,
-    parent_suffixes,
-    parse_pattern,
-)
+from portcullis.basics.errors import InvalidName, InvalidPattern
+from portcullis.basics.names import normalize_name, parent_suffixes, parse_pattern
 
 
 @pytest.mark.parametrize(

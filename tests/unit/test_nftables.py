@@ -14,9 +14,10 @@ import pytest
 import yaml
 from tests.netns import Namespaces, inside, namespaces
 
+from portcullis.basics.errors import NftablesError
 from portcullis.config import parse_policy
-from portcullis.proxy.upstream import SOCKET_MARK
-from portcullis.tools.nftables import NftablesError, load, ruleset
+from portcullis.net.sockets import SOCKET_MARK
+from portcullis.tools.nftables import load, ruleset
 
 CLI = [sys.executable, "-m", "portcullis.cli"]
 

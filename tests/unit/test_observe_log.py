@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent, new_connection_id
 from portcullis.observe.log import MAX_STRING, DecisionLog
-from portcullis.policy.decisions import Decision, Reason
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

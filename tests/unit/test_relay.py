@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy import loop as proxy_loop
 from portcullis.proxy import relay as relay_mod
 from portcullis.proxy.pipes import PIPE_POOL_MAX, close_pipe_pool
-from portcullis.proxy.relay import CloseReason, RelayResult, relay
+from portcullis.proxy.relay import RelayResult, relay
 
 T = TypeVar("T")
 MiB = 1024 * 1024

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from tests.dnsserver import DnsServer, Record
 
-from portcullis.net.resolver import DnsFailure, Resolution, Resolver, parse_server
+from portcullis.basics.errors import DnsFailure
+from portcullis.net.resolver import Resolution, Resolver, parse_server
 
 
 class Clock:

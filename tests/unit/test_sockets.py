@@ -11,13 +11,8 @@ from collections.abc import Iterator
 import pytest
 from tests.netns import Namespaces, inside, namespaces
 
-from portcullis.net.sockets import (
-    NoOriginalDestination,
-    format_endpoint,
-    local_endpoint,
-    original_dst,
-    parse_sockaddr,
-)
+from portcullis.basics.errors import NoOriginalDestination
+from portcullis.net.sockets import format_endpoint, local_endpoint, original_dst, parse_sockaddr
 
 RULES = """
 table inet t {

@@ -13,14 +13,9 @@ from tests.tls_hellos import (
     with_extensions,
 )
 
-from portcullis.policy.decisions import Reason
-from portcullis.wire.tls import (
-    ClientHello,
-    MalformedClientHello,
-    NotTLS,
-    parse_client_hello,
-    peek_is_tls,
-)
+from portcullis.basics.errors import MalformedClientHello, NotTLS
+from portcullis.basics.vocabulary import Reason
+from portcullis.wire.tls import ClientHello, parse_client_hello, peek_is_tls
 
 SNI_HELLO = real_hello("us.icr.io")
 NO_SNI_HELLO = real_hello(None)

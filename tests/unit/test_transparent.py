@@ -12,14 +12,15 @@ import socket
 
 import pytest
 
+from portcullis.basics.errors import AuthorityError, BadRequest
 from portcullis.config import parse_policy
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.proxy import transparent
 from portcullis.proxy.state import FirewallState
 from portcullis.proxy.transparent import host_authority, sni_host
-from portcullis.wire.authority import Authority, AuthorityError
-from portcullis.wire.http1 import BadRequest, RequestHead, parse_request_head
+from portcullis.wire.authority import Authority
+from portcullis.wire.http1 import RequestHead, parse_request_head
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,9 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from portcullis.basics.errors import CatalogError, InvalidPattern
+from portcullis.basics.names import parse_pattern
 from portcullis.catalog import templates
-from portcullis.policy.names import InvalidPattern, parse_pattern
-
-
-class CatalogError(ValueError):
-    """A catalog, region, tag or parameter that cannot be used; says what works."""
-
 
 # Tags that leave an entry out unless asked for; the first two are asked for by
 # default because the IBM doc requires them for a working pull.

@@ -11,7 +11,7 @@ import itertools
 import re
 from collections.abc import Mapping
 
-from portcullis.policy.names import Pattern
+from portcullis.basics.names import Pattern
 
 PLACEHOLDER = re.compile(r"<([a-z][a-z0-9_-]*)>")
 

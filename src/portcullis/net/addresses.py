@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv6Network, ip_network
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
+from portcullis.basics.ip import IPAddress, IPNetwork, unmap
 
 
 class AddressClass(StrEnum):
@@ -107,15 +106,6 @@ def _lookup(table: _Table, value: int) -> _Match | None:
         if hit is not None:
             return hit
     return None
-
-
-def unmap(addr: IPAddress) -> IPAddress:
-    """The IPv4 address inside an IPv4-mapped IPv6 address; any other unchanged."""
-    if isinstance(addr, IPv6Address):
-        mapped = addr.ipv4_mapped
-        if mapped is not None:
-            return mapped
-    return addr
 
 
 def _classify(addr: IPAddress, own: Collection[IPAddress]) -> tuple[AddressClass, IPNetwork | None]:

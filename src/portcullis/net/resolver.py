@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
-from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
@@ -24,9 +23,10 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
-from portcullis.net.addresses import IPAddress
+from portcullis.basics.errors import DnsFailure, DnsFailureKind
+from portcullis.basics.ip import IPAddress
 
-FailureKind = Literal["nxdomain", "no_answer", "timeout", "servfail", "error"]
+FailureKind = DnsFailureKind
 _NEGATIVE: frozenset[str] = frozenset({"nxdomain", "no_answer"})
 _PRECEDENCE: tuple[FailureKind, ...] = ("nxdomain", "timeout", "servfail", "error", "no_answer")
 
@@ -39,13 +39,6 @@ class Resolution:
     ttl: float  # seconds the answer stays valid; 0 for hosts and literals (never cached)
     cnames: tuple[str, ...]  # CNAME targets followed from `name`, in order
     elapsed_ms: float
-
-
-class DnsFailure(Exception):
-    def __init__(self, name: str, kind: FailureKind, detail: str = "") -> None:
-        self.name = name
-        self.kind: FailureKind = kind
-        super().__init__(f"resolving {name}: {kind}" + (f" ({detail})" if detail else ""))
 
 
 @dataclass(slots=True)

@@ -12,9 +12,13 @@ import ipaddress
 import socket
 import struct
 
-from portcullis.config import IPAddress
-from portcullis.net.addresses import unmap
+from portcullis.basics.errors import NoOriginalDestination
+from portcullis.basics.hostport import format_hostport
+from portcullis.basics.ip import IPAddress, unmap
 
+# Outbound sockets carry this mark so a same-host nftables redirect can exempt
+# the proxy's own traffic (see `portcullis nftables`).
+SOCKET_MARK = 0x504C  # "PL"
 # linux/netfilter_ipv4.h and linux/netfilter_ipv6/ip6_tables.h; Python's socket
 # module does not export them.
 SO_ORIGINAL_DST = 80
@@ -25,10 +29,6 @@ _SOCKADDR_IN = 16  # family, port, 4-byte address, 8 bytes of zero padding
 _SOCKADDR_IN6 = 28  # family, port, flowinfo, 16-byte address, scope id
 
 Endpoint = tuple[IPAddress, int]
-
-
-class NoOriginalDestination(OSError):
-    """The kernel has no redirect record for this connection (no conntrack entry)."""
 
 
 def parse_sockaddr(raw: bytes) -> Endpoint:
@@ -75,5 +75,4 @@ def original_dst(sock: socket.socket) -> Endpoint:
 
 
 def format_endpoint(endpoint: Endpoint) -> str:
-    address, port = endpoint
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return format_hostport(*endpoint)

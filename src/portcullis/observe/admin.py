@@ -25,12 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from portcullis.basics.ip import peer_address
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 
 IPNetwork = IPv4Network | IPv6Network
 ExplainResult = tuple[int, dict[str, object]]
-Explain = Callable[[str, str], ExplainResult | Awaitable[ExplainResult]]
+# (from, to, sni or None): the status and JSON body to answer.
+Explain = Callable[[str, str, str | None], ExplainResult | Awaitable[ExplainResult]]
 
 LOOPBACK: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
@@ -94,12 +96,9 @@ def client_address(peername: Any) -> IPv4Address | IPv6Address | None:
     if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
         return None  # AF_UNIX or unknown: no address to admit
     try:
-        addr = ip_address(peername[0].split("%", 1)[0])
+        return peer_address(peername[0])
     except ValueError:
         return None
-    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 class AdminServer:
@@ -278,12 +277,15 @@ class AdminServer:
                 what = "repeated" if len(values) > 1 else "missing"
                 return _error(400, f"query parameter '{name}' {what}; use ?from=IP&to=HOST[:PORT]")
             args[name] = values[0]
+        snis = params.get("sni", [])
+        if len(snis) > 1 or (snis and not snis[0]):
+            return _error(400, "query parameter 'sni' is repeated or empty; give one name")
         try:
             ip_address(args["from"])
         except ValueError:
             return _error(400, "query parameter 'from' is not an IP address")
         try:
-            result = self._explain(args["from"], args["to"])
+            result = self._explain(args["from"], args["to"], snis[0] if snis else None)
             if inspect.isawaitable(result):
                 async with asyncio.timeout(self._explain_timeout):
                     result = await result

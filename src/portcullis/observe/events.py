@@ -9,11 +9,8 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Literal
 
-from portcullis.policy.decisions import Decision, Reason
-
-Mode = Literal["explicit", "transparent", "http"]
+from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,7 @@ class CloseEvent:
     bytes_up: int  # client -> upstream
     bytes_down: int  # upstream -> client
     duration_s: float
-    close_reason: str
+    close_reason: CloseReason
 
 
 # Ids only need to be unique among the lines one deployment logs. A random

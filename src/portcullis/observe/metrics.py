@@ -21,8 +21,8 @@ from prometheus_client import (
 )
 
 from portcullis import __version__
+from portcullis.basics.vocabulary import Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
-from portcullis.policy.decisions import Decision, Reason
 
 # Resolution and dialing on a LAN take well under a millisecond; a DNS timeout
 # or a SYN retry takes seconds. 0.5 ms .. 10 s covers both ends.
@@ -31,7 +31,6 @@ LATENCY_BUCKETS: Final = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
-MODES: Final = ("explicit", "transparent", "http")
 CONNECT_ERROR_KINDS: Final = ("refused", "timeout", "unreachable", "reset", "other")
 
 
@@ -91,7 +90,7 @@ class Metrics:
         # Pre-resolved children. Every known series is created up front, so a
         # scrape shows zeros instead of absent series (rate() needs a start).
         self._decision_children: dict[tuple[str, str, str], Counter] = {}
-        self._active_children = {m: self._active.labels(mode=m) for m in MODES}
+        self._active_children = {m: self._active.labels(mode=m) for m in Mode}
         self._bytes_up = self._bytes.labels(direction="up")
         self._bytes_down = self._bytes.labels(direction="down")
         self._error_children = {k: self._connect_errors.labels(kind=k) for k in CONNECT_ERROR_KINDS}
@@ -118,17 +117,11 @@ class Metrics:
         if ev.bytes_down:
             self._bytes_down.inc(ev.bytes_down)
 
-    def _active_child(self, mode: str) -> Gauge:
-        child = self._active_children.get(mode)
-        if child is None:
-            child = self._active_children[mode] = self._active.labels(mode=mode)
-        return child
+    def connection_opened(self, mode: Mode) -> None:
+        self._active_children[mode].inc()
 
-    def connection_opened(self, mode: str) -> None:
-        self._active_child(mode).inc()
-
-    def connection_closed(self, mode: str) -> None:
-        self._active_child(mode).dec()
+    def connection_closed(self, mode: Mode) -> None:
+        self._active_children[mode].dec()
 
     def observe_dns(self, seconds: float) -> None:
         self._dns.observe(seconds)

@@ -12,9 +12,10 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from portcullis.config import IPAddress, IPNetwork, Policy, parse_network
-from portcullis.policy.decisions import Decision, Reason
-from portcullis.policy.names import parent_suffixes, parse_pattern
+from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
+from portcullis.basics.names import parent_suffixes, parse_pattern
+from portcullis.basics.vocabulary import Decision, Reason
+from portcullis.config import Policy
 
 _CLIENT_CACHE_MAX = 65536
 
@@ -32,7 +33,8 @@ class CompiledRule:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """`decision` is final (report mode applied); `reason` says why."""
+    """What the rules say: `allow` or `deny`, and why. Report mode is not applied
+    here: admission (proxy/admission.py) is the one place that does."""
 
     decision: Decision
     reason: Reason
@@ -114,7 +116,6 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.report_mode = policy.mode == "report"
         groups: dict[str, list[IPNetwork]] = {k: list(v) for k, v in policy.sources.items()}
         rules: list[CompiledRule] = []
         index = _Index()
@@ -160,22 +161,13 @@ class Engine:
 
     # -- verdict construction ---------------------------------------------
 
-    def _finish(self, decision: Decision, reason: Reason, rule: CompiledRule | None) -> Verdict:
-        if decision is Decision.DENY and self.report_mode:
-            decision = Decision.REPORT
-        return Verdict(decision, reason, rule)
-
     def _verdict_for_rule(self, rule: CompiledRule) -> Verdict:
         reason = Reason.RULE_ALLOW if rule.action is Decision.ALLOW else Reason.RULE_DENY
-        return self._finish(rule.action, reason, rule)
+        return Verdict(rule.action, reason, rule)
 
     def _default_verdict(self, reason: Reason) -> Verdict:
         action = Decision.ALLOW if self.policy.default == "allow" else Decision.DENY
-        return self._finish(action, reason, None)
-
-    def refuse(self, reason: Reason, rule: CompiledRule | None = None) -> Verdict:
-        """A denial decided after the rules (address checks, SNI, TLS), report mode applied."""
-        return self._finish(Decision.DENY, reason, rule)
+        return Verdict(action, reason, None)
 
     # -- deciding -----------------------------------------------------------
 

@@ -10,9 +10,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from portcullis.config import IPAddress, parse_network
+from portcullis.basics.ip import IPAddress, parse_network
+from portcullis.basics.names import parse_pattern
 from portcullis.policy.engine import CompiledRule, Engine, Verdict
-from portcullis.policy.names import parse_pattern
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,20 +21,19 @@ from typing import Any
 
 import h11
 
-from portcullis.config import IPAddress
+from portcullis.basics.errors import HttpError, Refusal
+from portcullis.basics.ip import IPAddress
+from portcullis.basics.vocabulary import CloseReason, Reason
 from portcullis.observe.events import new_connection_id
-from portcullis.policy.decisions import Reason
-from portcullis.policy.engine import Verdict
+from portcullis.proxy.admission import admit, decide
+from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.responses import error_response
-from portcullis.proxy.state import Attempt, FirewallState, client_address
-from portcullis.proxy.upstream import Refused, dial, resolve_and_check
+from portcullis.proxy.state import FirewallState
 from portcullis.wire.authority import Authority
-from portcullis.wire.http1 import HttpError, RequestHead, check_request, parse_absolute_uri
+from portcullis.wire.http1 import RequestHead, check_request, parse_absolute_uri
 
-# The name and port a request is decided on (raises HttpError), and the order
-# in which the checked addresses are dialled (raises Refused).
+# The name and port a request is decided on (raises HttpError).
 AuthorityOf = Callable[[RequestHead], Authority]
-Choose = Callable[[Attempt, Verdict, list[IPAddress]], list[IPAddress]]
 
 _READ = 65536
 # Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never forwarded.
@@ -52,7 +51,7 @@ _END_TO_END = frozenset({b"content-length", b"transfer-encoding", b"host"})
 class _Closed(Exception):
     """One side closed or failed: stop serving this connection."""
 
-    def __init__(self, reason: str = "closed") -> None:
+    def __init__(self, reason: CloseReason = CloseReason.CLOSED) -> None:
         super().__init__(reason)
         self.reason = reason  # the close record's close_reason
 
@@ -79,10 +78,13 @@ def _as_head(event: h11.Request) -> RequestHead:
 
 
 class _Upstream:
-    def __init__(self, key: tuple[str, int], sock: socket.socket) -> None:
+    def __init__(self, key: tuple[str, int], sock: socket.socket, attempt: Attempt) -> None:
         self.key = key
         self.sock = sock
         self.conn = h11.Connection(h11.CLIENT)
+        # Where it went, for the records of later requests that reuse it.
+        self.resolved = attempt.resolved
+        self.dialed = attempt.dialed
 
 
 async def _next_event(
@@ -116,22 +118,26 @@ async def serve(
     raw: bytes,
     *,
     authority_of: AuthorityOf = check_request,
-    choose: Choose | None = None,
+    original: IPAddress | None = None,
 ) -> None:
-    """Serve absolute-form requests on `conn` until either side closes."""
+    """Serve absolute-form requests on `conn` until either side closes.
+
+    `original` is a redirected connection's original destination (transparent
+    port 80), which admission uses to order (and in `strict` mode check) the
+    addresses it dials.
+    """
     limits = state.policy.limits
     client = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes)
     client.receive_data(raw)
     upstream: _Upstream | None = None
-    close_reason = "closed"
+    close_reason = CloseReason.CLOSED
     sent_up = sent_down = 0
     try:
         while True:
             try:
                 event = await _next_event(client, conn, limits.header_timeout)
             except h11.RemoteProtocolError as exc:
-                attempt.refuse(Reason.BAD_REQUEST)
-                attempt.record()
+                state.refuse_and_record(attempt, Reason.BAD_REQUEST)
                 await _send(conn, error_response(400, attempt, str(exc)))
                 return
             if not isinstance(event, h11.Request):
@@ -139,37 +145,13 @@ async def serve(
             try:
                 authority = authority_of(_as_head(event))
             except HttpError as exc:
-                attempt.refuse(exc.reason)
-                attempt.record()
+                state.refuse_and_record(attempt, exc.reason)
                 await _send(conn, error_response(exc.status, attempt, exc.message))
                 return
-            attempt.host, attempt.port = authority.host, authority.port
-            verdict = state.engine.decide(
-                client_address(attempt.client), authority.host, authority.port,
-                is_ip=authority.is_ip,
-            )
-            attempt.set_verdict(verdict)
-            if not verdict.allowed:
-                attempt.record()
-                await _send(conn, error_response(403, attempt))
+            upstream = await _upstream_for(state, conn, attempt, authority, upstream, original)
+            if upstream is None:
                 return
-            key = (authority.host, authority.port)
-            if upstream is None or upstream.key != key:
-                if upstream is not None:
-                    upstream.sock.close()
-                    upstream = None
-                try:
-                    addresses = await resolve_and_check(
-                        state, attempt, verdict, authority.host, authority.is_ip
-                    )
-                    if choose is not None:
-                        addresses = choose(attempt, verdict, addresses)
-                    upstream = _Upstream(key, await dial(state, attempt, addresses, key[1]))
-                except Refused as refusal:
-                    attempt.record()
-                    await _send(conn, error_response(refusal.status, attempt, refusal.message))
-                    return
-            attempt.record()
+            state.record(attempt)
             up, down = await _exchange(state, client, conn, upstream, event)
             sent_up += up
             sent_down += down
@@ -182,21 +164,55 @@ async def serve(
                 upstream.sock.close()
                 upstream = None
             # The next request on this connection is a new decision with its own record.
-            attempt.record_close(sent_up, sent_down, "done")
+            state.record_close(attempt, sent_up, sent_down, CloseReason.DONE)
             sent_up = sent_down = 0
-            attempt = Attempt(state, attempt.mode, attempt.client, attempt.client_port,
-                              new_connection_id(), original_dst=attempt.original_dst)
+            attempt = attempt.next_request(new_connection_id())
     except _Closed as closed:
         close_reason = closed.reason
     except asyncio.CancelledError:
-        close_reason = "cancelled"
-        attempt.abandon()
+        close_reason = CloseReason.CANCELLED
+        if attempt.host is not None and not attempt.logged:
+            state.refuse_and_record(attempt, Reason.DRAINING)
         raise
     finally:
         if upstream is not None:
             upstream.sock.close()
         if attempt.logged:
-            attempt.record_close(sent_up, sent_down, close_reason)
+            state.record_close(attempt, sent_up, sent_down, close_reason)
+
+
+async def _upstream_for(
+    state: FirewallState,
+    conn: socket.socket,
+    attempt: Attempt,
+    authority: Authority,
+    upstream: _Upstream | None,
+    original: IPAddress | None,
+) -> _Upstream | None:
+    """The upstream for this request: the kept-alive one when it serves the same
+    name and port (after a fresh decision), else a newly admitted one. None when
+    the request was refused (answered and recorded)."""
+    gate = state.gate
+    key = (authority.host, authority.port)
+    if upstream is not None and upstream.key == key:
+        if decide(gate, attempt, authority):
+            attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
+            return upstream
+        refusal = Refusal("", reason=attempt.reason)
+    else:
+        if upstream is not None:
+            upstream.sock.close()
+            upstream = None
+        try:
+            sock = await admit(gate, state.metrics, attempt, authority, original=original)
+            return _Upstream(key, sock, attempt)
+        except Refusal as exc:
+            refusal = exc
+    if upstream is not None:
+        upstream.sock.close()
+    state.record(attempt)
+    await _send(conn, error_response(refusal.status, attempt, refusal.message))
+    return None
 
 
 async def _exchange(
@@ -223,7 +239,7 @@ async def _exchange(
         except h11.RemoteProtocolError as exc:
             # The body broke its own framing after the head went upstream: the
             # upstream holds half a request, so both connections end here.
-            raise _Closed("bad_request") from exc
+            raise _Closed(CloseReason.BAD_REQUEST) from exc
         if isinstance(event, h11.Data):
             up += len(event.data)
         await _send(upstream.sock, upstream.conn.send(event))

@@ -28,8 +28,8 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from enum import StrEnum
 
+from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy.pipes import Pipe, acquire_pipe, copy_buffer, release_pipe
 
 # Process-wide switch; relay(use_splice=...) overrides it per call (tests cover both).
@@ -57,15 +57,6 @@ _RESET_ERRNOS = frozenset(
     }
 )
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-class CloseReason(StrEnum):
-    DONE = "done"
-    CLIENT_RESET = "client_reset"
-    UPSTREAM_RESET = "upstream_reset"
-    IDLE_TIMEOUT = "idle_timeout"
-    CANCELLED = "cancelled"
-    ERROR = "error"
 
 
 @dataclass(slots=True)

@@ -7,12 +7,11 @@ are in `X-Portcullis-Reason` / `X-Portcullis-Rule` for tools such as `check`.
 
 from __future__ import annotations
 
-from portcullis.proxy.state import Attempt
+from portcullis.proxy.attempt import Attempt
 
 ERROR_STATUS = {
     400: "Bad Request",
     403: "Forbidden",
-    405: "Method Not Allowed",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",

@@ -20,26 +20,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from portcullis.config import Policy, PolicyError, load_policy, parse_hostport
+from portcullis.basics.errors import ListenError, PolicyError
+from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.vocabulary import Mode, Reason
+from portcullis.config import Policy, load_policy
 from portcullis.observe.admin import AdminServer
-from portcullis.observe.events import Mode, new_connection_id
+from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
-from portcullis.policy.decisions import Reason
 from portcullis.policy.engine import Engine
+from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.explaining import explain_for_admin
 from portcullis.proxy.explicit import handle_explicit
 from portcullis.proxy.responses import error_response
-from portcullis.proxy.state import Attempt, FirewallState
+from portcullis.proxy.state import FirewallState
 from portcullis.proxy.transparent import handle_transparent
 
 Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
 WATCH_INTERVAL = 2.0
 # Connections an accept loop starts before it yields to them.
 ACCEPT_BATCH = 32
-
-
-class ListenError(Exception):
-    """A listen address that cannot be bound; the message names it and why."""
 
 
 def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
@@ -81,7 +81,7 @@ class Server:
         self.metrics = Metrics()
         self.state = FirewallState(policy, log, self.metrics)
         self.reuse_port = reuse_port
-        self.listeners: dict[str, socket.socket] = {}
+        self.listeners: dict[Mode, socket.socket] = {}
         self.admin: AdminServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
@@ -92,8 +92,8 @@ class Server:
 
     async def start(self) -> None:
         policy = self.state.policy
-        handlers: dict[str, Handler] = {
-            "explicit": handle_explicit, "transparent": handle_transparent
+        handlers: dict[Mode, Handler] = {
+            Mode.EXPLICIT: handle_explicit, Mode.TRANSPARENT: handle_transparent
         }
         for mode, handler in handlers.items():
             address = getattr(policy.listen, mode)
@@ -104,13 +104,11 @@ class Server:
             task = asyncio.create_task(self._accept_loop(sock, handler, mode))
             self._accepting.append(task)
         if policy.listen.admin is not None:
-            from portcullis.proxy.live_explain import explain_for_admin
-
             self.admin = AdminServer(
                 metrics=self.metrics,
                 ready=lambda: not self.state.draining,
                 draining=lambda: self.state.draining,
-                explain=lambda src, dst: explain_for_admin(self.state, src, dst),
+                explain=lambda src, dst, sni: explain_for_admin(self.state.gate, src, dst, sni),
                 allowed_clients=policy.admin_allow,
                 log=self.state.log,
             )
@@ -131,7 +129,7 @@ class Server:
             self._accepting.append(asyncio.create_task(self._watch_policy()))
 
     def bound(self, mode: str) -> tuple[str, int]:
-        name = self.listeners[mode].getsockname()
+        name = self.listeners[Mode(mode)].getsockname()
         return str(name[0]), int(name[1])
 
     async def wait_stopped(self) -> None:
@@ -167,7 +165,7 @@ class Server:
 
     # -- accepting --------------------------------------------------------------
 
-    async def _accept_loop(self, listener: socket.socket, handler: Handler, mode: str) -> None:
+    async def _accept_loop(self, listener: socket.socket, handler: Handler, mode: Mode) -> None:
         # One reader registration for the listener's whole life, and plain
         # accept() calls until the backlog is empty: loop.sock_accept would
         # register and unregister the listener (four to eight syscalls under
@@ -221,7 +219,7 @@ class Server:
             loop.remove_reader(fd)
 
     def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: Any,
-               handler: Handler, mode: str, max_connections: int) -> None:
+               handler: Handler, mode: Mode, max_connections: int) -> None:
         conn.setblocking(False)
         if len(self._tasks) >= max_connections or self.state.draining:
             self._refuse_over_capacity(conn, peer, mode)
@@ -239,12 +237,11 @@ class Server:
             conn.close()
             self.state.log.log_error("handler failed", error=repr(exc), client=str(peer[0]))
 
-    def _refuse_over_capacity(self, conn: socket.socket, peer: Any, mode: str) -> None:
-        kind: Mode = "transparent" if mode == "transparent" else "explicit"
-        attempt = Attempt(self.state, kind, str(peer[0]), int(peer[1]), new_connection_id())
-        attempt.refuse(Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY)
-        attempt.record()
-        if mode == "explicit":
+    def _refuse_over_capacity(self, conn: socket.socket, peer: Any, mode: Mode) -> None:
+        attempt = Attempt(mode, str(peer[0]), int(peer[1]), new_connection_id())
+        reason = Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY
+        self.state.refuse_and_record(attempt, reason)
+        if mode is Mode.EXPLICIT:
             with contextlib.suppress(OSError):
                 conn.send(error_response(503, attempt, "the proxy is at its connection limit"))
         conn.close()

@@ -16,25 +16,30 @@ import contextlib
 import dataclasses
 import socket
 
-from portcullis.config import IPAddress
-from portcullis.net.addresses import unmap
+from portcullis.basics.errors import (
+    AuthorityError,
+    BadRequest,
+    ClientHelloError,
+    NoOriginalDestination,
+    Refusal,
+)
+from portcullis.basics.ip import peer_address
+from portcullis.basics.vocabulary import Mode, Reason
 from portcullis.net.sockets import (
     Endpoint,
-    NoOriginalDestination,
     format_endpoint,
     local_endpoint,
     original_dst,
 )
-from portcullis.policy.decisions import Decision, Reason
-from portcullis.policy.engine import Verdict
 from portcullis.proxy import plain
-from portcullis.proxy.explicit import ClientGone, read_client_hello, sni_problem
+from portcullis.proxy.admission import admit, hello_problem
+from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.reading import ClientGone, read_client_hello
 from portcullis.proxy.relay import relay
-from portcullis.proxy.state import Attempt, FirewallState, client_address, serve_connection
-from portcullis.proxy.upstream import Refused, dial, resolve_and_check
-from portcullis.wire.authority import Authority, AuthorityError, parse_authority
-from portcullis.wire.http1 import BadRequest, RequestHead, check_request
-from portcullis.wire.tls import ClientHelloError, peek_is_tls
+from portcullis.proxy.state import FirewallState, serve_connection
+from portcullis.wire.authority import Authority, parse_authority
+from portcullis.wire.http1 import RequestHead, check_request
+from portcullis.wire.tls import peek_is_tls
 
 # A fatal TLS alert, access_denied(49): the client reports "tls: access denied"
 # instead of an unexplained EOF, which points its operator at a firewall.
@@ -51,7 +56,7 @@ async def handle_transparent(
     state: FirewallState, conn: socket.socket, peer: tuple[str, int]
 ) -> None:
     """Serve one redirected connection; always closes `conn`."""
-    await serve_connection(state, conn, peer, "transparent", _serve)
+    await serve_connection(state, conn, peer, Mode.TRANSPARENT, _serve)
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
@@ -65,26 +70,25 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
         # destination to decide on, and the listener is not an open relay.
         attempt.original_dst = format_endpoint(original or here)
         attempt.port = here[1]
-        attempt.refuse(Reason.ADDRESS_FORBIDDEN)
-        attempt.record()
+        state.refuse_and_record(attempt, Reason.ADDRESS_FORBIDDEN)
         return
     attempt.original_dst = format_endpoint(original)
     attempt.port = original[1]
+    tls_ports = state.policy.tls_ports
     try:
-        first = b"" if original[1] in state.policy.tls_ports else await _first_bytes(state, conn)
+        first = b"" if original[1] in tls_ports else await _first_bytes(state, conn)
     except ClientGone:
         return
     except TimeoutError:
-        attempt.refuse(Reason.HEADER_TIMEOUT)
-        attempt.record()
+        state.refuse_and_record(attempt, Reason.HEADER_TIMEOUT)
         return
-    if original[1] in state.policy.tls_ports or peek_is_tls(first) is not False:
+    if original[1] in tls_ports or peek_is_tls(first) is not False:
         await _serve_tls(state, conn, attempt, original, first)
     else:
         await plain.serve(
             state, conn, attempt, first,
             authority_of=lambda head: host_authority(head, original[1]),
-            choose=lambda a, v, addresses: dial_order(state, a, v, addresses, original[0]),
+            original=original[0],
         )
 
 
@@ -103,8 +107,12 @@ async def _first_bytes(state: FirewallState, conn: socket.socket) -> bytes:
     return data
 
 
-async def _deny(conn: socket.socket, attempt: Attempt, *, alert: bool) -> None:
-    attempt.record()
+async def _deny(state: FirewallState, conn: socket.socket, attempt: Attempt,
+                reason: Reason | None = None, *, alert: bool = True) -> None:
+    if reason is not None:
+        state.refuse_and_record(attempt, reason)
+    else:
+        state.record(attempt)
     if alert:
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().sock_sendall(conn, ACCESS_DENIED_ALERT)
@@ -113,17 +121,18 @@ async def _deny(conn: socket.socket, attempt: Attempt, *, alert: bool) -> None:
 async def _serve_tls(
     state: FirewallState, conn: socket.socket, attempt: Attempt, original: Endpoint, first: bytes
 ) -> None:
+    gate = state.gate
     try:
-        hello, peeked = await read_client_hello(state, conn, first)
+        hello, peeked = await read_client_hello(
+            conn, first, gate.policy.limits.client_hello_timeout
+        )
     except ClientGone:
         return
     except TimeoutError:
-        attempt.refuse(Reason.HEADER_TIMEOUT)
-        await _deny(conn, attempt, alert=False)
+        await _deny(state, conn, attempt, Reason.HEADER_TIMEOUT, alert=False)
         return
     except ClientHelloError as exc:
-        attempt.refuse(exc.reason)
-        await _deny(conn, attempt, alert=False)
+        await _deny(state, conn, attempt, exc.reason, alert=False)
         return
     attempt.sni = hello.sni
     if _is_our_own(attempt):
@@ -132,57 +141,42 @@ async def _serve_tls(
             " traffic from the redirect (meta mark 0x504c or its uid, see `portcullis nftables`)",
             client=attempt.client, original_dst=attempt.original_dst,
         )
-        attempt.refuse(Reason.ADDRESS_FORBIDDEN)
-        await _deny(conn, attempt, alert=True)
+        await _deny(state, conn, attempt, Reason.ADDRESS_FORBIDDEN)
         return
-    host: str | None = None
-    if hello.sni is not None:
-        try:
-            host = sni_host(hello.sni)
-        except AuthorityError:
-            attempt.refuse(Reason.BAD_NAME)
-            await _deny(conn, attempt, alert=True)
-            return
-    ech_policy = state.policy.transparent.ech
-    if host is None:
-        # Without a name there is nothing to resolve, so no mode lets it through.
-        attempt.refuse(sni_problem(hello, "", False, ech_policy) or Reason.NO_SNI)
-        await _deny(conn, attempt, alert=True)
-        return
-    attempt.host = host
-    engine = state.engine
-    verdict = engine.decide(unmap(client_address(attempt.client)), host, original[1])
-    attempt.set_verdict(verdict)
-    problem = sni_problem(hello, host, False, ech_policy) if verdict.allowed else None
-    if problem is not None:
-        attempt.set_verdict(engine.refuse(problem, verdict.rule))
-    if attempt.decision is Decision.DENY:
-        await _deny(conn, attempt, alert=True)
+    if hello.sni is None:
+        # Without a name there is nothing to decide on or resolve: no mode lets it through.
+        await _deny(state, conn, attempt,
+                    hello_problem(gate, None, hello.has_ech, "", False) or Reason.NO_SNI)
         return
     try:
-        addresses = await resolve_and_check(state, attempt, verdict, host, False)
-        addresses = dial_order(state, attempt, verdict, addresses, original[0])
-        upstream = await dial(state, attempt, addresses, original[1])
-    except Refused:
-        await _deny(conn, attempt, alert=True)
+        host = sni_host(hello.sni)
+    except AuthorityError:
+        await _deny(state, conn, attempt, Reason.BAD_NAME)
         return
-    attempt.record()
+    try:
+        upstream = await admit(
+            gate, state.metrics, attempt, Authority(host, original[1], False),
+            hello=(hello.sni, hello.has_ech), original=original[0],
+        )
+    except Refusal:
+        await _deny(state, conn, attempt)
+        return
+    state.record(attempt)
     ours = local_endpoint(upstream)
     _our_ends.add(ours)
-    state.metrics.connection_opened("transparent")
+    state.metrics.connection_opened(Mode.TRANSPARENT)
     try:
         result = await relay(
-            conn, upstream, initial_up=peeked, idle_timeout=state.policy.limits.idle_timeout
+            conn, upstream, initial_up=peeked, idle_timeout=gate.policy.limits.idle_timeout
         )
     finally:
         _our_ends.discard(ours)
-        state.metrics.connection_closed("transparent")
-    attempt.record_close(result.bytes_up, result.bytes_down, result.close_reason.value)
+        state.metrics.connection_closed(Mode.TRANSPARENT)
+    state.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
 
 
 def _is_our_own(attempt: Attempt) -> bool:
-    client = unmap(client_address(attempt.client))
-    return (client, attempt.client_port) in _our_ends
+    return (peer_address(attempt.client), attempt.client_port) in _our_ends
 
 
 def sni_host(sni: str) -> str:
@@ -193,32 +187,6 @@ def sni_host(sni: str) -> str:
     if authority.is_ip:
         raise AuthorityError(f"SNI {sni[:64]!r} is an IP literal, which RFC 6066 forbids")
     return authority.host
-
-
-def dial_order(
-    state: FirewallState,
-    attempt: Attempt,
-    verdict: Verdict,
-    addresses: list[IPAddress],
-    original: IPAddress,
-) -> list[IPAddress]:
-    """The checked addresses to dial, the client's own pick first when it is one of them.
-
-    `strict`: the original destination must be among them (Squid's host check);
-    otherwise a mismatch is normal (DNS answers differ between client and proxy)
-    and the resolved addresses are dialled as they are.
-    """
-    if original in addresses:
-        return [original, *(a for a in addresses if a != original)]
-    if state.policy.transparent.strict:
-        attempt.set_verdict(state.engine.refuse(Reason.ORIGINAL_DST_MISMATCH, verdict.rule))
-        if attempt.decision is Decision.DENY:
-            raise Refused(
-                Reason.ORIGINAL_DST_MISMATCH, 403,
-                f"the client connected to {original}, which is not among the checked"
-                f" addresses of {attempt.host}: {', '.join(map(str, addresses))}",
-            )
-    return addresses
 
 
 def host_authority(head: RequestHead, port: int) -> Authority:

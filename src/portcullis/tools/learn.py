@@ -23,18 +23,16 @@ from typing import Any
 import yaml
 
 from portcullis import catalog
+from portcullis.basics.errors import InvalidName, LearnError
+from portcullis.basics.ip import IPAddress
+from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import templates
-from portcullis.config import IPAddress, parse_policy
-from portcullis.policy.names import InvalidName, normalize_name, parse_pattern
+from portcullis.config import parse_policy
 
 # Reasons a rule decides; a connection refused for any other reason (an
 # address check, a bad ClientHello) would still be refused under any rule.
 RULE_REASONS = frozenset({"rule_allow", "rule_deny", "no_rule", "source_unknown",
                           "port_not_allowed"})
-
-
-class LearnError(ValueError):
-    """Logs that give nothing to learn from; the message says why."""
 
 
 @dataclass(frozen=True, order=True)

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
+from portcullis.basics.errors import ToolError
+
 # Connect failures that mean "a router or firewall answered that it will not".
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EACCES,
                 errno.EPERM)
@@ -46,7 +48,7 @@ class Kind(StrEnum):
     PROXY_UNREACHABLE = "proxy_unreachable"  # the proxy itself cannot be reached
 
 
-class Problem(Exception):
+class Problem(ToolError):
     """A failed step: `kind` classifies it, `reason`/`rule` come from Portcullis."""
 
     def __init__(self, kind: Kind, message: str, *, status: int | None = None,

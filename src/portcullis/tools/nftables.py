@@ -15,16 +15,15 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 
-from portcullis.config import IPNetwork, Policy, parse_hostport, parse_network
-from portcullis.proxy.upstream import SOCKET_MARK
+from portcullis.basics.errors import NftablesError
+from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.ip import IPNetwork, parse_network
+from portcullis.config import Policy
+from portcullis.net.sockets import SOCKET_MARK
 
 TABLE = "portcullis"
 HTTP_PORT = 80
 QUIC_PORT = 443
-
-
-class NftablesError(Exception):
-    """The policy cannot be turned into a redirect; the message says what to add."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from portcullis.basics.errors import ToolError
 from portcullis.tools.check_report import PullStep, Status
 from portcullis.tools.netprobe import (
     Kind,
@@ -78,7 +79,7 @@ def parse_image(text: str) -> ImageRef:
     return ImageRef(host.lower(), int(port or 443), repo, reference)
 
 
-class StepFailed(Exception):
+class StepFailed(ToolError):
     def __init__(self, problem: Problem, host: str, hops: list[str]) -> None:
         super().__init__(problem.message)
         self.problem = problem

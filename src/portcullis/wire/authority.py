@@ -11,13 +11,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from portcullis.policy.names import normalize_name
+from portcullis.basics.errors import AuthorityError
+from portcullis.basics.names import normalize_name
 
 _HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class AuthorityError(ValueError):
-    """An authority that is refused; the message names the problem."""
 
 
 @dataclass(frozen=True, slots=True)

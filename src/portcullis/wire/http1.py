@@ -10,71 +10,33 @@ decides on the name it parsed, and every leniency (bare LF, folded lines, a
 second Host, CL next to TE) is a chance for the firewall and the next hop to
 read two different requests from the same bytes.
 
-Error tree::
-
-    ValueError
-     └── HttpError              status, reason, message
-          ├── BadRequest        400  bad_request
-          ├── HeaderTooLarge    431  header_too_large
-          └── NotImplementedMethod  501  bad_request
+The errors (`HttpError` and its subclasses, each with the status to answer
+and the reason to log) are in `portcullis.basics.errors`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
 
-from portcullis.policy.decisions import Reason
-from portcullis.wire.authority import (
-    Authority,
+from portcullis.basics.errors import (
     AuthorityError,
-    parse_authority,
+    BadRequest,
+    HeaderTooLarge,
+    NotImplementedMethod,
 )
+from portcullis.wire.authority import Authority, parse_authority
 
 __all__ = [
     "KNOWN_METHODS",
     "MAX_HEADERS",
     "MAX_HEAD_SIZE",
-    "Authority",
-    "BadRequest",
-    "HeaderTooLarge",
-    "HttpError",
-    "NotImplementedMethod",
     "RequestHead",
     "check_request",
     "parse_absolute_uri",
     "parse_connect_target",
     "parse_request_head",
 ]
-
-
-class HttpError(ValueError):
-    """A request refused before any policy decision."""
-
-    status: ClassVar[int] = 400
-    reason: ClassVar[Reason] = Reason.BAD_REQUEST
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class BadRequest(HttpError):
-    """Malformed or ambiguous request: answer 400."""
-
-
-class HeaderTooLarge(HttpError):
-    """No end of head within the size limit: answer 431."""
-
-    status = 431
-    reason = Reason.HEADER_TOO_LARGE
-
-
-class NotImplementedMethod(HttpError):
-    """A well-formed method the proxy does not know: answer 501."""
-
-    status = 501
 
 
 MAX_HEAD_SIZE = 16384

@@ -15,15 +15,11 @@ extension, bytes after the hello in its last record) is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from portcullis.policy.decisions import Reason
+from portcullis.basics.errors import MalformedClientHello, NotTLS
 
 __all__ = [
     "ClientHello",
-    "ClientHelloError",
-    "MalformedClientHello",
-    "NotTLS",
     "parse_client_hello",
     "peek_is_tls",
 ]
@@ -36,22 +32,6 @@ _EXT_ECH = 0xFE0D
 _HOST_NAME = 0x00
 _MAX_RECORD = 1 << 14  # plaintext fragment limit, RFC 8446 §5.1
 MAX_HELLO_SIZE = 65536
-
-
-class ClientHelloError(ValueError):
-    """Base of the errors below; `reason` is what the proxy logs."""
-
-    reason: ClassVar[Reason] = Reason.NOT_TLS
-
-
-class NotTLS(ClientHelloError):
-    """The first bytes are not a TLS handshake record."""
-
-
-class MalformedClientHello(ClientHelloError):
-    """A TLS handshake that is not a well-formed, unambiguous ClientHello."""
-
-    reason = Reason.BAD_REQUEST
 
 
 @dataclass(frozen=True, slots=True)

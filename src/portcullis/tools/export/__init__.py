@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from portcullis.basics.errors import ExportRefused
 from portcullis.tools.export import (
     aws_network_firewall,
     azure_firewall,
@@ -20,7 +21,6 @@ from portcullis.tools.export import (
     squid,
 )
 from portcullis.tools.export.model import (
-    ExportRefused,
     ExportSpec,
     spec_from_file,
     spec_from_names,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from portcullis.config import IPNetwork
+from portcullis.basics.ip import IPNetwork
 from portcullis.tools.export.model import (
     ExportSpec,
     NameSet,

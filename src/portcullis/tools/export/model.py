@@ -19,30 +19,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from portcullis.config import IPNetwork, Policy, parse_network
+from portcullis.basics.errors import ExportRefused
+from portcullis.basics.ip import IPNetwork, parse_network
+from portcullis.basics.names import parent_suffixes, parse_pattern
+from portcullis.config import Policy
 from portcullis.net.resolver import parse_server
 from portcullis.policy.engine import Engine
-from portcullis.policy.names import parent_suffixes, parse_pattern
 
 ANY_SOURCE = "any"
 _ANY_NETWORKS: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("0.0.0.0/0"),
     ipaddress.ip_network("::/0"),
 )
-
-
-class ExportRefused(Exception):
-    """The policy says something the target format cannot; one line per problem."""
-
-    def __init__(self, fmt: str, problems: Sequence[str]) -> None:
-        self.fmt = fmt
-        self.problems = list(problems)
-        super().__init__(f"cannot export to {fmt}: " + "; ".join(self.problems))
-
-    def __str__(self) -> str:
-        lines = [f"cannot export to {self.fmt}:"]
-        lines.extend(f"  {p}" for p in self.problems)
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from portcullis.config import IPNetwork
+from portcullis.basics.ip import IPNetwork
 from portcullis.tools.export.model import (
     ExportRule,
     ExportSpec,

@@ -16,20 +16,14 @@ from functools import lru_cache
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from portcullis.basics.errors import InvalidName, InvalidPattern
+
 MAX_LABEL = 63
 MAX_NAME = 253
 
 # Letters, digits, hyphen and underscore (service names such as `_dmarc` appear
 # in real zones); a label may not start or end with a hyphen.
 _ASCII_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
-
-
-class InvalidName(ValueError):
-    """A host name that cannot be normalized; the message says why."""
-
-
-class InvalidPattern(ValueError):
-    """A rule pattern that is refused; the message says what to write instead."""
 
 
 def _looks_like_ip(text: str) -> bool:
@@ -72,10 +66,6 @@ def normalize_name(raw: str) -> str:
             raise InvalidName(f"{raw!r} is not a valid internationalized name: {exc}") from None
     _check_labels(name, raw)
     return name
-
-
-def is_ip_literal(text: str) -> bool:
-    return _looks_like_ip(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,208 @@
+"""Every exception Portcullis raises on purpose, in one tree.
+
+    PortcullisError
+    ├── ConfigError            what an operator wrote cannot be used (exit 2)
+    │   ├── PolicyError        a policy file: one located line per problem
+    │   ├── CatalogError       a catalog, region, tag or parameter
+    │   ├── ListenError        a listen address that cannot be bound
+    │   ├── ExportRefused      a policy another firewall's format cannot express
+    │   └── NftablesError      a policy that cannot become a redirect
+    ├── InvalidInput           a value refused before it means anything (ValueError)
+    │   ├── InvalidName        a host name that cannot be normalized
+    │   ├── InvalidPattern     a rule pattern; the message says what to write
+    │   ├── AuthorityError     a host[:port] that is not one
+    │   └── LearnError         logs that give `learn` nothing to learn from
+    ├── Refusal                a request that ends at the proxy: `reason`, `status`
+    │   ├── HttpError          a request head refused before any decision (ValueError)
+    │   │   ├── BadRequest           400
+    │   │   ├── HeaderTooLarge       431
+    │   │   └── NotImplementedMethod 501
+    │   └── ClientHelloError   the first bytes of a TLS connection (ValueError)
+    │       ├── NotTLS
+    │       └── MalformedClientHello
+    ├── DnsFailure             a name that did not resolve: `kind` says how
+    ├── NoOriginalDestination  no redirect record for a connection (OSError)
+    └── ToolError              an operator tool's step failed (`check`)
+
+A `Refusal` carries the reason logged (a `vocabulary.Reason`) and the HTTP
+status answered, so every layer refuses the same way and the proxy turns any
+refusal into one answer and one record. The ValueError and OSError bases are
+kept where callers (and the fuzz tests' contract) expect them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from portcullis.basics.vocabulary import Reason
+
+
+class PortcullisError(Exception):
+    """The root: anything Portcullis raises on purpose."""
+
+
+# --- configuration -----------------------------------------------------------
+
+
+class ConfigError(PortcullisError):
+    """What an operator wrote cannot be used; the message says what to write."""
+
+
+class PolicyError(ConfigError):
+    """A policy that cannot be loaded; `problems` holds one line per error."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+    def __str__(self) -> str:
+        # Located problems read "LINE: field: message", as compilers print them.
+        return "\n".join(
+            f"{self.source}:{p}" if p[:1].isdigit() else f"{self.source}: {p}"
+            for p in self.problems
+        )
+
+
+class CatalogError(ConfigError, ValueError):
+    """A catalog, region, tag or parameter that cannot be used; says what works."""
+
+
+class ListenError(ConfigError):
+    """A listen address that cannot be bound; the message names it and why."""
+
+
+class ExportRefused(ConfigError):
+    """The policy says something the target format cannot; one line per problem."""
+
+    def __init__(self, fmt: str, problems: Sequence[str]) -> None:
+        self.fmt = fmt
+        self.problems = list(problems)
+        super().__init__(f"cannot export to {fmt}: " + "; ".join(self.problems))
+
+    def __str__(self) -> str:
+        lines = [f"cannot export to {self.fmt}:"]
+        lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+class NftablesError(ConfigError):
+    """The policy cannot be turned into a redirect; the message says what to add."""
+
+
+# --- input values --------------------------------------------------------------
+
+
+class InvalidInput(PortcullisError, ValueError):
+    """A value refused before it means anything; the message names the problem."""
+
+
+class InvalidName(InvalidInput):
+    """A host name that cannot be normalized; the message says why."""
+
+
+class InvalidPattern(InvalidInput):
+    """A rule pattern that is refused; the message says what to write instead."""
+
+
+class AuthorityError(InvalidInput):
+    """An authority (`host[:port]`) that is refused; the message names the problem."""
+
+
+class LearnError(InvalidInput):
+    """Logs that give nothing to learn from; the message says why."""
+
+
+# --- refusals ------------------------------------------------------------------
+
+
+class Refusal(PortcullisError):
+    """The request ends here: `status` for an HTTP answer, `reason` for the log."""
+
+    status: int = 403
+    reason: Reason = Reason.BAD_REQUEST
+
+    def __init__(
+        self, message: str, *, reason: Reason | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        if status is not None:
+            self.status = status
+
+
+class HttpError(Refusal, ValueError):
+    """A request head refused before any policy decision."""
+
+    status = 400
+    reason = Reason.BAD_REQUEST
+
+
+class BadRequest(HttpError):
+    """Malformed or ambiguous request: answer 400."""
+
+
+class HeaderTooLarge(HttpError):
+    """No end of head within the size limit: answer 431."""
+
+    status = 431
+    reason = Reason.HEADER_TOO_LARGE
+
+
+class NotImplementedMethod(HttpError):
+    """A well-formed method the proxy does not know: answer 501."""
+
+    status = 501
+
+
+class ClientHelloError(Refusal, ValueError):
+    """The first bytes of a TLS connection, refused; `reason` is what the proxy logs."""
+
+    reason = Reason.NOT_TLS
+
+
+class NotTLS(ClientHelloError):
+    """The first bytes are not a TLS handshake record."""
+
+
+class MalformedClientHello(ClientHelloError):
+    """A TLS handshake that is not a well-formed, unambiguous ClientHello."""
+
+    reason = Reason.BAD_REQUEST
+
+
+# --- the network ---------------------------------------------------------------
+
+DnsFailureKind = Literal["nxdomain", "no_answer", "timeout", "servfail", "error"]
+
+
+class DnsFailure(PortcullisError):
+    """A name that did not resolve; `kind` says how."""
+
+    def __init__(self, name: str, kind: DnsFailureKind, detail: str = "") -> None:
+        self.name = name
+        self.kind: DnsFailureKind = kind
+        super().__init__(f"resolving {name}: {kind}" + (f" ({detail})" if detail else ""))
+
+
+class NoOriginalDestination(PortcullisError, OSError):
+    """The kernel has no redirect record for this connection (no conntrack entry)."""
+
+
+# --- operator tools --------------------------------------------------------------
+
+
+class ToolError(PortcullisError):
+    """An operator tool's step failed; subclasses carry what the tool reports."""
+
+
+__all__ = [
+    "AuthorityError", "BadRequest", "CatalogError", "ClientHelloError", "ConfigError",
+    "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge", "HttpError",
+    "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
+    "MalformedClientHello", "NftablesError", "NoOriginalDestination", "NotImplementedMethod",
+    "NotTLS", "PolicyError", "PortcullisError", "Refusal", "ToolError",
+]

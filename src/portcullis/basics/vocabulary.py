@@ -1,0 +1,86 @@
+"""The closed sets every layer speaks: decisions, reasons, close reasons, modes.
+
+Each member's value is the string used in log fields and metric labels, so a
+reason reads the same in a 403 body, a JSON log line, a Prometheus series,
+`learn` and `check`'s diagnosis.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class Decision(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    # A would-deny let through because the policy runs in `mode: report`.
+    REPORT = "report"
+
+
+class Reason(StrEnum):
+    RULE_ALLOW = "rule_allow"
+    RULE_DENY = "rule_deny"
+    NO_RULE = "no_rule"
+    SOURCE_UNKNOWN = "source_unknown"
+    PORT_NOT_ALLOWED = "port_not_allowed"
+    ADDRESS_FORBIDDEN = "address_forbidden"
+    RESOLVES_OUTSIDE = "resolves_outside"
+    DNS_FAILURE = "dns_failure"
+    SNI_MISMATCH = "sni_mismatch"
+    NO_SNI = "no_sni"
+    ECH_PRESENT = "ech_present"
+    NOT_TLS = "not_tls"
+    ORIGINAL_DST_MISMATCH = "original_dst_mismatch"
+    BAD_REQUEST = "bad_request"
+    BAD_NAME = "bad_name"
+    HEADER_TOO_LARGE = "header_too_large"
+    HEADER_TIMEOUT = "header_timeout"
+    CONNECT_FAILED = "connect_failed"
+    CONNECT_TIMEOUT = "connect_timeout"
+    OVER_CAPACITY = "over_capacity"
+    DRAINING = "draining"
+
+
+# The refusals `mode: report` turns into `report` (allowed and logged): those
+# that a policy author tunes (rules, ports, sources, what the client says in
+# its ClientHello, the original destination). Every other refusal is a deny
+# in both modes: the proxy cannot or must not go on (bad input, no name, an
+# address that is unsafe or outside the rule's `resolves_to`, DNS or connect
+# failures, capacity, drain). docs/decisions.md explains each; the admission
+# path (proxy/admission.py) is the only reader of this table.
+REPORTABLE: Final = frozenset(
+    {
+        Reason.RULE_DENY,
+        Reason.NO_RULE,
+        Reason.SOURCE_UNKNOWN,
+        Reason.PORT_NOT_ALLOWED,
+        Reason.SNI_MISMATCH,
+        Reason.NO_SNI,
+        Reason.ECH_PRESENT,
+        Reason.NOT_TLS,
+        Reason.ORIGINAL_DST_MISMATCH,
+    }
+)
+
+
+class CloseReason(StrEnum):
+    """Why a relayed connection ended (the close record's `close_reason`)."""
+
+    DONE = "done"
+    CLOSED = "closed"
+    CLIENT_GONE = "client_gone"
+    CLIENT_RESET = "client_reset"
+    UPSTREAM_RESET = "upstream_reset"
+    IDLE_TIMEOUT = "idle_timeout"
+    BAD_REQUEST = "bad_request"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class Mode(StrEnum):
+    """The listener (and protocol) a connection came through: the log's `mode`."""
+
+    EXPLICIT = "explicit"
+    TRANSPARENT = "transparent"
+    HTTP = "http"

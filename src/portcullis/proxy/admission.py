@@ -1,0 +1,297 @@
+"""Admission: the one path from a name to a dialled socket (docs/architecture.md).
+
+decide -> check the ClientHello -> resolve -> check every address -> order by
+the original destination -> dial. Every listener (explicit CONNECT, plain HTTP,
+transparent TLS and port 80) goes through `admit`; `explain` goes through the
+same `prepare` and stops before the dial, so it cannot tell an operator
+anything the proxy would not do.
+
+Report mode is applied here and nowhere else: `refuse` turns a refusal into
+`report` exactly when the policy runs in `mode: report`, the reason is in
+`vocabulary.REPORTABLE`, and there is a name to go on with.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+
+from portcullis.basics.errors import DnsFailure, InvalidName, Refusal
+from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
+from portcullis.basics.names import normalize_name
+from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
+from portcullis.config import Policy
+from portcullis.net.addresses import AddressVerdict, check_addresses
+from portcullis.net.resolver import Resolver
+from portcullis.observe.metrics import Metrics
+from portcullis.policy.engine import CompiledRule, Engine
+from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.dialer import dial
+from portcullis.wire.authority import Authority
+
+
+class Gate:
+    """A compiled policy with the live parts a decision needs; replaced whole on reload.
+
+    A handler reads `state.gate` once per decision, so established tunnels and
+    decisions in flight keep the policy they started with.
+    """
+
+    def __init__(self, policy: Policy, engine: Engine | None = None,
+                 resolver: Resolver | None = None) -> None:
+        self.policy = policy
+        self.engine = engine if engine is not None else Engine(policy)
+        self.resolver = resolver if resolver is not None else build_resolver(policy)
+        self.report_mode = policy.mode == "report"
+        self.allow_ranges = tuple(policy.resolver.allow_ranges)
+        self.own = frozenset(listen_addresses(policy))
+
+    def replaced_by(self, policy: Policy, engine: Engine) -> Gate:
+        """The gate for a reloaded policy; the resolver (and its cache) stays when it can."""
+        same = policy.resolver == self.policy.resolver
+        return Gate(policy, engine, self.resolver if same else None)
+
+
+def build_resolver(policy: Policy) -> Resolver:
+    settings = policy.resolver
+    return Resolver(
+        servers=settings.servers,
+        timeout=settings.timeout,
+        hosts={name: [str(a) for a in addrs] for name, addrs in settings.hosts.items()},
+        min_ttl=settings.min_ttl,
+        max_ttl=settings.max_ttl,
+        negative_ttl=settings.negative_ttl,
+    )
+
+
+def listen_addresses(policy: Policy) -> list[IPAddress]:
+    """The proxy's own specific listen addresses (wildcards say nothing)."""
+    out: list[IPAddress] = []
+    for text in (policy.listen.explicit, policy.listen.transparent, policy.listen.admin):
+        if text is None:
+            continue
+        host, _ = parse_hostport(text)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not address.is_unspecified:
+            out.append(address)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A name's resolution and the check of each address it gave."""
+
+    source: str  # "literal", "hosts", "cache" or "dns"
+    cnames: tuple[str, ...]
+    verdicts: tuple[AddressVerdict, ...]
+    failure: DnsFailure | None = None
+
+    @property
+    def dialable(self) -> list[IPAddress]:
+        return [v.address for v in self.verdicts if v.allowed]
+
+
+# --- the steps --------------------------------------------------------------------
+
+
+def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
+    """Record a refusal on `attempt`; True when report mode lets it go on.
+
+    The one place report mode is applied (docs/decisions.md, "Report mode").
+    """
+    report = gate.report_mode and reason in REPORTABLE and attempt.host is not None
+    attempt.decision = Decision.REPORT if report else Decision.DENY
+    attempt.reason = reason
+    return report
+
+
+def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
+    """Decide on the rules; True when the connection may go on."""
+    attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
+    verdict = gate.engine.decide(
+        peer_address(attempt.client), target.host, target.port, is_ip=target.is_ip
+    )
+    attempt.matched = verdict.rule
+    if verdict.decision is Decision.DENY:
+        return refuse(gate, attempt, verdict.reason)
+    attempt.decision, attempt.reason = verdict.decision, verdict.reason
+    return True
+
+
+def hello_problem(gate: Gate, sni: str | None, has_ech: bool, host: str, is_ip: bool
+                  ) -> Reason | None:
+    """Why a ClientHello with this SNI (and ECH or not) may not go to `host`; None if it may."""
+    if has_ech and gate.policy.transparent.ech == "deny":
+        return Reason.ECH_PRESENT
+    if sni is None:
+        # Clients send no SNI to an IP literal; for a name its absence hides the target.
+        return None if is_ip else Reason.NO_SNI
+    try:
+        name = normalize_name(sni)
+    except InvalidName:
+        return Reason.SNI_MISMATCH
+    return None if name == host else Reason.SNI_MISMATCH
+
+
+def check_hello(gate: Gate, attempt: Attempt, sni: str | None, has_ech: bool) -> bool:
+    """Check the client's ClientHello against the decided name; True when it may go on."""
+    attempt.sni = sni
+    assert attempt.host is not None
+    problem = hello_problem(gate, sni, has_ech, attempt.host, attempt.is_ip)
+    return problem is None or refuse(gate, attempt, problem)
+
+
+def vouched_ranges(rule: CompiledRule | None, is_ip: bool) -> tuple[IPNetwork, ...] | None:
+    """The CIDRs the deciding rule vouches for, beyond the global checks; None for none."""
+    # A deny rule reaches this point only in report mode: its CIDRs name what it
+    # keeps out, and a dry run must not turn them into addresses it may dial.
+    if rule is None or rule.action is not Decision.ALLOW:
+        return None
+    if is_ip:
+        # A CIDR destination names the addresses itself: it vouches for them.
+        return tuple(parse_network(d) for d in rule.destinations if "/" in d)
+    return rule.resolves_to
+
+
+@functools.lru_cache(maxsize=4096)
+def _check(
+    addresses: tuple[IPAddress, ...],
+    allow_ranges: tuple[IPNetwork, ...],
+    resolves_to: tuple[IPNetwork, ...] | None,
+    own: frozenset[IPAddress],
+) -> tuple[tuple[str, ...], tuple[AddressVerdict, ...]]:
+    # Pure in its arguments, and the same few answers recur for every
+    # connection to a name: classifying and describing them each time was a
+    # visible share of the per-connection CPU (bench/RESULTS.md).
+    verdicts = check_addresses(
+        addresses, allow_ranges=allow_ranges, resolves_to=resolves_to, own=own
+    )
+    return tuple(str(a) for a in addresses), tuple(verdicts)
+
+
+async def resolve_and_check(gate: Gate, attempt: Attempt) -> Checked:
+    """Resolve the decided name (unless it is an IP literal) and check every address."""
+    host = attempt.host
+    assert host is not None
+    if attempt.is_ip:
+        addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
+        source, cnames = "literal", tuple[str, ...]()
+    else:
+        started = time.monotonic()
+        try:
+            answer = await gate.resolver.resolve(host)
+        except DnsFailure as exc:
+            attempt.dns_ms = (time.monotonic() - started) * 1000
+            return Checked("dns", (), (), exc)
+        attempt.dns_ms = (time.monotonic() - started) * 1000
+        addresses, source, cnames = answer.addresses, answer.source, answer.cnames
+    attempt.resolved, verdicts = _check(
+        addresses, gate.allow_ranges, vouched_ranges(attempt.matched, attempt.is_ip), gate.own
+    )
+    return Checked(source, cnames, verdicts)
+
+
+def address_refusal(checked: Checked, host: str) -> Refusal | None:
+    """Why none of the checked addresses may be dialled; None when one may."""
+    if checked.failure is not None:
+        return Refusal(f"cannot resolve {host}: {checked.failure}",
+                       reason=Reason.DNS_FAILURE, status=502)
+    verdicts = checked.verdicts
+    if any(v.allowed for v in verdicts):
+        return None
+    outside = bool(verdicts) and all(v.outside_resolves_to for v in verdicts)
+    detail = "; ".join(f"{v.address}: {v.why}" for v in verdicts) or "no addresses"
+    return Refusal(
+        f"{host} resolves to no permitted address ({detail})",
+        reason=Reason.RESOLVES_OUTSIDE if outside else Reason.ADDRESS_FORBIDDEN,
+    )
+
+
+def order_by_original(gate: Gate, attempt: Attempt, addresses: list[IPAddress],
+                      original: IPAddress) -> list[IPAddress]:
+    """The checked addresses to dial, the client's own pick first when it is one of them.
+
+    `strict`: the original destination must be among them (Squid's host check);
+    otherwise a mismatch is normal (DNS answers differ between client and proxy)
+    and the resolved addresses are dialled as they are.
+    """
+    if original in addresses:
+        return [original, *(a for a in addresses if a != original)]
+    if gate.policy.transparent.strict and not refuse(
+        gate, attempt, Reason.ORIGINAL_DST_MISMATCH
+    ):
+        raise Refusal(
+            f"the client connected to {original}, which is not among the checked"
+            f" addresses of {attempt.host}: {', '.join(map(str, addresses))}",
+            reason=Reason.ORIGINAL_DST_MISMATCH,
+        )
+    return addresses
+
+
+# --- the path ------------------------------------------------------------------------
+
+
+def _refused(attempt: Attempt) -> Refusal:
+    # No message: the answer's first line already names decision, reason and rule.
+    return Refusal("", reason=attempt.reason, status=403)
+
+
+async def prepare(
+    gate: Gate,
+    attempt: Attempt,
+    target: Authority,
+    *,
+    hello: tuple[str | None, bool] | None = None,
+    original: IPAddress | None = None,
+    resolve: bool = True,
+) -> list[IPAddress]:
+    """Every step before the dial; the addresses to dial, in order.
+
+    `hello` is the ClientHello's (SNI, ECH present) when it is already known.
+    Raises Refusal, with the refusal recorded on `attempt`.
+    """
+    if not decide(gate, attempt, target):
+        raise _refused(attempt)
+    if hello is not None and not check_hello(gate, attempt, *hello):
+        raise _refused(attempt)
+    if not resolve:
+        return []
+    checked = attempt.checked = await resolve_and_check(gate, attempt)
+    refusal = address_refusal(checked, target.host)
+    if refusal is not None:
+        refuse(gate, attempt, refusal.reason)
+        raise refusal
+    addresses = checked.dialable
+    if original is not None:
+        addresses = order_by_original(gate, attempt, addresses, original)
+    return addresses
+
+
+async def admit(
+    gate: Gate,
+    metrics: Metrics,
+    attempt: Attempt,
+    target: Authority,
+    *,
+    hello: tuple[str | None, bool] | None = None,
+    original: IPAddress | None = None,
+) -> socket.socket:
+    """`prepare`, then dial: a connected upstream socket, or Refusal (recorded on `attempt`)."""
+    try:
+        addresses = await prepare(gate, attempt, target, hello=hello, original=original)
+    finally:
+        if attempt.dns_ms is not None:
+            metrics.observe_dns(attempt.dns_ms / 1000)
+    try:
+        return await dial(gate.policy.limits.connect_timeout, metrics, attempt, addresses,
+                          target.port)
+    except Refusal as refusal:
+        refuse(gate, attempt, refusal.reason)
+        raise

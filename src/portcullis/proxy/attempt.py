@@ -1,0 +1,86 @@
+"""The facts of one connection (or one request on a kept-alive one), gathered
+as it goes through admission and relay, and turned into one decision event and
+one close event (observe/events.py). Pure data: recording is FirewallState's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
+from portcullis.observe.events import CloseEvent, DecisionEvent
+from portcullis.policy.engine import CompiledRule
+
+if TYPE_CHECKING:
+    from portcullis.proxy.admission import Checked
+
+
+@dataclass(slots=True)
+class Attempt:
+    mode: Mode
+    client: str
+    client_port: int
+    id: str
+    started: float = field(default_factory=time.monotonic)
+    host: str | None = None
+    port: int = 0
+    is_ip: bool = False
+    sni: str | None = None
+    decision: Decision = Decision.DENY
+    reason: Reason = Reason.BAD_REQUEST
+    matched: CompiledRule | None = None  # the deciding rule, None for the default
+    resolved: tuple[str, ...] = ()
+    # The resolution and each address's check, for `explain` (admission fills it).
+    checked: Checked | None = None
+    dialed: str | None = None
+    dns_ms: float | None = None
+    connect_ms: float | None = None
+    original_dst: str | None = None
+    logged: bool = False
+
+    @property
+    def rule(self) -> str | None:
+        return self.matched.name if self.matched is not None else None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is not Decision.DENY
+
+    def next_request(self, id: str) -> Attempt:
+        """The attempt for the next request on the same kept-alive connection."""
+        return Attempt(self.mode, self.client, self.client_port, id,
+                       original_dst=self.original_dst)
+
+    def decision_event(self) -> DecisionEvent:
+        return DecisionEvent(
+            time=time.time(),
+            id=self.id,
+            client=self.client,
+            client_port=self.client_port,
+            mode=self.mode,
+            host=self.host,
+            port=self.port,
+            sni=self.sni,
+            rule=self.rule,
+            decision=self.decision,
+            reason=self.reason,
+            resolved=self.resolved,
+            dialed=self.dialed,
+            dns_ms=self.dns_ms,
+            connect_ms=self.connect_ms,
+            original_dst=self.original_dst,
+        )
+
+    def close_event(self, bytes_up: int, bytes_down: int, reason: CloseReason) -> CloseEvent:
+        return CloseEvent(
+            time=time.time(),
+            id=self.id,
+            client=self.client,
+            host=self.host,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            duration_s=round(time.monotonic() - self.started, 6),
+            close_reason=reason,
+        )

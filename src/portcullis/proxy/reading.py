@@ -1,0 +1,87 @@
+"""Reading from a client until a parser is satisfied, within one deadline.
+
+The parsers (wire/) are sans-IO; this is the I/O half: receive into a buffer,
+hand it to the parser, stop at a value, a parser error, the deadline, or the
+client's end of stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+from portcullis.wire.http1 import RequestHead, parse_request_head
+from portcullis.wire.tls import ClientHello, parse_client_hello
+
+T = TypeVar("T")
+_READ = 65536
+
+
+class ClientGone(Exception):
+    """The client closed or reset before sending what was waited for.
+
+    Control flow inside the proxy, never raised to a caller outside it.
+    """
+
+
+async def read_until(
+    conn: socket.socket, buffer: bytearray, timeout: float, parse: Callable[[bytearray], T | None]
+) -> T:
+    """Receive into `buffer` until `parse` returns a value, within `timeout` overall.
+
+    TimeoutError when too slow, ClientGone when the client closed or reset, and
+    whatever `parse` raises for bad bytes.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = parse(buffer) if buffer else None
+        if result is not None:
+            return result
+        try:
+            # The bytes are often in already: a plain recv() then saves a reader
+            # registration, a future and a loop round trip (bench/RESULTS.md).
+            data = conn.recv(_READ)
+        except BlockingIOError:
+            if loop.time() >= deadline:
+                raise TimeoutError from None
+            try:
+                # asyncio.timeout_at, not wait_for: on 3.11 wait_for wraps the
+                # awaitable in a new Task on every call.
+                async with asyncio.timeout_at(deadline):
+                    data = await loop.sock_recv(conn, _READ)
+            except TimeoutError:
+                raise  # an OSError subclass, but it means "too slow", not "gone"
+            except OSError as exc:
+                raise ClientGone from exc
+        except OSError as exc:
+            raise ClientGone from exc
+        if not data:
+            raise ClientGone
+        buffer += data
+
+
+async def read_head(
+    conn: socket.socket, buffer: bytearray, timeout: float, max_bytes: int
+) -> tuple[RequestHead, bytes]:
+    """Read one request head within `timeout`; return it and any bytes after it."""
+    head = await read_until(conn, buffer, timeout, lambda b: parse_request_head(b, max_bytes))
+    return head, bytes(buffer[head.head_length :])
+
+
+async def read_client_hello(
+    conn: socket.socket, peeked: bytes, timeout: float
+) -> tuple[ClientHello, bytes]:
+    """Read until a whole ClientHello is in; TimeoutError, ClientGone or ClientHelloError."""
+    buffer = bytearray(peeked)
+    hello = await read_until(conn, buffer, timeout, parse_client_hello)
+    return hello, bytes(buffer)
+
+
+async def send_quietly(conn: socket.socket, data: bytes) -> None:
+    """Send a last answer; a client that already left is no error."""
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().sock_sendall(conn, data)
