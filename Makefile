@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System parts the end-to-end tests drive for real (DESIGN §7).
+# System parts the end-to-end tests drive for real (docs/semantics.md §8).
 TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream systemd
 BENCH_DEBS := squid tinyproxy nginx curl
 
@@ -40,7 +40,7 @@ typecheck: setup
 test: setup sysdeps lint typecheck
 	$(BIN)/pytest -q
 
-# Not part of `make test`: the full comparison (DESIGN §8), about 5 minutes.
+# Not part of `make test`: the full comparison (docs/semantics.md §9), about 5 minutes.
 # BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--only bulk".
 bench: setup
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

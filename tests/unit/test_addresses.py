@@ -1,4 +1,4 @@
-"""Address classification and admission (DESIGN §1, "Address safety")."""
+"""Address classification and admission (docs/semantics.md §3)."""
 
 from __future__ import annotations
 

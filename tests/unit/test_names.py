@@ -1,4 +1,4 @@
-"""Names and patterns: DESIGN §1, table-tested, plus the wildcard property."""
+"""Names and patterns: docs/semantics.md §1, table-tested, plus the wildcard property."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Host names and the patterns that match them (DESIGN §1, "Names and patterns").
+"""Host names and the patterns that match them (docs/semantics.md §1).
 
 Every name is normalized the same way in rules and on the wire: lowercase, one
 trailing dot stripped, IDNA to punycode, label and length limits enforced. A

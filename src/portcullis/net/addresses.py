@@ -1,4 +1,4 @@
-"""Classification and admission of resolved addresses (DESIGN §1, "Address safety").
+"""Classification and admission of resolved addresses (docs/semantics.md §3).
 
 A name that passed the policy may still resolve to somewhere the proxy must not
 dial: loopback, the cloud metadata service, the inside network, or an IPv6

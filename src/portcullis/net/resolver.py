@@ -1,6 +1,6 @@
 """Asynchronous name resolution with a TTL cache and static host overrides.
 
-The proxy resolves every name itself (DESIGN §1) and dials exactly the address
+The proxy resolves every name itself (docs/semantics.md §3) and dials exactly the address
 it checked, so this resolver is on the path of every new connection: answers are
 cached for their TTL (clamped, so a TTL of 0 cannot turn every connection into a
 query and a TTL of a week cannot pin a stale address), failures that the

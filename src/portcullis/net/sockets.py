@@ -1,4 +1,4 @@
-"""Socket facts the kernel keeps for a redirected connection (DESIGN §5).
+"""Socket facts the kernel keeps for a redirected connection (docs/architecture.md).
 
 An nftables/iptables `redirect` (or `dnat`) rewrites a connection's destination
 before the proxy accepts it; conntrack remembers the address the client meant,

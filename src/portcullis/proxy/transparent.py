@@ -1,4 +1,4 @@
-"""The transparent listener: connections redirected by nftables/iptables (DESIGN §1).
+"""The transparent listener: connections redirected by nftables/iptables (docs/semantics.md §4).
 
 The client configured nothing and believes it talks to the registry. The
 original destination comes from SO_ORIGINAL_DST, the name from the ClientHello's

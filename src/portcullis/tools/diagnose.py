@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import cache
 
 from portcullis import catalog
+from portcullis.basics.vocabulary import Reason
 from portcullis.tools.check_report import Diagnosis, NameReport, PullStep, Report, Status, Step
 from portcullis.tools.netprobe import Kind
 
@@ -34,16 +35,16 @@ def _proxy_refusal(target: str, name: str, port: int, step: Step | PullStep) -> 
         return f"proxy refused {target} ({step.detail}): allow {hint} in the proxy's ACL"
     rule = f", rule {step.rule}" if step.rule else ""
     head = f"proxy refused {target} (reason {step.reason}{rule})"
-    fixes = {
-        "no_rule": f"add {hint} to the rule",
-        "rule_deny": f"rule {step.rule} denies it; allow {hint} in a rule above it",
-        "source_unknown": "this node's address is in no source group; add it under `sources:`",
-        "port_not_allowed": f"add port {port} to the `ports:` of the rule that lists {name}",
-        "address_forbidden": f"{name} resolves to an address Portcullis refuses (private, "
+    fixes: dict[str, str] = {
+        Reason.NO_RULE: f"add {hint} to the rule",
+        Reason.RULE_DENY: f"rule {step.rule} denies it; allow {hint} in a rule above it",
+        Reason.SOURCE_UNKNOWN: "this node's address is in no source group; add it under `sources:`",
+        Reason.PORT_NOT_ALLOWED: f"add port {port} to the `ports:` of the rule that lists {name}",
+        Reason.ADDRESS_FORBIDDEN: f"{name} resolves to an address Portcullis refuses (private, "
                              "loopback, link-local...); if that is intended, admit it with "
                              "`resolver.allow_ranges` or the rule's `resolves_to`",
-        "resolves_outside": f"{name} resolves outside the rule's `resolves_to`; widen it",
-        "dns_failure": f"the proxy cannot resolve {name}; fix the proxy's DNS",
+        Reason.RESOLVES_OUTSIDE: f"{name} resolves outside the rule's `resolves_to`; widen it",
+        Reason.DNS_FAILURE: f"the proxy cannot resolve {name}; fix the proxy's DNS",
     }
     fix = fixes.get(step.reason, f"run `portcullis explain --to {target}` on the proxy")
     return f"{head}: {fix}"
@@ -64,7 +65,7 @@ def explain(name: str, port: int, step: Step | PullStep, proxy: str | None) -> s
     if kind is Kind.PROXY_REFUSED:
         return _proxy_refusal(target, name, port, step)
     if kind is Kind.PROXY_UPSTREAM:
-        if step.reason == "dns_failure":
+        if step.reason == Reason.DNS_FAILURE:
             return f"the proxy cannot resolve {name} ({detail}): fix the proxy's DNS"
         return (f"the proxy could not reach {target} ({detail}): a firewall between the "
                 f"proxy and {name} blocks it; allow {hint} there")

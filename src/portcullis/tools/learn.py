@@ -26,13 +26,14 @@ from portcullis import catalog
 from portcullis.basics.errors import InvalidName, LearnError
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.names import normalize_name, parse_pattern
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.catalog import templates
 from portcullis.config import parse_policy
 
 # Reasons a rule decides; a connection refused for any other reason (an
 # address check, a bad ClientHello) would still be refused under any rule.
-RULE_REASONS = frozenset({"rule_allow", "rule_deny", "no_rule", "source_unknown",
-                          "port_not_allowed"})
+RULE_REASONS = frozenset({Reason.RULE_ALLOW, Reason.RULE_DENY, Reason.NO_RULE,
+                          Reason.SOURCE_UNKNOWN, Reason.PORT_NOT_ALLOWED})
 
 
 @dataclass(frozen=True, order=True)
@@ -100,12 +101,12 @@ def _take(found: Observed, record: dict[str, Any]) -> None:
         found.first = min(found.first or stamp, stamp)
         found.last = max(found.last or stamp, stamp)
     host, decision, reason = record.get("host"), record.get("decision"), record.get("reason")
-    if decision == "deny" and reason in RULE_REASONS:
+    if decision == Decision.DENY and reason in RULE_REASONS:
         # Denied by the rules of an enforcing policy: maybe unwanted, so not
         # learnt; report mode is how to say "learn this".
         found.skipped[f"denied by an enforcing policy ({reason})"] += 1
         return
-    if decision not in ("allow", "report") or reason not in RULE_REASONS:
+    if decision not in (Decision.ALLOW, Decision.REPORT) or reason not in RULE_REASONS:
         found.skipped[f"refused whatever the rules say ({reason})"] += 1
         return
     try:

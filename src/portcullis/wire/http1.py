@@ -1,4 +1,4 @@
-"""HTTP/1.x request heads as a forward proxy sees them (sans-IO, DESIGN §5).
+"""HTTP/1.x request heads as a forward proxy sees them (sans-IO, docs/architecture.md).
 
 Bytes in, a `RequestHead` out: `None` means "need more bytes", an `HttpError`
 means "bad input" and carries the status to answer with and the `Reason` to log.

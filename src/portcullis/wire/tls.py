@@ -1,4 +1,4 @@
-"""The TLS ClientHello as a firewall sees it (sans-IO, DESIGN §1 and §5).
+"""The TLS ClientHello as a firewall sees it (sans-IO, docs/semantics.md §4).
 
 Bytes in, a `ClientHello` out: `None` means "need more bytes", `NotTLS` means
 the stream is not a TLS handshake at all, `MalformedClientHello` means it is
