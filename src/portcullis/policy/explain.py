@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPAddress, parse_network
 from portcullis.basics.names import parse_pattern
 from portcullis.policy.engine import CompiledRule, Engine, Verdict
@@ -73,7 +74,7 @@ class Explanation:
         groups = ", ".join(self.groups) or "none (source_unknown)"
         lines = [
             f"client   {self.client}  (groups: {groups})",
-            f"target   {self.host}:{self.port}",
+            f"target   {format_hostport(self.host, self.port)}",
         ]
         for rule, trace, text in self.traces:
             mark = "=>" if trace.matches else "  "

@@ -77,7 +77,7 @@ async def dial(
         except OSError as exc:
             # EMFILE/ENFILE/ENOBUFS: the proxy is out of resources, not the
             # upstream unreachable. The client hears so (503) and may retry.
-            message = f"cannot open a socket to {address}:{port}: {exc.strerror}"
+            message = f"cannot open a socket to {format_hostport(address, port)}: {exc.strerror}"
             raise Refusal(message, reason=Reason.OVER_CAPACITY, status=503) from None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -97,13 +97,13 @@ async def dial(
         except TimeoutError:
             sock.close()
             metrics.connect_error("timeout")
-            last = Refusal(f"connecting to {address}:{port} timed out",
+            last = Refusal(f"connecting to {format_hostport(address, port)} timed out",
                            reason=Reason.CONNECT_TIMEOUT, status=504)
             break
         except OSError as exc:
             sock.close()
             metrics.connect_error(_error_kind(exc))
-            last = Refusal(f"connecting to {address}:{port} failed: {exc.strerror}",
+            last = Refusal(f"connecting to {format_hostport(address, port)} failed: {exc.strerror}",
                            reason=Reason.CONNECT_FAILED, status=502)
             continue
         attempt.connect_ms = (time.monotonic() - started) * 1000

@@ -7,6 +7,7 @@ are in `X-Portcullis-Reason` / `X-Portcullis-Rule` for tools such as `check`.
 
 from __future__ import annotations
 
+from portcullis.basics.hostport import format_hostport
 from portcullis.proxy.attempt import Attempt
 
 ERROR_STATUS = {
@@ -27,7 +28,7 @@ def _safe(text: str) -> str:
 
 
 def error_response(status: int, attempt: Attempt, detail: str | None = None) -> bytes:
-    target = f"{attempt.host}:{attempt.port}" if attempt.host else "the request"
+    target = format_hostport(attempt.host, attempt.port) if attempt.host else "the request"
     rule = attempt.rule or "-"
     lines = [
         f"portcullis: {attempt.decision.value} {target}"

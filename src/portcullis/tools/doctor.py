@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from portcullis import catalog
+from portcullis.basics.hostport import format_hostport
 from portcullis.catalog.loader import ROLE_TAGS
 from portcullis.tools.check_report import STEPS, NameReport, Report, Status, Step
 from portcullis.tools.diagnose import diagnose
@@ -115,7 +116,8 @@ def probe_name(route: Route, report: NameReport, warn_days: int = EXPIRY_WARNING
                                      ms=elapsed()))
             step, started = "connect", time.monotonic()
             sock, address = connect_direct(route, report.addresses, port)
-            report.steps.append(Step("connect", Status.OK, f"{address}:{port}", ms=elapsed()))
+            reached = format_hostport(address, port)
+            report.steps.append(Step("connect", Status.OK, reached, ms=elapsed()))
         step, started = "tls", time.monotonic()
         tls, cert = tls_handshake(route, sock, name)
         report.cert = cert

@@ -23,6 +23,7 @@ from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
 from portcullis.basics.errors import ToolError
+from portcullis.basics.hostport import format_hostport
 
 # Connect failures that mean "a router or firewall answered that it will not".
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EACCES,
@@ -164,7 +165,7 @@ def connect_direct(route: Route, addresses: list[str], port: int) -> tuple[socke
         try:
             sock = socket.create_connection((address, port), timeout=route.timeout)
         except OSError as exc:
-            problem = _classify(exc, f"TCP to {address}:{port}", route.timeout)
+            problem = _classify(exc, f"TCP to {format_hostport(address, port)}", route.timeout)
             problem.address = address
             first = first or problem
             continue
