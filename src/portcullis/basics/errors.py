@@ -2,10 +2,11 @@
 
     PortcullisError
     ├── ConfigError            what an operator wrote cannot be used (exit 2)
-    │   ├── PolicyError        a policy file: one located line per problem
+    │   ├── ProblemsError      one line per problem, all found in one pass
+    │   │   ├── PolicyError    a policy file: one located line per problem
+    │   │   └── ExportRefused  a policy another firewall's format cannot express
     │   ├── CatalogError       a catalog, region, tag or parameter
     │   ├── ListenError        a listen address that cannot be bound
-    │   ├── ExportRefused      a policy another firewall's format cannot express
     │   └── NftablesError      a policy that cannot become a redirect
     ├── InvalidInput           a value refused before it means anything (ValueError)
     │   ├── InvalidName        a host name that cannot be normalized
@@ -49,16 +50,24 @@ class ConfigError(PortcullisError):
     """What an operator wrote cannot be used; the message says what to write."""
 
 
-class PolicyError(ConfigError):
-    """A policy that cannot be loaded; `problems` holds one line per error."""
+class ProblemsError(ConfigError):
+    """A refusal with one line per problem (`problems`), all found in one pass, so an
+    operator fixes every one of them before trying again."""
+
+    def __init__(self, summary: str, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"{summary}: " + "; ".join(self.problems))
+
+
+class PolicyError(ProblemsError):
+    """A policy that cannot be loaded; each problem reads "LINE: field: message"."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:
         self.source = source
-        self.problems = list(problems)
-        super().__init__(f"{source}: " + "; ".join(self.problems))
+        super().__init__(source, problems)
 
     def __str__(self) -> str:
-        # Located problems read "LINE: field: message", as compilers print them.
+        # Located problems print as compilers print them: "FILE:LINE: field: message".
         return "\n".join(
             f"{self.source}:{p}" if p[:1].isdigit() else f"{self.source}: {p}"
             for p in self.problems
@@ -73,18 +82,15 @@ class ListenError(ConfigError):
     """A listen address that cannot be bound; the message names it and why."""
 
 
-class ExportRefused(ConfigError):
+class ExportRefused(ProblemsError):
     """The policy says something the target format cannot; one line per problem."""
 
     def __init__(self, fmt: str, problems: Sequence[str]) -> None:
         self.fmt = fmt
-        self.problems = list(problems)
-        super().__init__(f"cannot export to {fmt}: " + "; ".join(self.problems))
+        super().__init__(f"cannot export to {fmt}", problems)
 
     def __str__(self) -> str:
-        lines = [f"cannot export to {self.fmt}:"]
-        lines.extend(f"  {p}" for p in self.problems)
-        return "\n".join(lines)
+        return "\n".join([f"cannot export to {self.fmt}:", *(f"  {p}" for p in self.problems)])
 
 
 class NftablesError(ConfigError):
@@ -204,5 +210,5 @@ __all__ = [
     "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge", "HttpError",
     "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
     "MalformedClientHello", "NftablesError", "NoOriginalDestination", "NotImplementedMethod",
-    "NotTLS", "PolicyError", "PortcullisError", "Refusal", "ToolError",
+    "NotTLS", "PolicyError", "PortcullisError", "ProblemsError", "Refusal", "ToolError",
 ]
