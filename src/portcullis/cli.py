@@ -224,8 +224,8 @@ def explain(source: str, target: str, path: str | None, sni: str | None, no_reso
 
     Exit 0 when the connection would be allowed, 1 when denied, 2 on bad input.
     """
-    from portcullis.proxy.admission import Gate
     from portcullis.proxy.explaining import explain_target
+    from portcullis.proxy.gate import Gate
 
     policy = _load_or_exit(path)
     try:

@@ -11,8 +11,9 @@ import pytest
 from portcullis.basics.errors import Refusal
 from portcullis.basics.vocabulary import REPORTABLE, Decision, Mode, Reason
 from portcullis.config import parse_policy
-from portcullis.proxy.admission import Gate, prepare, refuse
+from portcullis.proxy.admission import prepare, refuse
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.gate import Gate
 from portcullis.wire.authority import Authority
 
 POLICY = """

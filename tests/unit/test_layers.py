@@ -103,8 +103,8 @@ def test_basics_import_nothing_above_themselves() -> None:
 @pytest.mark.parametrize(
     ("module", "source", "needle"),
     [
-        ("policy/probe.py", "from portcullis.proxy.admission import Gate\n",
-         "policy (layer 3) imports portcullis.proxy.admission"),
+        ("policy/probe.py", "from portcullis.proxy.gate import Gate\n",
+         "policy (layer 3) imports portcullis.proxy.gate"),
         ("wire/probe.py", "def f():\n    from portcullis.net import resolver\n",
          "wire (layer 1) imports portcullis.net"),
         ("proxy/probe.py", "import portcullis.tools.learn\n", "proxy (layer 5) imports"),

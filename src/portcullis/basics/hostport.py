@@ -25,3 +25,11 @@ def format_hostport(host: str | IPv4Address | IPv6Address, port: int) -> str:
     """`host:port`, with an IPv6 address in brackets (`[::1]:443`)."""
     text = str(host)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def format_authority(host: str, port: int, default_port: int) -> str:
+    """A Host header's value: `host`, or `host:port` when not the default port;
+    an IPv6 literal in brackets either way."""
+    if port != default_port:
+        return format_hostport(host, port)
+    return f"[{host}]" if ":" in host else host

@@ -20,68 +20,16 @@ import time
 from dataclasses import dataclass
 
 from portcullis.basics.errors import DnsFailure, InvalidName, Refusal
-from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
 from portcullis.basics.names import normalize_name
 from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
-from portcullis.config import Policy
 from portcullis.net.addresses import AddressVerdict, check_addresses
-from portcullis.net.resolver import Resolver
 from portcullis.observe.metrics import Metrics
-from portcullis.policy.engine import CompiledRule, Engine
+from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.dialer import dial
+from portcullis.proxy.gate import Gate
 from portcullis.wire.authority import Authority
-
-
-class Gate:
-    """A compiled policy with the live parts a decision needs; replaced whole on reload.
-
-    A handler reads `state.gate` once per decision, so established tunnels and
-    decisions in flight keep the policy they started with.
-    """
-
-    def __init__(self, policy: Policy, engine: Engine | None = None,
-                 resolver: Resolver | None = None) -> None:
-        self.policy = policy
-        self.engine = engine if engine is not None else Engine(policy)
-        self.resolver = resolver if resolver is not None else build_resolver(policy)
-        self.report_mode = policy.mode == "report"
-        self.allow_ranges = tuple(policy.resolver.allow_ranges)
-        self.own = frozenset(listen_addresses(policy))
-
-    def replaced_by(self, policy: Policy, engine: Engine) -> Gate:
-        """The gate for a reloaded policy; the resolver (and its cache) stays when it can."""
-        same = policy.resolver == self.policy.resolver
-        return Gate(policy, engine, self.resolver if same else None)
-
-
-def build_resolver(policy: Policy) -> Resolver:
-    settings = policy.resolver
-    return Resolver(
-        servers=settings.servers,
-        timeout=settings.timeout,
-        hosts={name: [str(a) for a in addrs] for name, addrs in settings.hosts.items()},
-        min_ttl=settings.min_ttl,
-        max_ttl=settings.max_ttl,
-        negative_ttl=settings.negative_ttl,
-    )
-
-
-def listen_addresses(policy: Policy) -> list[IPAddress]:
-    """The proxy's own specific listen addresses (wildcards say nothing)."""
-    out: list[IPAddress] = []
-    for text in (policy.listen.explicit, policy.listen.transparent, policy.listen.admin):
-        if text is None:
-            continue
-        host, _ = parse_hostport(text)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        if not address.is_unspecified:
-            out.append(address)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +47,16 @@ class Checked:
 
 
 # --- the steps --------------------------------------------------------------------
+
+
+def stranger(gate: Gate, client: IPAddress) -> bool:
+    """True for a client that no request can get through: in no source group,
+    with `default: deny`, in enforce mode. Refused at accept, it holds no slot."""
+    return (
+        not gate.report_mode
+        and gate.policy.default == "deny"
+        and not gate.engine.sources.groups_of(client)
+    )
 
 
 def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:

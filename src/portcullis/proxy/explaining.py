@@ -16,8 +16,9 @@ from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import Mode
 from portcullis.policy.engine import Verdict
 from portcullis.policy.explain import Explanation, explain
-from portcullis.proxy.admission import Gate, prepare
+from portcullis.proxy.admission import prepare
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.gate import Gate
 from portcullis.wire.authority import parse_authority
 
 

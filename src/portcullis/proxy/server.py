@@ -22,6 +22,7 @@ from typing import Any
 
 from portcullis.basics.errors import ListenError, PolicyError
 from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.ip import peer_address
 from portcullis.basics.vocabulary import Mode, Reason
 from portcullis.config import Policy, load_policy
 from portcullis.observe.admin import AdminServer
@@ -29,6 +30,7 @@ from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
+from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explaining import explain_for_admin
 from portcullis.proxy.explicit import handle_explicit
@@ -221,8 +223,15 @@ class Server:
     def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: Any,
                handler: Handler, mode: Mode, max_connections: int) -> None:
         conn.setblocking(False)
+        if stranger(self.state.gate, peer_address(str(peer[0]))):
+            # Before the capacity check: strangers never take a worker's slot.
+            self._refuse_at_accept(conn, peer, mode, Reason.SOURCE_UNKNOWN, 403,
+                                   "this client is in no source group")
+            return
         if len(self._tasks) >= max_connections or self.state.draining:
-            self._refuse_over_capacity(conn, peer, mode)
+            reason = Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY
+            self._refuse_at_accept(conn, peer, mode, reason, 503,
+                                   "the proxy is at its connection limit")
             return
         task = loop.create_task(self._guard(handler, conn, peer))
         self._tasks.add(task)
@@ -237,13 +246,14 @@ class Server:
             conn.close()
             self.state.log.log_error("handler failed", error=repr(exc), client=str(peer[0]))
 
-    def _refuse_over_capacity(self, conn: socket.socket, peer: Any, mode: Mode) -> None:
+    def _refuse_at_accept(self, conn: socket.socket, peer: Any, mode: Mode, reason: Reason,
+                          status: int, detail: str) -> None:
+        """Record and answer without starting a task: no slot, no read."""
         attempt = Attempt(mode, str(peer[0]), int(peer[1]), new_connection_id())
-        reason = Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY
         self.state.refuse_and_record(attempt, reason)
         if mode is Mode.EXPLICIT:
             with contextlib.suppress(OSError):
-                conn.send(error_response(503, attempt, "the proxy is at its connection limit"))
+                conn.send(error_response(status, attempt, detail))
         conn.close()
 
     # -- reloading ----------------------------------------------------------------

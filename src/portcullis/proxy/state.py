@@ -16,8 +16,9 @@ from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
-from portcullis.proxy.admission import Gate, refuse
+from portcullis.proxy.admission import refuse
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.gate import Gate
 
 
 class FirewallState:

@@ -75,6 +75,8 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
     attempt.original_dst = format_endpoint(original)
     attempt.port = original[1]
     tls_ports = state.policy.tls_ports
+    header_timeout = state.policy.limits.header_timeout
+    started = asyncio.get_running_loop().time()
     try:
         first = b"" if original[1] in tls_ports else await _first_bytes(state, conn)
     except ClientGone:
@@ -89,6 +91,10 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
             state, conn, attempt, first,
             authority_of=lambda head: host_authority(head, original[1]),
             original=original[0],
+            # One header_timeout for the first head, the first bytes' wait included.
+            first_head_timeout=max(
+                0.001, started + header_timeout - asyncio.get_running_loop().time()
+            ),
         )
 
 

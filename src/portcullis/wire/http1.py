@@ -250,6 +250,13 @@ def _single_host(head: RequestHead) -> str | None:
     hosts = head.get_all("host")
     if len(hosts) > 1:
         raise BadRequest(f"{len(hosts)} Host headers; send exactly one")
+    if hosts and not hosts[0].isascii():
+        # Compared after IDNA mapping, bytes such as a soft hyphen would vanish
+        # from the name decided on but not from the one forwarded.
+        raise BadRequest(
+            "the Host header has bytes outside ASCII; send an international name"
+            " in its punycode form (xn--...)"
+        )
     return hosts[0] if hosts else None
 
 

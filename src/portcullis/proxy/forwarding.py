@@ -1,0 +1,162 @@
+"""One HTTP exchange forwarded through h11 in both directions (plain HTTP).
+
+h11 parses each message and the proxy writes a fresh one to the other side,
+so the receiver sees one unambiguous framing (Content-Length or chunked,
+decided by h11) whatever the sender wrote. What is never forwarded: hop-by-hop
+fields, the proxy's own fields, fields a `Connection:` header lists, and
+trailer fields that would frame, route or authenticate the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import h11
+
+from portcullis.basics.hostport import format_authority
+from portcullis.basics.vocabulary import CloseReason
+from portcullis.proxy.attempt import Attempt
+from portcullis.wire.authority import Authority
+from portcullis.wire.http1 import parse_absolute_uri
+
+_READ = 65536
+# Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never forwarded.
+# Content-Length and Transfer-Encoding stay: h11 frames the message from them.
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization",
+     b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
+)
+# Kept even when `Connection:` lists them: without its framing field h11 refuses
+# to send the body it already parsed (an HTTP/1.1 request also needs Host), and
+# the exception would end the connection as a proxy failure.
+_END_TO_END = frozenset({b"content-length", b"transfer-encoding", b"host"})
+# Trailer fields that RFC 9110 §6.5.1 forbids: framing, routing, authentication,
+# request modifiers and what describes the content. A receiver that merged one
+# into the head would read another message than the one the proxy decided on.
+_NOT_IN_TRAILERS = _HOP_BY_HOP | _END_TO_END | frozenset(
+    {b"authorization", b"www-authenticate", b"cookie", b"set-cookie", b"expect",
+     b"max-forwards", b"range", b"if-match", b"if-none-match", b"if-modified-since",
+     b"if-unmodified-since", b"if-range", b"cache-control", b"pragma", b"age",
+     b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
+     b"content-encoding", b"content-type", b"content-range", b"trailer"}
+)
+
+
+class Closed(Exception):
+    """One side closed or failed: stop serving this connection."""
+
+    def __init__(self, reason: CloseReason = CloseReason.CLOSED) -> None:
+        super().__init__(reason)
+        self.reason = reason  # the close record's close_reason
+
+
+def forwardable(headers: Any, host: str | None = None) -> list[tuple[bytes, bytes]]:
+    """The fields to forward; with `host`, Host is exactly that (the name decided on)."""
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    listed -= _END_TO_END
+    out = [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in listed]
+    if host is None:
+        return out
+    return [(b"host", host.encode("ascii")), *((n, v) for n, v in out if n != b"host")]
+
+
+def _trailers_only(event: h11.EndOfMessage) -> h11.EndOfMessage:
+    kept = [(n, v) for n, v in event.headers if n not in _NOT_IN_TRAILERS]
+    return event if len(kept) == len(event.headers) else h11.EndOfMessage(headers=kept)
+
+
+class Upstream:
+    """A kept-alive upstream connection and where it went."""
+
+    def __init__(self, key: tuple[str, int], sock: socket.socket, attempt: Attempt) -> None:
+        self.key = key
+        self.sock = sock
+        self.conn = h11.Connection(h11.CLIENT)
+        # Where it went, for the records of later requests that reuse it.
+        self.resolved = attempt.resolved
+        self.dialed = attempt.dialed
+
+
+async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) -> Any:
+    """The next h11 event, reading as needed with `timeout` per read (an idle limit)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: a Task per call on 3.11
+                data = await loop.sock_recv(sock, _READ)
+        except (OSError, TimeoutError) as exc:
+            raise Closed from exc
+        conn.receive_data(data)
+
+
+async def send(sock: socket.socket, data: bytes | None) -> None:
+    if data:
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, data)
+        except OSError as exc:
+            raise Closed from exc
+
+
+async def exchange(
+    idle_timeout: float,
+    client: h11.Connection,
+    conn: socket.socket,
+    upstream: Upstream,
+    request: h11.Request,
+    authority: Authority,
+) -> tuple[int, int]:
+    """Forward one request with its body, then its response; return body byte counts."""
+    target = request.target.decode("ascii")
+    # Origin-form only gets here from transparent mode, whose `authority_of` took the Host.
+    path = target if target.startswith("/") else parse_absolute_uri(target)[2]
+    host = format_authority(authority.host, authority.port, 80)
+    outgoing = h11.Request(
+        method=request.method, target=path.encode("ascii"),
+        headers=forwardable(request.headers, host), http_version=request.http_version,
+    )
+    up = down = 0
+    await send(upstream.sock, upstream.conn.send(outgoing))
+    while True:
+        try:
+            event = await next_event(client, conn, idle_timeout)
+        except h11.RemoteProtocolError as exc:
+            # The body broke its own framing after the head went upstream: the
+            # upstream holds half a request, so both connections end here.
+            raise Closed(CloseReason.BAD_REQUEST) from exc
+        if isinstance(event, h11.Data):
+            up += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            event = _trailers_only(event)
+        await send(upstream.sock, upstream.conn.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            break
+    while True:
+        try:
+            event = await next_event(upstream.conn, upstream.sock, idle_timeout)
+        except h11.RemoteProtocolError as exc:
+            raise Closed from exc
+        if isinstance(event, h11.ConnectionClosed):
+            raise Closed
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            event = type(event)(
+                status_code=event.status_code, headers=forwardable(event.headers),
+                reason=event.reason, http_version=event.http_version,
+            )
+        elif isinstance(event, h11.Data):
+            down += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            event = _trailers_only(event)
+        await send(conn, client.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            break
+    return up, down

@@ -1,0 +1,63 @@
+"""The gate: a compiled policy with the live parts a decision needs (the
+resolver and its cache, the proxy's own addresses), built once per policy and
+replaced whole on reload."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from portcullis.basics.hostport import parse_hostport
+from portcullis.basics.ip import IPAddress
+from portcullis.config import Policy
+from portcullis.net.resolver import Resolver
+from portcullis.policy.engine import Engine
+
+
+class Gate:
+    """A compiled policy with the live parts a decision needs; replaced whole on reload.
+
+    A handler reads `state.gate` once per decision, so established tunnels and
+    decisions in flight keep the policy they started with.
+    """
+
+    def __init__(self, policy: Policy, engine: Engine | None = None,
+                 resolver: Resolver | None = None) -> None:
+        self.policy = policy
+        self.engine = engine if engine is not None else Engine(policy)
+        self.resolver = resolver if resolver is not None else build_resolver(policy)
+        self.report_mode = policy.mode == "report"
+        self.allow_ranges = tuple(policy.resolver.allow_ranges)
+        self.own = frozenset(listen_addresses(policy))
+
+    def replaced_by(self, policy: Policy, engine: Engine) -> Gate:
+        """The gate for a reloaded policy; the resolver (and its cache) stays when it can."""
+        same = policy.resolver == self.policy.resolver
+        return Gate(policy, engine, self.resolver if same else None)
+
+
+def build_resolver(policy: Policy) -> Resolver:
+    settings = policy.resolver
+    return Resolver(
+        servers=settings.servers,
+        timeout=settings.timeout,
+        hosts={name: [str(a) for a in addrs] for name, addrs in settings.hosts.items()},
+        min_ttl=settings.min_ttl,
+        max_ttl=settings.max_ttl,
+        negative_ttl=settings.negative_ttl,
+    )
+
+
+def listen_addresses(policy: Policy) -> list[IPAddress]:
+    """The proxy's own specific listen addresses (wildcards say nothing)."""
+    out: list[IPAddress] = []
+    for text in (policy.listen.explicit, policy.listen.transparent, policy.listen.admin):
+        if text is None:
+            continue
+        host, _ = parse_hostport(text)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not address.is_unspecified:
+            out.append(address)
+    return out
