@@ -128,6 +128,7 @@ class AdminServer:
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lingering = 0  # refused clients being given their 403
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -162,6 +163,12 @@ class AdminServer:
         return any(addr in net or seen in net for net in self._allowed)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        if not self._is_allowed(peername):
+            # Decided at accept, before a slot is taken: clients outside
+            # admin_allow can never starve the probes of those inside it.
+            await self._refuse(reader, writer, peername)
+            return
         task = asyncio.current_task()
         if task is None or len(self._tasks) >= self._max_connections:
             writer.close()
@@ -193,6 +200,34 @@ class AdminServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peername: Any
+    ) -> None:
+        # An audit trail: a refused admin client is someone probing the firewall.
+        if self._log is not None:
+            client = client_address(peername)
+            self._log.log_info(
+                "admin client refused",
+                client=str(client) if client is not None else repr(peername),
+            )
+        try:
+            writer.write(_Response(403, "forbidden\n").encode())
+            if writer.can_write_eof():
+                writer.write_eof()
+            # A short linger so the request the client already sent does not turn
+            # the close into a reset that loses the 403; bounded in count too, so
+            # a flood of strangers costs a constant.
+            if self._lingering < self._max_connections:
+                self._lingering += 1
+                try:
+                    await self._linger(reader)
+                finally:
+                    self._lingering -= 1
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
 
     @staticmethod
     async def _linger(reader: asyncio.StreamReader) -> None:
@@ -228,16 +263,6 @@ class AdminServer:
         head = await self._read_head(reader)
         if not isinstance(head, h11.Request):
             return head
-        if not self._is_allowed(peername):
-            # An audit trail: a refused admin client is someone probing the firewall.
-            if self._log is not None:
-                client = client_address(peername)
-                self._log.log_info(
-                    "admin client refused",
-                    client=str(client) if client is not None else repr(peername),
-                    path=head.target.decode("latin-1"),
-                )
-            return _Response(403, "forbidden\n")
         try:
             parts = urlsplit(head.target.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
