@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 
 from bench.procfs import open_fds, rss_bytes, tree
 

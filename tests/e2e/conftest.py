@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests against the real testbed (see tests/testbed)."""
+"""Fixtures for end-to-end tests against the real testbed (see tests/support/testbed)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.testbed import Testbed, start_testbed
-from tests.testbed.squid import ReferenceProxy, start_reference_proxy
+from tests.support.testbed import Testbed, start_testbed
+from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
 
 # Off-loopback addresses that e2e tests name as places Portcullis must never dial
 # (metadata, RFC 1918, CGNAT, NAT64...). A blackhole route for each makes that

@@ -11,7 +11,7 @@ Layout (loopback only):
     127.0.80.1   Portcullis: explicit and admin listeners
     127.0.80.2   TLS upstream for the allowed names (counts connections and bytes)
     127.0.80.3   plain-HTTP echo server (counts connections)
-    127.0.80.5   the proxy's DNS server (tests/dnsserver.py): A, AAAA, CNAME
+    127.0.80.5   the proxy's DNS server (tests/support/dnsserver.py): A, AAAA, CNAME
     [::]:TRAP    a dual-stack listener that must never see a connection; every
                  name that resolves to a forbidden address is asked on its port
     127.0.0.1:TLS  the same, for the DNS rebinding case
@@ -34,10 +34,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.dnsserver import DnsServer, Record
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.e2e.test_plain_http import EchoServer
-from tests.tls_hellos import (
+from tests.support.dnsserver import DnsServer, Record
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.tls_hellos import (
     build_message,
     real_hello,
     records,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.portcullis_proc import policy_for, run_portcullis
-from tests.e2e.token_registry import TokenRegistry, start_token_registry
-from tests.testbed import Testbed, start_testbed
+from tests.support.portcullis_proc import policy_for, run_portcullis
+from tests.support.testbed import Testbed, start_testbed
+from tests.support.token_registry import TokenRegistry, start_token_registry
 
 pytestmark = pytest.mark.e2e
 

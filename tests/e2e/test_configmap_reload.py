@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import policy_for, run_portcullis
+from tests.support.portcullis_proc import policy_for, run_portcullis
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.testbed import Testbed, skopeo_pull, verify_pulled
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from portcullis.config import parse_policy
-from tests.export_cases import expected
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
-from tests.testbed.squid import start_reference_proxy
+from tests.support.export_cases import expected
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.testbed.squid import start_reference_proxy
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """The text exports checked by the real tools (squid -k parse, nginx -t,
 haproxy -c), then run: nginx and HAProxy configured from the export route real
 TLS ClientHellos from clients in every source class, and every decision must be
-Portcullis's own (tests/export_cases.py). Only loopback addresses are used."""
+Portcullis's own (tests/support/export_cases.py). Only loopback addresses are used."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from portcullis.tools.export import render, spec_from_file
-from tests.dnsserver import DnsServer, Record
-from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
-from tests.testbed.procs import ManagedProcess, clean_env, require_free
-from tests.tls_hellos import real_hello
+from tests.support.dnsserver import DnsServer, Record
+from tests.support.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
+from tests.support.testbed.procs import ManagedProcess, clean_env, require_free
+from tests.support.tls_hellos import real_hello
 
 pytestmark = pytest.mark.e2e
 

@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.dnsserver import DnsServer
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.e2e.test_plain_http import EchoServer
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.dnsserver import DnsServer
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
 pytestmark = pytest.mark.e2e
 
@@ -309,7 +309,7 @@ def dying_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Pa
 @contextlib.contextmanager
 def dying_server(cert_pem: Path, key_pem: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.dying_server", DYING_IP, str(cert_pem), str(key_pem)],
+        [sys.executable, "-m", "tests.support.dying_server", DYING_IP, str(cert_pem), str(key_pem)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
     )
     try:

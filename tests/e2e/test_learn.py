@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
 pytestmark = pytest.mark.e2e
 

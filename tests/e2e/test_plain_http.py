@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import h11
 import pytest
 
-from tests.dnsserver import DnsServer
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.dnsserver import DnsServer
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 
 pytestmark = pytest.mark.e2e
 

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
-from tests.netns import Namespaces, inside, namespaces
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
-from tests.tls_hellos import real_hello, with_extensions
+from tests.support.netns import Namespaces, inside, namespaces
+from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.tls_hellos import real_hello, with_extensions
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.netns import Namespaces, inside, namespaces
+from tests.support.netns import Namespaces, inside, namespaces
 
 from portcullis.basics.errors import NftablesError
 from portcullis.config import parse_policy

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from tests.netns import Namespaces, inside, namespaces
+from tests.support.netns import Namespaces, inside, namespaces
 
 from portcullis.basics.errors import NoOriginalDestination
 from portcullis.net.sockets import format_endpoint, local_endpoint, original_dst, parse_sockaddr

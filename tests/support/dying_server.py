@@ -1,6 +1,6 @@
 """A TLS blob server to be killed mid-body (tests/e2e/test_faults.py).
 
-    python -m tests.e2e.dying_server HOST CERT KEY
+    python -m tests.support.dying_server HOST CERT KEY
 
 Prints its port on stdout, then serves each connection in a thread:
 `GET /full` sends a 1 MiB body and closes; any other path announces a
