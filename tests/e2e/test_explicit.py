@@ -35,6 +35,17 @@ def hosts_with(proxy: RunningPortcullis, decision: str) -> set[str]:
     return {r["host"] for r in proxy.decisions() if r["decision"] == decision}
 
 
+def refused(proxy: RunningPortcullis, target: str, reason: str) -> dict[str, Any]:
+    """`CONNECT target` is answered 403 for `reason`, the proxy closes, and the
+    decision record says so; the record."""
+    answer = proxy.ask(target, to_close=True)
+    assert answer.status == 403
+    assert f"reason: {reason}".encode() in answer.rest
+    record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
+    assert (record["decision"], record["reason"]) == ("deny", reason)
+    return record
+
+
 def test_pull_succeeds_when_registry_and_delivery_host_are_allowed(
     testbed: Testbed, tmp_path: Path
 ) -> None:
@@ -116,12 +127,7 @@ def test_client_outside_every_source_group_gets_403_and_nothing_is_dialled(
 ) -> None:
     policy = policy_for(testbed.hosts, ["*.icr.io"], sources=("10.99.0.0/16",))
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
-        assert b"reason: source_unknown" in answer
-        record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
-        assert (record["decision"], record["reason"]) == ("deny", "source_unknown")
+        record = refused(proxy, "us.icr.io:443", "source_unknown")
         assert record["resolved"] == [] and record["dialed"] is None
 
 
@@ -134,12 +140,7 @@ def test_allowed_name_resolving_to_a_forbidden_address_is_refused(
     policy = policy_for(hosts, ["us.icr.io"], allow_ranges=tuple(
         f"{a}/32" for addrs in testbed.hosts.values() for a in addrs))
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
-        assert b"reason: address_forbidden" in answer
-        record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
-        assert (record["decision"], record["reason"]) == ("deny", "address_forbidden")
+        record = refused(proxy, "us.icr.io:443", "address_forbidden")
         assert record["resolved"] == [address] and record["dialed"] is None
 
 
@@ -185,21 +186,17 @@ def test_policy_file_change_is_picked_up_without_a_signal(
     testbed: Testbed, tmp_path: Path
 ) -> None:
     with run_portcullis(tmp_path / "p", policy_for(testbed.hosts, ["us.icr.io"])) as proxy:
-        sock, answer = proxy.connect("dd0.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
+        assert proxy.ask("dd0.icr.io:443").status == 403
         proxy.write_policy(policy_for(testbed.hosts, ["us.icr.io", "dd0.icr.io"]))
         proxy.wait_for_log(lambda r: r.get("msg") == "policy reloaded", timeout=10)
-        sock, answer = proxy.connect("dd0.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert proxy.ask("dd0.icr.io:443").status == 200
 
 
 def test_sigterm_drains_an_open_pull_then_exits_zero(testbed: Testbed, tmp_path: Path) -> None:
     with run_portcullis(tmp_path / "p", both_hosts_policy(testbed)) as proxy:
         # An open tunnel that the drain must let finish: send a request after SIGTERM.
         sock, answer = proxy.connect("us.icr.io:443")
-        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.status == 200
         context = ssl.create_default_context(cafile=str(testbed.ca_pem))
         tls = context.wrap_socket(sock, server_hostname="us.icr.io")
         proxy.proc.send_signal(signal.SIGTERM)

@@ -31,9 +31,10 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.e2e.test_plain_http import EchoServer
 from tests.support.dnsserver import DnsServer
+from tests.support.http import ask, open_tunnel, read_head, read_to_close
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.servers import EchoServer
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
 pytestmark = pytest.mark.e2e
@@ -100,24 +101,8 @@ def metric(text: str, series: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def read_answer(sock: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
-
-
 def tunnel(proxy: RunningPortcullis, target: str) -> socket.socket:
-    sock = socket.create_connection(proxy.explicit, timeout=20)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return sock
+    return open_tunnel(proxy.explicit, target, timeout=20)
 
 
 # --- 1,000 clients sending their head one byte a second ---------------------------
@@ -214,9 +199,8 @@ def test_thousand_slow_clients_are_closed_at_the_header_timeout_while_a_pull_suc
 
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
-    server = EchoServer(ECHO_IP)
-    yield server
-    server.close()
+    with EchoServer(ECHO_IP) as server:
+        yield server
 
 
 def echo_get(proxy: RunningPortcullis, port: int) -> bytes:
@@ -224,7 +208,7 @@ def echo_get(proxy: RunningPortcullis, port: int) -> bytes:
     with socket.create_connection(proxy.explicit, timeout=20) as sock:
         sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                      .encode())
-        return read_answer(sock)
+        return read_to_close(sock)
 
 
 def test_fd_limit_queues_clients_answers_503_when_it_cannot_dial_and_recovers(
@@ -265,7 +249,7 @@ def test_fd_limit_queues_clients_answers_503_when_it_cannot_dial_and_recovers(
             mark = len(proxy.decisions())
             idle.pop().close()
             queued.settimeout(10)
-            answer = read_answer(queued)
+            answer = read_to_close(queued)
             queued.close()
             assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
             assert b"X-Portcullis-Reason: over_capacity" in answer
@@ -328,9 +312,7 @@ def blob_get(ca: trustme.CA, sock: socket.socket, path: str) -> tuple[ssl.SSLSoc
     ca.configure_trust(context)
     tls = context.wrap_socket(sock, server_hostname="blob.faults.test")
     tls.sendall(f"GET {path} HTTP/1.1\r\nHost: blob.faults.test\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += tls.recv(1)
+    head, _ = read_head(tls, exact=True)
     match = re.search(rb"Content-Length: (\d+)", head)
     assert head.startswith(b"HTTP/1.1 200 ") and match, head
     return tls, int(match.group(1))
@@ -422,12 +404,11 @@ def test_dns_server_silent_or_unreachable_gives_502_within_the_timeout(
         with run_portcullis(tmp_path / "p", policy) as proxy:
             for _ in range(2):  # the second time must not hang on a cached failure either
                 started = time.monotonic()
-                with socket.create_connection(proxy.explicit, timeout=20) as sock:
-                    sock.sendall(b"CONNECT registry.faults.test:443 HTTP/1.1\r\n\r\n")
-                    answer = read_answer(sock)
+                answer = ask(proxy.explicit, "registry.faults.test:443", timeout=20,
+                             to_close=True)
                 elapsed = time.monotonic() - started
-                assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
-                assert b"X-Portcullis-Reason: dns_failure" in answer
+                assert answer.status == 502, answer.data[:200]
+                assert answer.header("X-Portcullis-Reason") == "dns_failure", answer
                 assert elapsed < timeout + 1.0, elapsed
             records = proxy.decisions()
             assert [(r["reason"], r["dialed"]) for r in records] == [("dns_failure", None)] * 2
@@ -510,10 +491,7 @@ def slow_blob_download(bed: Testbed, proxy: RunningPortcullis, job: Download) ->
             path = f"/docker/registry/v2/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {bed.cdn_name}\r\n"
                         "Connection: close\r\n\r\n".encode())
-            buffer = b""
-            while b"\r\n\r\n" not in buffer:
-                buffer += tls.recv(65536)
-            head, _, body = buffer.partition(b"\r\n\r\n")
+            head, body = read_head(tls)
             assert head.startswith(b"HTTP/1.1 200 "), head
             job.sha256.update(body)
             job.got = len(body)
@@ -547,9 +525,7 @@ def test_sigterm_lets_in_flight_blob_downloads_finish(bed: Testbed, tmp_path: Pa
         proxy.wait_for_log(lambda r: r.get("msg") == "draining")
         # Draining: a new client is refused, or told 503 if it was already queued.
         try:
-            with socket.create_connection(proxy.explicit, timeout=5) as sock:
-                sock.sendall(f"CONNECT {bed.cdn_name}:443 HTTP/1.1\r\n\r\n".encode())
-                late = read_answer(sock)
+            late = ask(proxy.explicit, f"{bed.cdn_name}:443", timeout=5, to_close=True).data
         except OSError:
             late = b""
         assert late == b"" or (late.startswith(b"HTTP/1.1 503 ") and b"draining" in late), late

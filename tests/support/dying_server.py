@@ -18,39 +18,42 @@ import sys
 import threading
 import time
 
+from tests.support.http import HEAD_END, read_head
+from tests.support.servers import ThreadedServer
+
 FULL_SIZE = 1 << 20
 ENDLESS_SIZE = 100 << 20
 CHUNK = b"x" * 65536
 
 
-def serve(conn: socket.socket, context: ssl.SSLContext) -> None:
-    with context.wrap_socket(conn, server_side=True) as tls:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = tls.recv(4096)
-            if not chunk:
+class DyingServer(ThreadedServer):
+    def __init__(self, host: str, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(socket.create_server((host, 0)))
+
+    def serve(self, conn: socket.socket) -> None:
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            head, _ = read_head(tls)
+            if not head.endswith(HEAD_END):
                 return
-            head += chunk
-        full = head.startswith(b"GET /full ")
-        size = FULL_SIZE if full else ENDLESS_SIZE
-        tls.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
-        sent = 0
-        while sent < size:
-            tls.sendall(CHUNK)
-            sent += len(CHUNK)
-            if not full:
-                time.sleep(0.005)
+            full = head.startswith(b"GET /full ")
+            size = FULL_SIZE if full else ENDLESS_SIZE
+            tls.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            sent = 0
+            while sent < size:
+                tls.sendall(CHUNK)
+                sent += len(CHUNK)
+                if not full:
+                    time.sleep(0.005)
 
 
 def main() -> None:
     host, cert, key = sys.argv[1:4]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    listener = socket.create_server((host, 0))
-    print(listener.getsockname()[1], flush=True)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn, context), daemon=True).start()
+    server = DyingServer(host, context)
+    print(server.port, flush=True)
+    threading.Event().wait()  # until the test kills the process
 
 
 if __name__ == "__main__":
