@@ -46,7 +46,7 @@ from tests.support.tls_hellos import (
     with_extensions,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 PROXY_IP = "127.0.80.1"
 UPSTREAM_IP = "127.0.80.2"

@@ -23,7 +23,7 @@ from tests.support.servers import full_listener
 from tests.support.testbed import Testbed, start_testbed
 from tests.support.token_registry import TokenRegistry, start_token_registry
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP, CDN_IP = "127.0.0.12", "127.0.0.13"
 NOTHING_LISTENS = "127.0.0.16"  # connections get a RST

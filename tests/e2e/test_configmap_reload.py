@@ -19,7 +19,7 @@ import yaml
 
 from tests.support.portcullis_proc import policy_for, run_portcullis
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 def kubelet_write(volume: Path, policy: dict[str, Any], generation: int) -> None:

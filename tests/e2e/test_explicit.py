@@ -21,7 +21,7 @@ import pytest
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path, ref: str | None = None

@@ -19,7 +19,7 @@ from tests.support.http import ask
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 from tests.support.testbed.squid import start_reference_proxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 # Our own testbed addresses, so this module runs next to other sessions' testbeds.
 REGISTRY_IP = "127.0.0.22"

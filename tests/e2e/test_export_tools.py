@@ -23,7 +23,7 @@ from tests.support.servers import ThreadedServer
 from tests.support.testbed.procs import ManagedProcess, clean_env, require_free
 from tests.support.tls_hellos import real_hello
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 PROXY_IPS = {"nginx": "127.0.0.60", "haproxy": "127.0.0.62"}

@@ -37,7 +37,7 @@ from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_por
 from tests.support.servers import EchoServer
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP = "127.0.81.2"
 CDN_IP = "127.0.81.3"

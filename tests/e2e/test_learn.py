@@ -22,7 +22,7 @@ from tests.support.http import ask
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 @pytest.fixture(scope="module")

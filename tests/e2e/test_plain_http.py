@@ -16,7 +16,7 @@ from tests.support.http import read_to_close
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer, full_listener
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 ECHO_IP = "127.0.0.4"
 SILENT_IP = "127.0.0.5"

@@ -26,7 +26,7 @@ from tests.support.http import dial, send_connect
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP = "127.0.0.24"
 CDN_IP = "127.0.0.25"

@@ -23,7 +23,7 @@ from tests.support.testbed import (
 from tests.support.testbed.image import ImageInfo, write_oci_layout
 from tests.support.testbed.squid import ReferenceProxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 BLOB_LOCATION = re.compile(
     r"^https://dd0\.icr\.io(/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data)$"

@@ -36,7 +36,7 @@ from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 from tests.support.tls_hellos import real_hello, with_extensions
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 # Per-run subnets: namespaces keep concurrent runs apart anyway, but the testbed
 # serializes runs on the same addresses with a lock file.
