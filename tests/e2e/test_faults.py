@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import ssl
@@ -35,7 +34,7 @@ from tests.support.dnsserver import DnsServer
 from tests.support.http import ask, open_tunnel, read_head, read_to_close
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer
-from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
@@ -56,13 +55,6 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 def registry_policy(bed: Testbed, **limits: float) -> dict[str, Any]:
     return policy_for(bed.hosts, [bed.registry_name, bed.cdn_name],
                       extra={"limits": {"header_timeout": 5, "drain_timeout": 20, **limits}})
-
-
-def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path, ref: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    shutil.rmtree(dest, ignore_errors=True)
-    return skopeo_pull(ref or bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url,
-                       timeout=120)
 
 
 def fd_count(pid: int) -> int:
@@ -170,7 +162,7 @@ def test_thousand_slow_clients_are_closed_at_the_header_timeout_while_a_pull_suc
         wait_until(lambda: loris.connected == 1000, 20, "1,000 slow clients connected")
         wait_until(lambda: fd_count(proxy.proc.pid) > 1000, 10, "the proxy holds them all")
         started = time.monotonic()
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         pulled = time.monotonic()
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
@@ -438,8 +430,8 @@ def test_hundred_reloads_during_a_loop_of_pulls(bed: Testbed, tmp_path: Path) ->
 
         def pulls() -> None:
             while not stop.is_set():
-                results.append(pull(bed, proxy, tmp_path / f"out{len(results) % 2}",
-                                    bed.small_image_ref))
+                results.append(bed.pull(tmp_path / f"out{len(results) % 2}", proxy=proxy.url,
+                                        ref=bed.small_image_ref))
 
         thread = threading.Thread(target=pulls)
         thread.start()

@@ -8,7 +8,6 @@ shared default addresses.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import yaml
 
 from tests.support.http import ask
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
@@ -37,16 +36,11 @@ def report_log(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The decision log of a real pull through Portcullis in report mode, with no rules."""
     workdir = tmp_path_factory.mktemp("report")
     with run_portcullis(workdir / "p", policy_for(bed.hosts, [], mode="report")) as proxy:
-        result = pull(bed, proxy, workdir / "out")
+        result = bed.pull(workdir / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
     decisions = [r for r in proxy.records("decision")]
     assert {(r["decision"], r["reason"]) for r in decisions} == {("report", "no_rule")}
     return proxy.log_path
-
-
-def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path) -> subprocess.CompletedProcess[str]:
-    shutil.rmtree(dest, ignore_errors=True)
-    return skopeo_pull(bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url, timeout=120)
 
 
 def learn(log: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -85,7 +79,7 @@ def test_learnt_policy_allows_the_same_pull_and_nothing_else(
                                 "to": ["dd0.icr.io", "us.icr.io"], "ports": [443],
                                 "action": "allow"}]
     with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
         assert {(r["decision"], r["rule"]) for r in proxy.decisions()} == {("allow", "learnt")}
@@ -107,7 +101,7 @@ def test_registry_aware_learning_allows_the_registry_wildcard(
     learnt = learn(report_log, tmp_path / "learnt.yaml", "--registry-aware")
     assert learnt["rules"][0]["to"] == ["*.icr.io"]
     with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
         # Another IBM delivery host is what the wildcard is for; another registry is not.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -33,7 +32,7 @@ import yaml
 from tests.support.http import read_to_close
 from tests.support.netns import Namespaces, inside, namespaces
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
-from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
 from tests.support.tls_hellos import real_hello, with_extensions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
@@ -87,9 +86,7 @@ class Net:
         )
 
     def pull(self, ref: str, dest: Path) -> Any:
-        shutil.rmtree(dest, ignore_errors=True)
-        return skopeo_pull(ref, dest, ca_dir=self.bed.ca_dir, proxy=None, timeout=120,
-                           netns=self.ns.worker)
+        return self.bed.pull(dest, proxy=None, ref=ref, netns=self.ns.worker)
 
 
 def base_policy(bed: Testbed, *, to: tuple[str, ...] = ("us.icr.io", "dd0.icr.io"),
