@@ -34,7 +34,7 @@ import pytest
 import trustme
 
 from tests.support.dnsserver import DnsServer, Record
-from tests.support.http import ask, dial, open_tunnel, read_head, read_to_close
+from tests.support.http import HEAD_END, ask, dial, open_tunnel, read_head, read_to_close
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer, ThreadedServer, Trap, full_listener
 from tests.support.tls_hellos import (
@@ -112,7 +112,7 @@ class TlsUpstream(ThreadedServer):
                 with self.lock:
                     self.with_data += 1
                 with self.context.wrap_socket(conn, server_side=True) as tls:
-                    if not read_head(tls)[0].endswith(b"\r\n\r\n"):
+                    if not read_head(tls)[0].endswith(HEAD_END):
                         return
                     tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                                 b"Connection: close\r\n\r\nok")
