@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 import trustme
 import yaml
@@ -87,6 +88,30 @@ class Server:
                 self.proc.wait()
         for path in self.cleanup:
             path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class PortcullisServer(Server):
+    """Portcullis as a process, with its policy file and its JSON decision log."""
+
+    policy_path: Path = Path()
+    log_path: Path = Path()
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        return [r for r in records if event is None or r.get("event") == event]
+
+    def write_policy(self, policy: dict[str, Any]) -> None:
+        """Replace the policy file atomically (the server reloads on SIGHUP or mtime)."""
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(policy))
+        os.replace(tmp, self.policy_path)
 
 
 @dataclass
@@ -256,24 +281,33 @@ def portcullis_policy(port: int) -> dict[str, object]:
 
 
 def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
-                     label: str = "portcullis") -> Server:
-    d = work.sub(label)
-    port = free_port()
-    policy = d / "policy.yaml"
-    policy.write_text(yaml.safe_dump(portcullis_policy(port)))
+                     label: str = "portcullis") -> PortcullisServer:
+    return launch_portcullis(work.sub(label), portcullis_policy(free_port()), workers=workers,
+                             uvloop=uvloop, label=label)
+
+
+def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
+                      uvloop: bool = True, label: str = "portcullis") -> PortcullisServer:
+    """`portcullis serve` on `policy` with its files in `d`; returns once every
+    worker listens. The address is the one the log reports (the policy may say :0)."""
+    policy_path = d / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(policy))
     log = d / "decisions.jsonl"
     log.write_text("")
-    cmd = [sys.executable, "-m", "portcullis.cli", "serve", "-c", str(policy), "--log", str(log),
-           "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "portcullis.cli", "serve", "-c", str(policy_path),
+           "--log", str(log), "--workers", str(workers)]
     if not uvloop:
         cmd.append("--no-uvloop")
     proc = _popen(cmd, d / "stderr.log")
+    server = PortcullisServer(label, proc, ("", 0), policy_path=policy_path, log_path=log)
     deadline = time.monotonic() + 30
-    ready = 0
-    while ready < workers:
+    listening: list[dict[str, Any]] = []
+    while len(listening) < workers:
         if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
             raise RuntimeError(f"{label} did not start: {(d / 'stderr.log').read_text()[-2000:]}")
         time.sleep(0.05)
-        ready = sum(1 for line in log.read_text().splitlines()
-                    if json.loads(line).get("msg") == "listening")
-    return Server(label, proc, ("127.0.0.1", port))
+        listening = [r for r in server.records() if r.get("msg") == "listening"]
+    host, _, port = listening[0]["explicit"].rpartition(":")
+    server.address = (host, int(port))
+    return server

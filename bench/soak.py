@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 
 from bench.procfs import open_fds, rss_bytes, tree
+from bench.servers import PortcullisServer, launch_portcullis
 
 TLS_IP = "127.0.82.2"
 PLAIN_IP = "127.0.82.3"
@@ -290,21 +290,27 @@ def soak(minutes: float, sample: float, out: Path) -> int:
     hosts = {TLS_NAME: [TLS_IP], PLAIN_NAME: [PLAIN_IP], "loop.soak.test": ["127.0.0.1"]}
 
     def policy(generation: int) -> dict[str, Any]:
-        p = policy_for(hosts, [TLS_NAME, PLAIN_NAME, "loop.soak.test",
-                               f"gen{generation}.soak.test"],
-                       allow_ranges=(f"{TLS_IP}/32", f"{PLAIN_IP}/32"),
-                       extra={"limits": {"header_timeout": head_timeout, "drain_timeout": 10,
-                                         "max_connections": 20000}})
-        p["listen"] = {"explicit": "127.0.82.1:0", "admin": "127.0.82.1:0"}
-        p["rules"][0]["ports"] = [tls_origin.port, plain_origin.port, 443]
-        p["tls_ports"] = [443, tls_origin.port]
-        return p
+        # loop.soak.test is allowed by name but resolves outside allow_ranges: 403.
+        names = [TLS_NAME, PLAIN_NAME, "loop.soak.test", f"gen{generation}.soak.test"]
+        return {
+            "version": 1,
+            "mode": "enforce",
+            "listen": {"explicit": "127.0.82.1:0", "admin": "127.0.82.1:0"},
+            "sources": {"workers": ["127.0.0.0/8"]},
+            "rules": [{"name": "soak", "from": ["workers"], "to": names,
+                       "ports": [tls_origin.port, plain_origin.port, 443]}],
+            "tls_ports": [443, tls_origin.port],
+            "resolver": {"hosts": hosts, "allow_ranges": [f"{TLS_IP}/32", f"{PLAIN_IP}/32"],
+                         "timeout": 2},
+            "limits": {"header_timeout": head_timeout, "drain_timeout": 10,
+                       "max_connections": 20000},
+        }
 
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="portcullis-soak-") as workdir, \
-            run_portcullis(Path(workdir), policy(0)) as proxy:
-        pid = proxy.proc.pid
-        load = Load(proxy.explicit, tls_origin.port, plain_origin.port, client_tls)
+            launch_portcullis(Path(workdir), policy(0)) as proxy:
+        pid = proxy.pid
+        load = Load(proxy.address, tls_origin.port, plain_origin.port, client_tls)
         started = time.monotonic()
 
         def record(phase: str, rss: float, fds: int) -> None:
@@ -347,7 +353,7 @@ def soak(minutes: float, sample: float, out: Path) -> int:
     return verdict
 
 
-def report(samples: list[Sample], proxy: RunningPortcullis, load: Load,
+def report(samples: list[Sample], proxy: PortcullisServer, load: Load,
            errors_logged: list[dict[str, Any]], reloads: int, out: Path) -> int:
     warm = [s for s in samples if s.phase == "warmup"]
     loaded = [s for s in samples if s.phase == "soak"]

@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests against the real testbed (see tests/testbed)."""
+"""Fixtures for end-to-end tests against the real testbed (see tests/support/testbed)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.testbed import Testbed, start_testbed
-from tests.testbed.squid import ReferenceProxy, start_reference_proxy
+from tests.support.testbed import Testbed, start_testbed
+from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
 
 # Off-loopback addresses that e2e tests name as places Portcullis must never dial
 # (metadata, RFC 1918, CGNAT, NAT64...). A blackhole route for each makes that
 # structural: if a regression ever dialled one, the packet dies in this kernel
-# instead of leaving the machine.
+# instead of leaving the machine. Adding routes needs root, for every e2e test:
+# hence `pytest.mark.privileged` on each e2e module (tests/unit/test_test_layout.py).
 NEVER_DIALLED = (
     "169.254.169.254/32", "10.0.0.1/32", "100.64.0.1/32", "192.0.2.10/32",
     "64:ff9b::7f00:1/128", "fd00::1/128", "2002:7f00:1::1/128", "2001:0:7f00:1::1/128",

@@ -11,7 +11,7 @@ Layout (loopback only):
     127.0.80.1   Portcullis: explicit and admin listeners
     127.0.80.2   TLS upstream for the allowed names (counts connections and bytes)
     127.0.80.3   plain-HTTP echo server (counts connections)
-    127.0.80.5   the proxy's DNS server (tests/dnsserver.py): A, AAAA, CNAME
+    127.0.80.5   the proxy's DNS server (tests/support/dnsserver.py): A, AAAA, CNAME
     [::]:TRAP    a dual-stack listener that must never see a connection; every
                  name that resolves to a forbidden address is asked on its port
     127.0.0.1:TLS  the same, for the DNS rebinding case
@@ -25,7 +25,6 @@ import signal
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,10 +33,11 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.dnsserver import DnsServer, Record
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.e2e.test_plain_http import EchoServer
-from tests.tls_hellos import (
+from tests.support.dnsserver import DnsServer, Record
+from tests.support.http import HEAD_END, ask, dial, open_tunnel, read_head, read_to_close
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.servers import EchoServer, ThreadedServer, Trap, full_listener
+from tests.support.tls_hellos import (
     build_message,
     real_hello,
     records,
@@ -46,7 +46,7 @@ from tests.tls_hellos import (
     with_extensions,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 PROXY_IP = "127.0.80.1"
 UPSTREAM_IP = "127.0.80.2"
@@ -84,34 +84,7 @@ ALLOWED = [*CERT_NAMES, WEB, "missing.adv.test", *FORBIDDEN]
 # --- real servers ---------------------------------------------------------------
 
 
-class Trap:
-    """A listener that must never be connected to; counts what it accepts."""
-
-    def __init__(self, host: str, port: int = 0, *, dual_stack: bool = False) -> None:
-        family = socket.AF_INET6 if dual_stack else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        if dual_stack:
-            self.listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.listener.bind((host, port))
-        self.listener.listen(64)
-        self.port: int = self.listener.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-class TlsUpstream:
+class TlsUpstream(ThreadedServer):
     """A TLS server answering `ok` to one request per connection.
 
     It first waits for a byte without consuming it, so it can tell a connection
@@ -122,28 +95,15 @@ class TlsUpstream:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert(*names).configure_cert(self.context)
         self.context.sni_callback = self._note_sni
-        self.listener = socket.create_server((host, 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.accepted = self.finished = self.with_data = 0
+        self.finished = self.with_data = 0
         self.snis: list[str | None] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(socket.create_server((host, 0)))
 
     def _note_sni(self, _sock: object, name: str | None, _ctx: object) -> None:
         with self.lock:
             self.snis.append(name)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(10)
             with contextlib.suppress(OSError):
@@ -152,12 +112,8 @@ class TlsUpstream:
                 with self.lock:
                     self.with_data += 1
                 with self.context.wrap_socket(conn, server_side=True) as tls:
-                    head = b""
-                    while b"\r\n\r\n" not in head:
-                        chunk = tls.recv(4096)
-                        if not chunk:
-                            return
-                        head += chunk
+                    if not read_head(tls)[0].endswith(HEAD_END):
+                        return
                     tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                                 b"Connection: close\r\n\r\nok")
         finally:
@@ -193,7 +149,7 @@ class Env:
     def counts(self) -> tuple[int, int, int, int]:
         self.upstream.settle()
         return (self.trap.accepted, self.loopback_trap.accepted, self.upstream.accepted,
-                self.echo.connections)
+                self.echo.accepted)
 
     def fill(self, text: str) -> bytes:
         return (text.replace("{TLS}", str(self.upstream.port))
@@ -246,33 +202,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 # --- client helpers ---------------------------------------------------------------
 
 
-def open_client(env: Env, source: str | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    if source is not None:
-        sock.bind((source, 0))
-    sock.connect(env.proxy.explicit)
-    return sock
-
-
-def read_all(sock: socket.socket) -> tuple[bytes, bool]:
-    """Everything until the proxy closes: (bytes, whether it ended with a reset)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        return data, True
-    return data, False
-
-
-def send_raw(env: Env, raw: bytes, source: str | None = None) -> bytes:
-    with open_client(env, source) as sock:
+def send_raw(env: Env, raw: bytes) -> bytes:
+    with dial(env.proxy.explicit) as sock:
         # The proxy may answer and close before a huge head is all sent.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(raw)
-        answer, _ = read_all(sock)
-    return answer
+        return read_to_close(sock)
 
 
 def decisions_since(env: Env, mark: int, count: int = 1) -> list[dict[str, object]]:
@@ -290,21 +225,9 @@ def tls_client(env: Env) -> ssl.SSLContext:
     return context
 
 
-def open_tunnel(env: Env, target: str) -> socket.socket:
-    sock = open_client(env)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(1)  # byte by byte: nothing after the head may be consumed
-        assert chunk, f"closed after {answer!r}"
-        answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200 "), answer
-    return sock
-
-
 def tls_get(env: Env, name: str, target: str | None = None) -> bytes:
     """CONNECT, TLS to `name` through the tunnel, GET /: the response bytes."""
-    sock = open_tunnel(env, target or f"{name}:{env.upstream.port}")
+    sock = open_tunnel(env.proxy.explicit, target or f"{name}:{env.upstream.port}")
     with tls_client(env).wrap_socket(sock, server_hostname=name) as tls:
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
         reply = b""
@@ -516,9 +439,9 @@ def test_bad_chunk_size_ends_the_request_without_a_handler_failure(env: Env) -> 
     mark = len(env.proxy.decisions())
     errors_before = len(env.proxy.records("error"))
     raw = env.fill(POST_WEB + "Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n")
-    with open_client(env) as sock:
+    with dial(env.proxy.explicit) as sock:
         sock.sendall(raw)
-        answer, _ = read_all(sock)
+        answer = read_to_close(sock)
     # The head was fine and decided; the body is not: the connection ends with
     # no upstream answer, the close record says why, and the proxy logs no
     # failure of its own.
@@ -554,7 +477,7 @@ def test_framing_header_named_in_connection_is_still_forwarded(env: Env, listed:
 @pytest.mark.parametrize("name", list(FORBIDDEN))
 def test_allowed_name_resolving_to_a_forbidden_address(env: Env, name: str) -> None:
     mark, before = len(env.proxy.decisions()), env.counts()
-    answer = send_raw(env, env.fill(f"CONNECT {name}:{{TRAP}} HTTP/1.1\r\n\r\n"))
+    answer = ask(env.proxy.explicit, f"{name}:{env.trap.port}", to_close=True).data
     record = assert_refused(env, answer, mark, before, 403, "address_forbidden")
     assert record["resolved"], record  # it was resolved and then refused
 
@@ -584,7 +507,7 @@ def test_dns_rebinding_to_loopback_is_refused(env: Env) -> None:
     env.dns.set_records({**env.zone, REBIND: [Record("A", "127.0.0.1", ttl=0)]})
     try:
         mark, before = len(env.proxy.decisions()), env.counts()
-        answer = send_raw(env, env.fill(f"CONNECT {REBIND}:{{TLS}} HTTP/1.1\r\n\r\n"))
+        answer = ask(env.proxy.explicit, f"{REBIND}:{env.upstream.port}", to_close=True).data
         record = assert_refused(env, answer, mark, before, 403, "address_forbidden")
         assert record["resolved"] == ["127.0.0.1"]
     finally:
@@ -593,7 +516,7 @@ def test_dns_rebinding_to_loopback_is_refused(env: Env) -> None:
 
 def test_name_without_an_answer_is_502_dns_failure(env: Env) -> None:
     mark, before = len(env.proxy.decisions()), env.counts()
-    answer = send_raw(env, env.fill("CONNECT missing.adv.test:{TLS} HTTP/1.1\r\n\r\n"))
+    answer = ask(env.proxy.explicit, f"missing.adv.test:{env.upstream.port}", to_close=True).data
     assert_refused(env, answer, mark, before, 502, "dns_failure")
 
 
@@ -622,7 +545,7 @@ def hello_refused(env: Env, data: bytes, reason: str, *, per_byte: bool = False)
     read); the hello must end it without one byte reaching the upstream."""
     mark = len(env.proxy.decisions())
     trap_before, upstream_data = env.trap.accepted, env.upstream.with_data
-    sock = open_tunnel(env, f"{REGISTRY}:{env.upstream.port}")
+    sock = open_tunnel(env.proxy.explicit, f"{REGISTRY}:{env.upstream.port}")
     with sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -632,7 +555,7 @@ def hello_refused(env: Env, data: bytes, reason: str, *, per_byte: bool = False)
                     time.sleep(0.001)
             else:
                 sock.sendall(data)
-        answer, _ = read_all(sock)
+        answer = read_to_close(sock)
     assert answer == b"", answer[:200]  # closed, nothing relayed back
     [record] = decisions_since(env, mark)
     assert (record["decision"], record["reason"]) == ("deny", reason), record
@@ -735,7 +658,7 @@ class _ReadBack:
 
 def test_hello_split_byte_by_byte_with_the_right_sni_is_relayed(env: Env) -> None:
     mark = len(env.proxy.decisions())
-    sock = open_tunnel(env, f"{REGISTRY}:{env.upstream.port}")
+    sock = open_tunnel(env.proxy.explicit, f"{REGISTRY}:{env.upstream.port}")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def one_byte_at_a_time(data: bytes) -> None:
@@ -752,7 +675,7 @@ def test_hello_split_byte_by_byte_with_the_right_sni_is_relayed(env: Env) -> Non
 
 def test_sni_in_another_case_with_a_trailing_dot_is_the_same_name(env: Env) -> None:
     mark = len(env.proxy.decisions())
-    sock = open_tunnel(env, f"{REGISTRY}:{env.upstream.port}")
+    sock = open_tunnel(env.proxy.explicit, f"{REGISTRY}:{env.upstream.port}")
     flight = hello_with_sni((0, REGISTRY.upper().encode() + b"."))
     with sock:
         sock.sendall(flight)
@@ -778,20 +701,16 @@ def test_connect_host_in_capitals_with_a_trailing_dot_is_allowed(env: Env) -> No
 
 def test_client_outside_the_source_groups(env: Env) -> None:
     mark, before = len(env.proxy.decisions()), env.counts()
-    answer = send_raw(env, env.fill("CONNECT {REG}:{TLS} HTTP/1.1\r\n\r\n"), OUTSIDE_CLIENT)
+    answer = ask(env.proxy.explicit, f"{REGISTRY}:{env.upstream.port}",
+                 source=OUTSIDE_CLIENT, to_close=True).data
     record = assert_refused(env, answer, mark, before, 403, "source_unknown")
     assert record["client"] == OUTSIDE_CLIENT
 
 
 def admin_get(env: Env, path: str, source: str) -> bytes:
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(env.proxy.admin)
-    with sock:
+    with dial(env.proxy.admin, source=source) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
-        answer, _ = read_all(sock)
-    return answer
+        return read_to_close(sock)
 
 
 def test_admin_endpoint_refuses_a_client_outside_admin_allow(env: Env) -> None:
@@ -829,24 +748,20 @@ def test_drain_while_a_tunnel_waits_for_its_hello_records_one_decision(
 ) -> None:
     """SIGTERM cancels a handler that dialled and still waits for the ClientHello:
     the connection gets exactly one decision record (`draining`)."""
-    ca = trustme.CA()
-    upstream = TlsUpstream(UPSTREAM_IP, ca, [REGISTRY])
-    policy = policy_for({REGISTRY: [UPSTREAM_IP]}, [REGISTRY])
-    policy["rules"][0]["ports"] = [upstream.port]
-    policy["tls_ports"] = [upstream.port]
-    policy["limits"] = {"drain_timeout": 0.5, "client_hello_timeout": 30}
-    try:
+    with TlsUpstream(UPSTREAM_IP, trustme.CA(), [REGISTRY]) as upstream:
+        policy = policy_for({REGISTRY: [UPSTREAM_IP]}, [REGISTRY])
+        policy["rules"][0]["ports"] = [upstream.port]
+        policy["tls_ports"] = [upstream.port]
+        policy["limits"] = {"drain_timeout": 0.5, "client_hello_timeout": 30}
         with run_portcullis(tmp_path, policy) as proxy:
             sock, answer = proxy.connect(f"{REGISTRY}:{upstream.port}")
             with sock:
-                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                assert answer.status == 200, answer
                 proxy.proc.send_signal(signal.SIGTERM)
                 assert proxy.proc.wait(timeout=10) == 0
             records = proxy.decisions(REGISTRY)
             assert [(r["decision"], r["reason"]) for r in records] == [("deny", "draining")]
             assert proxy.records("error") == []
-    finally:
-        upstream.close()
 
 
 @pytest.mark.parametrize("request_line", [
@@ -856,20 +771,10 @@ def test_drain_while_a_tunnel_waits_for_its_hello_records_one_decision(
 def test_drain_while_dialling_records_one_decision(tmp_path: Path, request_line: str) -> None:
     """SIGTERM cancels a handler whose dial hangs (the upstream's accept queue is
     full): one `draining` record, for a tunnel and for plain HTTP alike."""
-    listener = socket.socket()
-    listener.bind((UPSTREAM_IP, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex((UPSTREAM_IP, port))
-        fillers.append(filler)
-    policy = policy_for({"silent.adv.test": [UPSTREAM_IP]}, ["silent.adv.test"])
-    policy["rules"][0]["ports"] = [port]
-    policy["limits"] = {"drain_timeout": 0.5, "connect_timeout": 30}
-    try:
+    with full_listener(UPSTREAM_IP) as port:
+        policy = policy_for({"silent.adv.test": [UPSTREAM_IP]}, ["silent.adv.test"])
+        policy["rules"][0]["ports"] = [port]
+        policy["limits"] = {"drain_timeout": 0.5, "connect_timeout": 30}
         with run_portcullis(tmp_path, policy) as proxy:
             with socket.create_connection(proxy.explicit, timeout=10) as sock:
                 sock.sendall(request_line.replace("{PORT}", str(port)).encode())
@@ -879,7 +784,3 @@ def test_drain_while_dialling_records_one_decision(tmp_path: Path, request_line:
             records = proxy.decisions("silent.adv.test")
             assert [(r["decision"], r["reason"]) for r in records] == [("deny", "draining")]
             assert proxy.records("error") == []
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()

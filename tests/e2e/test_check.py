@@ -10,7 +10,6 @@ does), a certificate for another name.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.portcullis_proc import policy_for, run_portcullis
-from tests.e2e.token_registry import TokenRegistry, start_token_registry
-from tests.testbed import Testbed, start_testbed
+from tests.support.portcullis_proc import policy_for, run_portcullis
+from tests.support.servers import full_listener
+from tests.support.testbed import Testbed, start_testbed
+from tests.support.token_registry import TokenRegistry, start_token_registry
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP, CDN_IP = "127.0.0.12", "127.0.0.13"
 NOTHING_LISTENS = "127.0.0.16"  # connections get a RST
@@ -48,17 +48,8 @@ def token_registry(bed: Testbed, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def dropping_listener() -> Iterator[None]:
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((DROPS, 443))
-    listener.listen(0)
-    # One connection fills a backlog of 0; later SYNs are dropped, never answered.
-    filler = socket.create_connection((DROPS, 443), timeout=2)
-    try:
+    with full_listener(DROPS, 443):
         yield
-    finally:
-        filler.close()
-        listener.close()
 
 
 def check(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import policy_for, run_portcullis
+from tests.support.portcullis_proc import policy_for, run_portcullis
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 def kubelet_write(volume: Path, policy: dict[str, Any], generation: int) -> None:
@@ -48,19 +48,15 @@ def test_configmap_symlink_swap_reloads_the_policy_without_a_signal(tmp_path: Pa
     # run_portcullis writes the policy through the symlink, as a first sync would.
     with run_portcullis(volume, first) as proxy:
         assert (volume / "policy.yaml").is_symlink()
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ") and b"reason: no_rule" in answer
+        answer = proxy.ask("us.icr.io:443", to_close=True)
+        assert answer.status == 403 and b"reason: no_rule" in answer.rest
         kubelet_write(volume, second, 2)
         record = proxy.wait_for_log(lambda r: r.get("msg") == "policy reloaded", timeout=10)
         assert record["rules"] == 1
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ") and b"reason: rule_deny" in answer
+        answer = proxy.ask("us.icr.io:443", to_close=True)
+        assert answer.status == 403 and b"reason: rule_deny" in answer.rest
         # A broken update is refused and the previous policy keeps deciding.
         kubelet_write(volume, {"version": 1, "rules": [{"name": "x"}]}, 3)
         proxy.wait_for_log(lambda r: str(r.get("msg", "")).startswith("reload rejected"),
                            timeout=10)
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert b"reason: rule_deny" in answer
+        assert b"reason: rule_deny" in proxy.ask("us.icr.io:443", to_close=True).rest

@@ -4,7 +4,6 @@ redirects blobs to dd0.icr.io as IBM's delivery optimization does (issue 3, item
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import ssl
 import subprocess
@@ -18,21 +17,26 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.testbed import Testbed, skopeo_pull, verify_pulled
+from tests.support.http import read_to_close
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
-
-
-def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path, ref: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    shutil.rmtree(dest, ignore_errors=True)
-    return skopeo_pull(ref or bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url,
-                       timeout=120)
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 def hosts_with(proxy: RunningPortcullis, decision: str) -> set[str]:
     return {r["host"] for r in proxy.decisions() if r["decision"] == decision}
+
+
+def refused(proxy: RunningPortcullis, target: str, reason: str) -> dict[str, Any]:
+    """`CONNECT target` is answered 403 for `reason`, the proxy closes, and the
+    decision record says so; the record."""
+    answer = proxy.ask(target, to_close=True)
+    assert answer.status == 403
+    assert f"reason: {reason}".encode() in answer.rest
+    record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
+    assert (record["decision"], record["reason"]) == ("deny", reason)
+    return record
 
 
 def test_pull_succeeds_when_registry_and_delivery_host_are_allowed(
@@ -40,7 +44,7 @@ def test_pull_succeeds_when_registry_and_delivery_host_are_allowed(
 ) -> None:
     policy = policy_for(testbed.hosts, ["us.icr.io", "dd0.icr.io"])
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        result = pull(testbed, proxy, tmp_path / "out")
+        result = testbed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", testbed.image)
         assert hosts_with(proxy, "allow") == {"us.icr.io", "dd0.icr.io"}
@@ -61,7 +65,7 @@ def test_only_registry_allowed_fails_on_the_delivery_host(
     """The failure IBM's document warns about: the blob redirect to dd0.icr.io is dropped."""
     policy = policy_for(testbed.hosts, ["us.icr.io"])
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        result = pull(testbed, proxy, tmp_path / "out")
+        result = testbed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode != 0
         denied = proxy.decisions("dd0.icr.io")
         assert denied and all(r["decision"] == "deny" for r in denied)
@@ -92,7 +96,7 @@ def test_only_registry_allowed_fails_on_the_delivery_host(
 def test_wildcard_icr_io_allows_the_pull(testbed: Testbed, tmp_path: Path) -> None:
     policy = policy_for(testbed.hosts, ["*.icr.io"])
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        result = pull(testbed, proxy, tmp_path / "out")
+        result = testbed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", testbed.image)
         assert hosts_with(proxy, "allow") == {"us.icr.io", "dd0.icr.io"}
@@ -103,7 +107,7 @@ def test_report_mode_lets_the_pull_through_and_logs_every_host(
 ) -> None:
     policy = policy_for(testbed.hosts, [], mode="report")
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        result = pull(testbed, proxy, tmp_path / "out", testbed.small_image_ref)
+        result = testbed.pull(tmp_path / "out", proxy=proxy.url, ref=testbed.small_image_ref)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", testbed.small_image)
         decisions = proxy.decisions()
@@ -116,12 +120,7 @@ def test_client_outside_every_source_group_gets_403_and_nothing_is_dialled(
 ) -> None:
     policy = policy_for(testbed.hosts, ["*.icr.io"], sources=("10.99.0.0/16",))
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
-        assert b"reason: source_unknown" in answer
-        record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
-        assert (record["decision"], record["reason"]) == ("deny", "source_unknown")
+        record = refused(proxy, "us.icr.io:443", "source_unknown")
         assert record["resolved"] == [] and record["dialed"] is None
 
 
@@ -134,18 +133,13 @@ def test_allowed_name_resolving_to_a_forbidden_address_is_refused(
     policy = policy_for(hosts, ["us.icr.io"], allow_ranges=tuple(
         f"{a}/32" for addrs in testbed.hosts.values() for a in addrs))
     with run_portcullis(tmp_path / "p", policy) as proxy:
-        sock, answer = proxy.connect("us.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
-        assert b"reason: address_forbidden" in answer
-        record = proxy.wait_for_log(lambda r: r.get("event") == "decision")
-        assert (record["decision"], record["reason"]) == ("deny", "address_forbidden")
+        record = refused(proxy, "us.icr.io:443", "address_forbidden")
         assert record["resolved"] == [address] and record["dialed"] is None
 
 
 def _pull_in_background(bed: Testbed, proxy: RunningPortcullis, dest: Path,
                         results: list[subprocess.CompletedProcess[str]]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: results.append(pull(bed, proxy, dest)))
+    thread = threading.Thread(target=lambda: results.append(bed.pull(dest, proxy=proxy.url)))
     thread.start()
     return thread
 
@@ -172,7 +166,7 @@ def test_reload_during_a_pull_and_a_bad_reload(testbed: Testbed, tmp_path: Path)
         proxy.reload()
         error = proxy.wait_for_log(lambda r: r.get("msg", "").startswith("reload rejected"))
         assert any("would match every name" in p for p in error["problems"])
-        result = pull(testbed, proxy, tmp_path / "out2", testbed.small_image_ref)
+        result = testbed.pull(tmp_path / "out2", proxy=proxy.url, ref=testbed.small_image_ref)
         assert result.returncode == 0, result.stderr
         metrics = urllib.request.urlopen(
             f"http://{proxy.admin[0]}:{proxy.admin[1]}/metrics", timeout=5
@@ -185,21 +179,17 @@ def test_policy_file_change_is_picked_up_without_a_signal(
     testbed: Testbed, tmp_path: Path
 ) -> None:
     with run_portcullis(tmp_path / "p", policy_for(testbed.hosts, ["us.icr.io"])) as proxy:
-        sock, answer = proxy.connect("dd0.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 403 ")
+        assert proxy.ask("dd0.icr.io:443").status == 403
         proxy.write_policy(policy_for(testbed.hosts, ["us.icr.io", "dd0.icr.io"]))
         proxy.wait_for_log(lambda r: r.get("msg") == "policy reloaded", timeout=10)
-        sock, answer = proxy.connect("dd0.icr.io:443")
-        sock.close()
-        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert proxy.ask("dd0.icr.io:443").status == 200
 
 
 def test_sigterm_drains_an_open_pull_then_exits_zero(testbed: Testbed, tmp_path: Path) -> None:
     with run_portcullis(tmp_path / "p", both_hosts_policy(testbed)) as proxy:
         # An open tunnel that the drain must let finish: send a request after SIGTERM.
         sock, answer = proxy.connect("us.icr.io:443")
-        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.status == 200
         context = ssl.create_default_context(cafile=str(testbed.ca_pem))
         tls = context.wrap_socket(sock, server_hostname="us.icr.io")
         proxy.proc.send_signal(signal.SIGTERM)
@@ -210,9 +200,7 @@ def test_sigterm_drains_an_open_pull_then_exits_zero(testbed: Testbed, tmp_path:
                 f"http://{proxy.admin[0]}:{proxy.admin[1]}/readyz", timeout=2
             ).read()
         tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: us.icr.io\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := tls.recv(65536):
-            reply += chunk
+        reply = read_to_close(tls, reset_ok=False)
         tls.close()
         assert reply.startswith(b"HTTP/1.1 200") or reply.startswith(b"HTTP/1.1 401"), reply[:80]
         assert proxy.proc.wait(timeout=30) == 0

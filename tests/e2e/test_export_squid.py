@@ -5,7 +5,6 @@ the dd0.icr.io blob redirect), a denied name and the apex of an allowed wildcard
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from portcullis.config import parse_policy
-from tests.export_cases import expected
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
-from tests.testbed.squid import start_reference_proxy
+from tests.support.export_cases import expected
+from tests.support.http import ask
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.testbed.squid import start_reference_proxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 # Our own testbed addresses, so this module runs next to other sessions' testbeds.
 REGISTRY_IP = "127.0.0.22"
@@ -76,21 +76,6 @@ def squid(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ex
         yield ExportedSquid(proxy.url, proxy.address, proxy.access_log, exported)
 
 
-def connect(proxy: ExportedSquid, target: str, client: str = "127.0.0.1") -> bytes:
-    with socket.socket() as sock:
-        sock.bind((client, 0))
-        sock.settimeout(15)
-        sock.connect(proxy.address)
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return answer.split(b"\r\n", 1)[0]
-
-
 def test_the_export_is_what_squid_runs(squid: ExportedSquid) -> None:
     assert "acl portcullis_r3_apex dstdomain -n icr.io" in squid.export
     assert squid.export.rstrip().endswith("http_access deny all")
@@ -123,7 +108,7 @@ def test_squid_answers_each_connect_as_portcullis_decides(
 ) -> None:
     host, _, port = target.rpartition(":")
     want = expected(parse_policy(POLICY), client, host, int(port))
-    status = connect(squid, target, client)
+    status = ask(squid.address, target, source=client, timeout=15).status_line
     if want:
         assert status == b"HTTP/1.1 200 Connection established", status
     else:

@@ -1,7 +1,7 @@
 """The text exports checked by the real tools (squid -k parse, nginx -t,
 haproxy -c), then run: nginx and HAProxy configured from the export route real
 TLS ClientHellos from clients in every source class, and every decision must be
-Portcullis's own (tests/export_cases.py). Only loopback addresses are used."""
+Portcullis's own (tests/support/export_cases.py). Only loopback addresses are used."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from portcullis.tools.export import render, spec_from_file
-from tests.dnsserver import DnsServer, Record
-from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
-from tests.testbed.procs import ManagedProcess, clean_env, require_free
-from tests.tls_hellos import real_hello
+from tests.support.dnsserver import DnsServer, Record
+from tests.support.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
+from tests.support.http import dial, read_to_close
+from tests.support.servers import ThreadedServer
+from tests.support.testbed.procs import ManagedProcess, clean_env, require_free
+from tests.support.tls_hellos import real_hello
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 PROXY_IPS = {"nginx": "127.0.0.60", "haproxy": "127.0.0.62"}
@@ -115,56 +116,40 @@ def test_the_tools_reject_a_broken_export(tmp_path: Path) -> None:
 # --- behaviour --------------------------------------------------------------------------
 
 
+class Upstream(ThreadedServer):
+    """A plain TCP server on UPSTREAM_IP:port that answers `UPSTREAM <port>` to
+    whatever arrives (a forwarded ClientHello), so a client sees it was let through;
+    `seen` notes (port, client address) of each."""
+
+    def __init__(self, port: int, seen: list[tuple[int, str]]) -> None:
+        require_free((UPSTREAM_IP, port), "export test upstream")
+        self.seen = seen
+        super().__init__(socket.create_server((UPSTREAM_IP, port)))
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(4096)
+                conn.sendall(f"UPSTREAM {self.port}\n".encode())
+                self.seen.append((self.port, conn.getpeername()[0]))
+
+
 @contextlib.contextmanager
 def upstreams() -> Iterator[list[tuple[int, str]]]:
-    """A plain TCP server on UPSTREAM_IP per port that answers `UPSTREAM <port>`
-    to whatever arrives (a forwarded ClientHello), so a client sees it was let through."""
+    """An `Upstream` on each of PORTS; yields what they have seen."""
     seen: list[tuple[int, str]] = []
-    servers = []
-    stop = threading.Event()
-    for port in PORTS:
-        require_free((UPSTREAM_IP, port), "export test upstream")
-        server = socket.create_server((UPSTREAM_IP, port))
-        server.settimeout(0.2)
-        servers.append((port, server))
-
-    def serve(port: int, server: socket.socket) -> None:
-        while not stop.is_set():
-            try:
-                conn, peer = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                with contextlib.suppress(OSError):
-                    conn.recv(4096)
-                    conn.sendall(f"UPSTREAM {port}\n".encode())
-                    seen.append((port, peer[0]))
-
-    threads = [threading.Thread(target=serve, args=item, daemon=True) for item in servers]
-    for thread in threads:
-        thread.start()
-    try:
+    with contextlib.ExitStack() as stack:
+        for port in PORTS:
+            stack.enter_context(Upstream(port, seen))
         yield seen
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(5)
-        for _, server in servers:
-            server.close()
 
 
 def let_through(client: str, proxy: tuple[str, int], name: str) -> bool:
     """Send a real ClientHello for `name` from `client`; True when the upstream answered."""
-    with socket.socket() as sock:
-        sock.bind((client, 0))
-        sock.settimeout(10)
-        sock.connect(proxy)
+    with dial(proxy, source=client) as sock:
         sock.sendall(real_hello(name))
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(4096):
-                answer += chunk
+        answer = read_to_close(sock)
     assert answer in (b"", b"UPSTREAM 443\n", b"UPSTREAM 8443\n"), answer
     return answer.startswith(b"UPSTREAM")
 

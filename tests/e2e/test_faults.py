@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import ssl
@@ -31,12 +30,13 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.dnsserver import DnsServer
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.e2e.test_plain_http import EchoServer
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.dnsserver import DnsServer
+from tests.support.http import ask, open_tunnel, read_head, read_to_close
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.servers import EchoServer
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP = "127.0.81.2"
 CDN_IP = "127.0.81.3"
@@ -55,13 +55,6 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
 def registry_policy(bed: Testbed, **limits: float) -> dict[str, Any]:
     return policy_for(bed.hosts, [bed.registry_name, bed.cdn_name],
                       extra={"limits": {"header_timeout": 5, "drain_timeout": 20, **limits}})
-
-
-def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path, ref: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    shutil.rmtree(dest, ignore_errors=True)
-    return skopeo_pull(ref or bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url,
-                       timeout=120)
 
 
 def fd_count(pid: int) -> int:
@@ -100,24 +93,8 @@ def metric(text: str, series: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def read_answer(sock: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
-
-
 def tunnel(proxy: RunningPortcullis, target: str) -> socket.socket:
-    sock = socket.create_connection(proxy.explicit, timeout=20)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return sock
+    return open_tunnel(proxy.explicit, target, timeout=20)
 
 
 # --- 1,000 clients sending their head one byte a second ---------------------------
@@ -185,7 +162,7 @@ def test_thousand_slow_clients_are_closed_at_the_header_timeout_while_a_pull_suc
         wait_until(lambda: loris.connected == 1000, 20, "1,000 slow clients connected")
         wait_until(lambda: fd_count(proxy.proc.pid) > 1000, 10, "the proxy holds them all")
         started = time.monotonic()
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         pulled = time.monotonic()
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
@@ -214,9 +191,8 @@ def test_thousand_slow_clients_are_closed_at_the_header_timeout_while_a_pull_suc
 
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
-    server = EchoServer(ECHO_IP)
-    yield server
-    server.close()
+    with EchoServer(ECHO_IP) as server:
+        yield server
 
 
 def echo_get(proxy: RunningPortcullis, port: int) -> bytes:
@@ -224,7 +200,7 @@ def echo_get(proxy: RunningPortcullis, port: int) -> bytes:
     with socket.create_connection(proxy.explicit, timeout=20) as sock:
         sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                      .encode())
-        return read_answer(sock)
+        return read_to_close(sock)
 
 
 def test_fd_limit_queues_clients_answers_503_when_it_cannot_dial_and_recovers(
@@ -265,7 +241,7 @@ def test_fd_limit_queues_clients_answers_503_when_it_cannot_dial_and_recovers(
             mark = len(proxy.decisions())
             idle.pop().close()
             queued.settimeout(10)
-            answer = read_answer(queued)
+            answer = read_to_close(queued)
             queued.close()
             assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
             assert b"X-Portcullis-Reason: over_capacity" in answer
@@ -309,7 +285,7 @@ def dying_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Pa
 @contextlib.contextmanager
 def dying_server(cert_pem: Path, key_pem: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.dying_server", DYING_IP, str(cert_pem), str(key_pem)],
+        [sys.executable, "-m", "tests.support.dying_server", DYING_IP, str(cert_pem), str(key_pem)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
     )
     try:
@@ -328,9 +304,7 @@ def blob_get(ca: trustme.CA, sock: socket.socket, path: str) -> tuple[ssl.SSLSoc
     ca.configure_trust(context)
     tls = context.wrap_socket(sock, server_hostname="blob.faults.test")
     tls.sendall(f"GET {path} HTTP/1.1\r\nHost: blob.faults.test\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += tls.recv(1)
+    head, _ = read_head(tls, exact=True)
     match = re.search(rb"Content-Length: (\d+)", head)
     assert head.startswith(b"HTTP/1.1 200 ") and match, head
     return tls, int(match.group(1))
@@ -422,12 +396,11 @@ def test_dns_server_silent_or_unreachable_gives_502_within_the_timeout(
         with run_portcullis(tmp_path / "p", policy) as proxy:
             for _ in range(2):  # the second time must not hang on a cached failure either
                 started = time.monotonic()
-                with socket.create_connection(proxy.explicit, timeout=20) as sock:
-                    sock.sendall(b"CONNECT registry.faults.test:443 HTTP/1.1\r\n\r\n")
-                    answer = read_answer(sock)
+                answer = ask(proxy.explicit, "registry.faults.test:443", timeout=20,
+                             to_close=True)
                 elapsed = time.monotonic() - started
-                assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
-                assert b"X-Portcullis-Reason: dns_failure" in answer
+                assert answer.status == 502, answer.data[:200]
+                assert answer.header("X-Portcullis-Reason") == "dns_failure", answer
                 assert elapsed < timeout + 1.0, elapsed
             records = proxy.decisions()
             assert [(r["reason"], r["dialed"]) for r in records] == [("dns_failure", None)] * 2
@@ -457,8 +430,8 @@ def test_hundred_reloads_during_a_loop_of_pulls(bed: Testbed, tmp_path: Path) ->
 
         def pulls() -> None:
             while not stop.is_set():
-                results.append(pull(bed, proxy, tmp_path / f"out{len(results) % 2}",
-                                    bed.small_image_ref))
+                results.append(bed.pull(tmp_path / f"out{len(results) % 2}", proxy=proxy.url,
+                                        ref=bed.small_image_ref))
 
         thread = threading.Thread(target=pulls)
         thread.start()
@@ -510,10 +483,7 @@ def slow_blob_download(bed: Testbed, proxy: RunningPortcullis, job: Download) ->
             path = f"/docker/registry/v2/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {bed.cdn_name}\r\n"
                         "Connection: close\r\n\r\n".encode())
-            buffer = b""
-            while b"\r\n\r\n" not in buffer:
-                buffer += tls.recv(65536)
-            head, _, body = buffer.partition(b"\r\n\r\n")
+            head, body = read_head(tls)
             assert head.startswith(b"HTTP/1.1 200 "), head
             job.sha256.update(body)
             job.got = len(body)
@@ -547,9 +517,7 @@ def test_sigterm_lets_in_flight_blob_downloads_finish(bed: Testbed, tmp_path: Pa
         proxy.wait_for_log(lambda r: r.get("msg") == "draining")
         # Draining: a new client is refused, or told 503 if it was already queued.
         try:
-            with socket.create_connection(proxy.explicit, timeout=5) as sock:
-                sock.sendall(f"CONNECT {bed.cdn_name}:443 HTTP/1.1\r\n\r\n".encode())
-                late = read_answer(sock)
+            late = ask(proxy.explicit, f"{bed.cdn_name}:443", timeout=5, to_close=True).data
         except OSError:
             late = b""
         assert late == b"" or (late.startswith(b"HTTP/1.1 503 ") and b"draining" in late), late

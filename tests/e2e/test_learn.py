@@ -8,8 +8,6 @@ shared default addresses.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,10 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.http import ask
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +36,11 @@ def report_log(bed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The decision log of a real pull through Portcullis in report mode, with no rules."""
     workdir = tmp_path_factory.mktemp("report")
     with run_portcullis(workdir / "p", policy_for(bed.hosts, [], mode="report")) as proxy:
-        result = pull(bed, proxy, workdir / "out")
+        result = bed.pull(workdir / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
     decisions = [r for r in proxy.records("decision")]
     assert {(r["decision"], r["reason"]) for r in decisions} == {("report", "no_rule")}
     return proxy.log_path
-
-
-def pull(bed: Testbed, proxy: RunningPortcullis, dest: Path) -> subprocess.CompletedProcess[str]:
-    shutil.rmtree(dest, ignore_errors=True)
-    return skopeo_pull(bed.image_ref, dest, ca_dir=bed.ca_dir, proxy=proxy.url, timeout=120)
 
 
 def learn(log: Path, out: Path, *args: str) -> dict[str, Any]:
@@ -70,16 +64,9 @@ def enforceable(bed: Testbed, learnt: dict[str, Any]) -> dict[str, Any]:
     return {**learnt, **{k: local[k] for k in ("listen", "resolver", "limits")}}
 
 
-def connect_from(proxy: RunningPortcullis, target: str, source: str = "127.0.0.1") -> bytes:
-    with socket.socket() as sock:
-        sock.settimeout(10)
-        sock.bind((source, 0))
-        sock.connect(proxy.explicit)
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
-            answer += chunk
-        return answer
+def status_from(proxy: RunningPortcullis, target: str, source: str = "127.0.0.1") -> int | None:
+    """The status the proxy answers `CONNECT target` from the client address `source`."""
+    return ask(proxy.explicit, target, source=source).status
 
 
 def test_learnt_policy_allows_the_same_pull_and_nothing_else(
@@ -92,15 +79,15 @@ def test_learnt_policy_allows_the_same_pull_and_nothing_else(
                                 "to": ["dd0.icr.io", "us.icr.io"], "ports": [443],
                                 "action": "allow"}]
     with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
         assert {(r["decision"], r["rule"]) for r in proxy.decisions()} == {("allow", "learnt")}
         # de.icr.io is on the registry's certificate but was never asked for.
-        assert connect_from(proxy, "de.icr.io:443").startswith(b"HTTP/1.1 403 ")
-        assert connect_from(proxy, "us.icr.io:80").startswith(b"HTTP/1.1 403 ")
+        assert status_from(proxy, "de.icr.io:443") == 403
+        assert status_from(proxy, "us.icr.io:80") == 403
         # 127.0.0.9 never pulled anything: it is in no learnt source group.
-        assert connect_from(proxy, "us.icr.io:443", "127.0.0.9").startswith(b"HTTP/1.1 403 ")
+        assert status_from(proxy, "us.icr.io:443", "127.0.0.9") == 403
         denied = {(r["host"], r["port"], r["client"]): r["reason"]
                   for r in proxy.decisions() if r["decision"] == "deny"}
     assert denied == {("de.icr.io", 443, "127.0.0.1"): "no_rule",
@@ -114,11 +101,11 @@ def test_registry_aware_learning_allows_the_registry_wildcard(
     learnt = learn(report_log, tmp_path / "learnt.yaml", "--registry-aware")
     assert learnt["rules"][0]["to"] == ["*.icr.io"]
     with run_portcullis(tmp_path / "p", enforceable(bed, learnt)) as proxy:
-        result = pull(bed, proxy, tmp_path / "out")
+        result = bed.pull(tmp_path / "out", proxy=proxy.url)
         assert result.returncode == 0, result.stderr
         verify_pulled(tmp_path / "out", bed.image)
         # Another IBM delivery host is what the wildcard is for; another registry is not.
-        assert connect_from(proxy, "de.icr.io:443").startswith(b"HTTP/1.1 200 ")
-        assert connect_from(proxy, "quay.io:443").startswith(b"HTTP/1.1 403 ")
+        assert status_from(proxy, "de.icr.io:443") == 200
+        assert status_from(proxy, "quay.io:443") == 403
         quay = proxy.decisions("quay.io")
     assert [(r["decision"], r["reason"]) for r in quay] == [("deny", "no_rule")]

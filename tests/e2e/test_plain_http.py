@@ -6,108 +6,34 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
-import h11
 import pytest
 
-from tests.dnsserver import DnsServer
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.dnsserver import DnsServer
+from tests.support.http import read_to_close
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.servers import EchoServer, full_listener
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 ECHO_IP = "127.0.0.4"
 SILENT_IP = "127.0.0.5"
 CLOSED_IP = "127.0.0.6"
 
 
-class EchoServer:
-    """A real HTTP/1.1 server (h11 on sockets) answering with what it received."""
-
-    def __init__(self, host: str) -> None:
-        self.listener = socket.create_server((host, 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        server = h11.Connection(h11.SERVER)
-        with conn:
-            while True:
-                request, body = None, b""
-                while True:
-                    event = server.next_event()
-                    if event is h11.NEED_DATA:
-                        data = conn.recv(65536)
-                        server.receive_data(data)
-                        if not data and server.their_state is not h11.DONE:
-                            return
-                        continue
-                    if isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                assert request is not None
-                answer = json.dumps({
-                    "method": request.method.decode(),
-                    "target": request.target.decode(),
-                    "headers": [[n.decode(), v.decode()] for n, v in request.headers],
-                    "body_sha256": hashlib.sha256(body).hexdigest(),
-                    "body_len": len(body),
-                }).encode()
-                conn.sendall(server.send(h11.Response(status_code=200, headers=[
-                    ("content-type", "application/json"), ("content-length", str(len(answer)))])))
-                if request.method != b"HEAD":
-                    conn.sendall(server.send(h11.Data(data=answer)))
-                conn.sendall(server.send(h11.EndOfMessage()))
-                if server.our_state is h11.MUST_CLOSE:
-                    return
-                server.start_next_cycle()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture(scope="module")
 def echo() -> Iterator[EchoServer]:
-    server = EchoServer(ECHO_IP)
-    yield server
-    server.close()
+    with EchoServer(ECHO_IP) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def silent() -> Iterator[int]:
     """A listener whose accept queue is full: further SYNs are dropped (connect timeout)."""
-    listener = socket.socket()
-    listener.bind((SILENT_IP, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex((SILENT_IP, port))
-        fillers.append(s)
-    time.sleep(0.2)
-    yield port
-    for s in fillers:
-        s.close()
-    listener.close()
+    with full_listener(SILENT_IP) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -228,9 +154,7 @@ def test_error_answers(proxy: RunningPortcullis, echo: EchoServer, silent: int,
     raw = raw.replace(b"SILENT", str(silent).encode()).replace(b"PORT", str(echo.port).encode())
     with socket.create_connection(proxy.explicit, timeout=10) as sock:
         sock.sendall(raw)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = read_to_close(sock, reset_ok=False)
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert f"X-Portcullis-Reason: {reason}".encode() in answer
     proxy.wait_for_log(lambda r: r.get("event") == "decision" and r["reason"] == reason)

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+from tests.support.http import dial, send_connect
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 REGISTRY_IP = "127.0.0.24"
 CDN_IP = "127.0.0.25"
@@ -92,17 +93,9 @@ def owner(server: tuple[str, int], client: socket.socket, pids: list[int]) -> in
 def connect_and_ask(proxy: RunningPortcullis, target: str, pids: list[int]) -> tuple[int, bytes]:
     """Open a connection, see which worker took it, then send CONNECT; the
     caller gets the worker and the answer's status line."""
-    sock = socket.create_connection(proxy.explicit, timeout=10)
-    with sock:
+    with dial(proxy.explicit) as sock:
         pid = owner(proxy.explicit, sock, pids)
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return pid, answer.split(b"\r\n", 1)[0]
+        return pid, send_connect(sock, target).status_line
 
 
 def test_two_workers_share_the_port_pull_and_reload_together(

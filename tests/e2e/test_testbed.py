@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import (
+from tests.support.testbed import (
     AddressedHTTPSConnection,
     Testbed,
     https_request,
     skopeo_pull,
     verify_pulled,
 )
-from tests.testbed.image import ImageInfo, write_oci_layout
-from tests.testbed.squid import ReferenceProxy
+from tests.support.testbed.image import ImageInfo, write_oci_layout
+from tests.support.testbed.squid import ReferenceProxy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 BLOB_LOCATION = re.compile(
     r"^https://dd0\.icr\.io(/docker/registry/v2/blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data)$"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -30,12 +29,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
-from tests.netns import Namespaces, inside, namespaces
-from tests.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
-from tests.tls_hellos import real_hello, with_extensions
+from tests.support.http import read_to_close
+from tests.support.netns import Namespaces, inside, namespaces
+from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
+from tests.support.testbed import Testbed, start_testbed, verify_pulled
+from tests.support.tls_hellos import real_hello, with_extensions
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 # Per-run subnets: namespaces keep concurrent runs apart anyway, but the testbed
 # serializes runs on the same addresses with a lock file.
@@ -86,9 +86,7 @@ class Net:
         )
 
     def pull(self, ref: str, dest: Path) -> Any:
-        shutil.rmtree(dest, ignore_errors=True)
-        return skopeo_pull(ref, dest, ca_dir=self.bed.ca_dir, proxy=None, timeout=120,
-                           netns=self.ns.worker)
+        return self.bed.pull(dest, proxy=None, ref=ref, netns=self.ns.worker)
 
 
 def base_policy(bed: Testbed, *, to: tuple[str, ...] = ("us.icr.io", "dd0.icr.io"),
@@ -177,14 +175,6 @@ def worker_socket(net: Net, address: tuple[str, int], timeout: float = 10
         yield sock
 
 
-def read_all(sock: socket.socket) -> bytes:
-    out = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out
-
-
 def with_ech(flight: bytes) -> bytes:
     """`flight` with an encrypted_client_hello (0xfe0d) extension appended."""
     return with_extensions(flight, {}, [(0xFE0D, bytes(8))])
@@ -193,7 +183,7 @@ def tls_get(sock: socket.socket, bed: Testbed, name: str = "us.icr.io") -> bytes
     """GET /v2/ over verified TLS as `name`; the first line of the answer."""
     tls = bed.ssl_context().wrap_socket(sock, server_hostname=name)
     tls.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-    return read_all(tls).split(b"\r\n", 1)[0]
+    return read_to_close(tls).split(b"\r\n", 1)[0]
 
 
 def test_allowed_pull_succeeds_with_no_proxy_settings(net: Net, tmp_path: Path) -> None:
@@ -286,7 +276,7 @@ def test_unusable_hellos_are_refused_with_their_reason(net: Net, reason: str) ->
     with worker_socket(net, (REGISTRY_IP, 443)) as sock:
         port = sock.getsockname()[1]
         send(sock)
-        assert read_all(sock) == answer
+        assert read_to_close(sock) == answer
     took = time.monotonic() - started
     record = net.decision_for(port)
     assert (record["mode"], record["decision"], record["reason"]) == (
@@ -314,7 +304,7 @@ def test_connecting_to_the_listener_itself_is_refused(net: Net) -> None:
     with worker_socket(net, (FW_WORKER_IP, TRANSPARENT_PORT)) as sock:
         port = sock.getsockname()[1]
         sock.sendall(real_hello("us.icr.io"))
-        assert read_all(sock) == b""
+        assert read_to_close(sock) == b""
     record = net.decision_for(port)
     assert (record["decision"], record["reason"]) == ("deny", "address_forbidden")
     assert record["original_dst"] == f"{FW_WORKER_IP}:{TRANSPARENT_PORT}"
@@ -412,7 +402,7 @@ def test_plain_http_on_port_80_is_decided_on_each_host(net: Net) -> None:
         assert first.startswith(b"HTTP/1.1 200 ")
         # Same connection, another name: decided again, and refused.
         sock.sendall(b"GET /steal HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
-        second = read_all(sock)
+        second = read_to_close(sock)
     assert second.startswith(b"HTTP/1.1 403 ") and b"reason: no_rule" in second
     assert net.plain_paths == ["plain.icr.io /hello"]
     records = [r for r in net.proxy.records()

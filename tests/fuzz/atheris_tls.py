@@ -20,7 +20,7 @@ import atheris
 
 # Run as a script: make the checkout importable for the shared test helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.tls_hellos import real_hello
+from tests.support.tls_hellos import real_hello
 
 with atheris.instrument_imports():
     from portcullis.basics.errors import ClientHelloError, NotTLS

@@ -9,7 +9,7 @@ from random import Random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.tls_hellos import build_message, real_hello, reframe, split_hello
+from tests.support.tls_hellos import build_message, real_hello, reframe, split_hello
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
 from portcullis.wire.tls import MAX_HELLO_SIZE, ClientHello, parse_client_hello

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
+from tests.support.export_cases import CLIENTS, LISTED, PROBE_NAMES, RICH, expected, write
 
 from portcullis.basics.errors import ExportRefused
 from portcullis.cli import main

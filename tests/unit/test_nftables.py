@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.netns import Namespaces, inside, namespaces
+from tests.support.netns import Namespaces, inside, namespaces
 
 from portcullis.basics.errors import NftablesError
 from portcullis.config import parse_policy
@@ -43,6 +43,7 @@ def rule_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_default_ruleset_is_valid_nft_and_redirects_workers_443() -> None:
     text = render(policy())
     load(text, check_only=True)
@@ -71,6 +72,7 @@ def test_port_80_is_redirected_only_when_an_allow_rule_names_it() -> None:
     assert "tcp dport { 443 } redirect" in text and "80" not in text.replace("0x", "")
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_dual_stack_listener_redirects_both_families() -> None:
     text = render(policy("[::]:3129"))
     load(text, check_only=True)
@@ -80,6 +82,7 @@ def test_dual_stack_listener_redirects_both_families() -> None:
     assert not any("reject" in line for line in lines)
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_specific_listen_address_is_a_dnat_to_it_and_uid_is_exempt() -> None:
     text = render(policy("10.240.0.1:3129", sources=["10.240.0.0/24"]), exempt_uid=998)
     load(text, check_only=True)
@@ -89,6 +92,7 @@ def test_specific_listen_address_is_a_dnat_to_it_and_uid_is_exempt() -> None:
     assert "set workers6 {" not in lines
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_overlapping_and_inline_sources_are_merged_so_nft_accepts_them() -> None:
     rules = [{"name": "icr", "from": ["workers", "10.240.0.0/16"], "to": ["*.icr.io"]}]
     text = render(policy(rules=rules, sources=["10.240.0.0/24", "10.240.1.17/32"]))
@@ -109,6 +113,7 @@ def test_what_cannot_be_redirected_is_an_error(doc: dict[str, Any], message: str
         render(doc)
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_nft_rejects_a_broken_ruleset() -> None:
     with pytest.raises(NftablesError, match="nft -f failed"):
         load("table inet portcullis {\n chain x { nonsense }\n}\n", check_only=True)
@@ -140,6 +145,7 @@ def same_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespaces]:
         yield ns
 
 
+@pytest.mark.privileged  # a network namespace of its own
 def test_apply_loads_one_table(same_host: Namespaces) -> None:
     listed = same_host.exec("host", ["nft", "list", "ruleset"])
     assert listed.count("table inet portcullis") == 1
@@ -155,6 +161,7 @@ def _listen(address: tuple[str, int]) -> socket.socket:
     return sock
 
 
+@pytest.mark.privileged  # a network namespace of its own
 def test_same_host_redirect_exempts_marked_sockets_and_drops_quic(same_host: Namespaces) -> None:
     with inside(same_host.host):
         proxy, origin = _listen(("0.0.0.0", 3129)), _listen(("127.0.0.9", 443))
@@ -182,6 +189,7 @@ def test_same_host_redirect_exempts_marked_sockets_and_drops_quic(same_host: Nam
             quic_server.recv(100)
 
 
+@pytest.mark.privileged  # nft -c asks the kernel: CAP_NET_ADMIN
 def test_the_documented_example_policy_gives_a_valid_ruleset() -> None:
     example = Path(__file__).parents[2] / "deploy" / "nftables" / "transparent-policy.yaml"
     text = ruleset(parse_policy(example.read_text(), str(example)))

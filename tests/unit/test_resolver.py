@@ -1,4 +1,4 @@
-"""The resolver against a real DNS server on loopback (tests/dnsserver.py)."""
+"""The resolver against a real DNS server on loopback (tests/support/dnsserver.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ipaddress import ip_address
 from typing import Any
 
 import pytest
-from tests.dnsserver import DnsServer, Record
+from tests.support.dnsserver import DnsServer, Record
 
 from portcullis.basics.errors import DnsFailure
 from portcullis.net.resolver import Resolution, Resolver, parse_server

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from tests.netns import Namespaces, inside, namespaces
+from tests.support.netns import Namespaces, inside, namespaces
 
 from portcullis.basics.errors import NoOriginalDestination
 from portcullis.net.sockets import format_endpoint, local_endpoint, original_dst, parse_sockaddr
@@ -86,6 +86,7 @@ def _accept_one(listener: socket.socket, client: socket.socket, target: tuple[st
     return conn
 
 
+@pytest.mark.privileged  # a network namespace of its own
 @pytest.mark.parametrize(
     ("listen_family", "client_family", "target", "expected"),
     [
@@ -113,6 +114,7 @@ def test_original_dst_of_a_redirected_connection(
             assert local_endpoint(conn)[1] == 3129
 
 
+@pytest.mark.privileged  # a network namespace of its own
 def test_a_connection_that_was_not_redirected_reports_the_listener_itself(
     redirecting: Namespaces,
 ) -> None:
@@ -127,6 +129,7 @@ def test_a_connection_that_was_not_redirected_reports_the_listener_itself(
             assert original_dst(conn) == local_endpoint(conn)
 
 
+@pytest.mark.privileged  # a network namespace of its own
 def test_no_conntrack_entry_is_no_original_destination() -> None:
     # A fresh namespace with no NAT hook has no conntrack entries to ask.
     with namespaces("bare") as ns:

@@ -4,7 +4,7 @@ and byte-level edits of them for the cases no real client sends."""
 from __future__ import annotations
 
 import pytest
-from tests.tls_hellos import (
+from tests.support.tls_hellos import (
     build_message,
     real_hello,
     records,

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +100,15 @@ class Testbed:
     def cdn_get(self, path: str, *, method: str = "GET") -> Response:
         """A request straight to the CDN (no proxy), as `dd0.icr.io`."""
         return https_request(self.cdn_name, self.cdn_addr, path, ca_pem=self.ca_pem, method=method)
+
+    def pull(self, dest: Path, *, proxy: str | None, ref: str | None = None,
+             timeout: float = 120, netns: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        """skopeo pulls `ref` (the ~21 MiB image unless told) into `dest`, emptied
+        first, through `proxy` (see skopeo_pull); check `.returncode`."""
+        shutil.rmtree(dest, ignore_errors=True)
+        return skopeo_pull(ref or self.image_ref, dest, ca_dir=self.ca_dir, proxy=proxy,
+                           timeout=timeout, netns=netns)
 
 
 @contextlib.contextmanager

@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.testbed import Testbed, https_request
-from tests.testbed.pki import make_pki
-from tests.testbed.procs import ManagedProcess, clean_env, require_binary, require_free
-from tests.testbed.registry import RegistryConfig, write_config
+from tests.support.testbed import Testbed, https_request
+from tests.support.testbed.pki import make_pki
+from tests.support.testbed.procs import ManagedProcess, clean_env, require_binary, require_free
+from tests.support.testbed.registry import RegistryConfig, write_config
 
 AUTH_NAME = "auth.icr.io"
 ISSUER = "portcullis-test-issuer"

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.http import Answer, ask, connect
+
 PORTCULLIS = [sys.executable, "-m", "portcullis.cli"]
 
 
@@ -84,17 +86,13 @@ class RunningPortcullis:
             time.sleep(0.05)
         raise AssertionError(f"no matching log record within {timeout}s: {self.records()[-5:]}")
 
-    def connect(self, target: str, *, read: bool = True) -> tuple[socket.socket, bytes]:
-        """Send `CONNECT target` and return the socket and the answer head."""
-        sock = socket.create_connection(self.explicit, timeout=10)
-        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        answer = b""
-        while read and b"\r\n\r\n" not in answer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return sock, answer
+    def connect(self, target: str) -> tuple[socket.socket, Answer]:
+        """Send `CONNECT target` to the explicit listener: the socket and the answer head."""
+        return connect(self.explicit, target)
+
+    def ask(self, target: str, *, to_close: bool = False) -> Answer:
+        """The answer to `CONNECT target` (see tests.support.http.ask)."""
+        return ask(self.explicit, target, to_close=to_close)
 
 
 @contextlib.contextmanager
