@@ -29,11 +29,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
-from tests.netns import Namespaces, inside, namespaces
-from tests.tls_hellos import real_hello
+from tests.support.netns import Namespaces, inside, namespaces
+from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.servers import ThreadedServer
+from tests.support.tls_hellos import real_hello
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 K = 60 + (os.getpid() % 60) * 2
 WORKER_NET, UPSTREAM_NET = f"10.232.{K}", f"10.232.{K + 1}"
@@ -117,21 +118,10 @@ CASES = [
 ]
 
 
-class _Sink(threading.Thread):
-    """Accepts on the upstream's TLS ports and reads until the peer closes."""
+class _Sink(ThreadedServer):
+    """Reads what each connection sends until the peer closes (the upstream's TLS ports)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-
-    def run(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(10)
             while conn.recv(65536):
@@ -192,8 +182,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         _topology(ns)
         with inside(ns.upstream):
             for port in (443, 8443):
-                listener = stack.enter_context(socket.create_server((UPSTREAM_IP, port)))
-                _Sink(listener).start()
+                stack.enter_context(_Sink(socket.create_server((UPSTREAM_IP, port))))
             # Every port a case names answers: in report mode a refused port is dialled.
             webs = [http.server.ThreadingHTTPServer((UPSTREAM_IP, p), _Hello) for p in (80, 8080)]
         for web in webs:
