@@ -4,7 +4,6 @@ error answers: 400, 403, 431, 502 (DNS, refused), 503 (limit), 504 (timeout)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.dnsserver import DnsServer
-from tests.support.http import read_to_close
+from tests.support.http import body_of, read_to_close, responses
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer, full_listener
 
@@ -58,34 +57,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, silent: in
 
 
 def exchange(proxy: RunningPortcullis, raw: bytes, *, answers: int = 1) -> list[bytes]:
-    """Send raw bytes, read `answers` whole responses (Content-Length framed)."""
-    with socket.create_connection(proxy.explicit, timeout=10) as sock:
-        sock.sendall(raw)
-        out: list[bytes] = []
-        buffer = b""
-        while len(out) < answers:
-            data = sock.recv(65536)
-            if not data:
-                break
-            buffer += data
-            while b"\r\n\r\n" in buffer:
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if b"HEAD " in raw and len(out) == 0 and raw.startswith(b"HEAD"):
-                    length = 0
-                if len(rest) < length:
-                    break
-                out.append(head + b"\r\n\r\n" + rest[:length])
-                buffer = rest[length:]
-        return out
-
-
-def body_of(answer: bytes) -> dict[str, object]:
-    return json.loads(answer.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
+    return responses(proxy.explicit, raw, answers=answers)
 
 
 def test_get_absolute_form_is_forwarded_in_origin_form(proxy: RunningPortcullis,

@@ -8,6 +8,7 @@ sockets (TLS sockets work too: only `recv` and `sendall` are used).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 from dataclasses import dataclass
@@ -133,3 +134,37 @@ def open_tunnel(address: tuple[str, int], target: str, *, timeout: float = 10.0
         sock.close()
         raise AssertionError(f"CONNECT {target} answered {answer.raw!r}")
     return sock
+
+
+def responses(address: tuple[str, int], raw: bytes, *, answers: int = 1,
+              source: str | None = None) -> list[bytes]:
+    """Send `raw` on a new connection and read up to `answers` whole responses
+    (Content-Length framed; none to a HEAD request), fewer if the peer closes."""
+    with dial(address, source=source) as sock:
+        sock.sendall(raw)
+        out: list[bytes] = []
+        buffer = b""
+        while len(out) < answers:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while HEAD_END in buffer:
+                head, _, rest = buffer.partition(HEAD_END)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if not out and raw.startswith(b"HEAD "):
+                    length = 0
+                if len(rest) < length:
+                    break
+                out.append(head + HEAD_END + rest[:length])
+                buffer = rest[length:]
+        return out
+
+
+def body_of(answer: bytes) -> dict[str, object]:
+    """The JSON body of a whole response (EchoServer's report of what it got)."""
+    return json.loads(answer.partition(HEAD_END)[2])  # type: ignore[no-any-return]

@@ -75,7 +75,7 @@ class Trap(ThreadedServer):
 
 class EchoServer(ThreadedServer):
     """A real HTTP/1.1 server (h11 on sockets) answering each request with what
-    it received, as JSON: method, target, headers, body length and SHA-256."""
+    it received, as JSON: method, target, headers, body length and SHA-256, trailers."""
 
     def __init__(self, host: str) -> None:
         super().__init__(socket.create_server((host, 0)))
@@ -84,7 +84,7 @@ class EchoServer(ThreadedServer):
         server = h11.Connection(h11.SERVER)
         with conn:
             while True:
-                request, body = None, b""
+                request, body, trailers = None, b"", []
                 while True:
                     event = server.next_event()
                     if event is h11.NEED_DATA:
@@ -98,6 +98,7 @@ class EchoServer(ThreadedServer):
                     elif isinstance(event, h11.Data):
                         body += event.data
                     elif isinstance(event, h11.EndOfMessage):
+                        trailers = [[n.decode(), v.decode()] for n, v in event.headers]
                         break
                     else:
                         return
@@ -108,6 +109,7 @@ class EchoServer(ThreadedServer):
                     "headers": [[n.decode(), v.decode()] for n, v in request.headers],
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                     "body_len": len(body),
+                    "trailers": trailers,
                 }).encode()
                 conn.sendall(server.send(h11.Response(status_code=200, headers=[
                     ("content-type", "application/json"), ("content-length", str(len(answer)))])))
