@@ -302,3 +302,18 @@ def test_every_relayed_request_records_what_was_dialled(
     for record in records:
         assert record["dialed"] == f"{ECHO_IP}:{echo.port}"
         assert record["resolved"] == [ECHO_IP]
+
+
+@pytest.mark.parametrize("extra", ["", "Host: web.test:{port}\r\n", "Connection: keep-alive\r\n"])
+def test_an_http10_request_is_forwarded_with_the_host_decided_on(
+    proxy: RunningPortcullis, echo: EchoServer, extra: str
+) -> None:
+    # Found by the keep-alive fuzzer: h11 only sends HTTP/1.1, and the request
+    # used to be written upstream in the client's version, failing the handler.
+    raw = (f"GET http://web.test:{echo.port}/old HTTP/1.0\r\n"
+           + extra.format(port=echo.port) + "\r\n").encode()
+    [answer] = responses(proxy.explicit, raw, source=WORKER)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    seen = body_of(answer)
+    assert dict(seen["headers"])["host"] == f"web.test:{echo.port}"  # type: ignore[arg-type]
+    assert seen["target"] == "/old"

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HARNESSES = {
     "http1": ("tests/fuzz/atheris_http1.py", "parse_request_head, check_request, authorities"),
     "tls": ("tests/fuzz/atheris_tls.py", "parse_client_hello (single record and reassembly)"),
+    "keepalive": ("tests/fuzz/atheris_keepalive.py",
+                  "the plain-HTTP keep-alive loop: heads, bodies, trailers, forwarding"),
 }
 BEGIN = "<!-- atheris:begin -->"
 END = "<!-- atheris:end -->"

@@ -67,9 +67,39 @@ def forwardable(headers: Any, host: str | None = None) -> list[tuple[bytes, byte
     return [(b"host", host.encode("ascii")), *((n, v) for n, v in out if n != b"host")]
 
 
-def _trailers_only(event: h11.EndOfMessage) -> h11.EndOfMessage:
+def allowed_trailers(event: h11.EndOfMessage) -> h11.EndOfMessage:
+    """The end of a message with only the trailer fields that may be forwarded."""
     kept = [(n, v) for n, v in event.headers if n not in _NOT_IN_TRAILERS]
     return event if len(kept) == len(event.headers) else h11.EndOfMessage(headers=kept)
+
+
+def outgoing_request(request: h11.Request, authority: Authority) -> h11.Request:
+    """The request to send upstream: HTTP/1.1 (all h11 sends; an HTTP/1.0 client's
+    request gets the Host it may lack), origin-form, Host exactly the name decided on."""
+    target = request.target.decode("ascii")
+    # Origin-form only gets here from transparent mode, whose `authority_of` took the Host.
+    path = target if target.startswith("/") else parse_absolute_uri(target)[2]
+    host = format_authority(authority.host, authority.port, 80)
+    return h11.Request(
+        method=request.method, target=path.encode("ascii"),
+        headers=forwardable(request.headers, host),
+    )
+
+
+def client_request(pending: bytes, max_head: int) -> tuple[h11.Connection, h11.Request]:
+    """A fresh h11 connection holding `pending` (a whole head the strict parser
+    accepted, and what followed it) and the request it reads from it.
+
+    One connection per request: what follows a request's body is taken back
+    from `trailing_data` and goes through the strict parser before h11 sees it.
+    Raises h11.RemoteProtocolError when h11 refuses what the parser accepted.
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    conn.receive_data(pending)
+    request = conn.next_event()
+    if not isinstance(request, h11.Request):
+        raise h11.RemoteProtocolError(f"expected a request head, h11 read {request!r}")
+    return conn, request
 
 
 class Upstream:
@@ -116,16 +146,8 @@ async def exchange(
     authority: Authority,
 ) -> tuple[int, int]:
     """Forward one request with its body, then its response; return body byte counts."""
-    target = request.target.decode("ascii")
-    # Origin-form only gets here from transparent mode, whose `authority_of` took the Host.
-    path = target if target.startswith("/") else parse_absolute_uri(target)[2]
-    host = format_authority(authority.host, authority.port, 80)
-    outgoing = h11.Request(
-        method=request.method, target=path.encode("ascii"),
-        headers=forwardable(request.headers, host), http_version=request.http_version,
-    )
     up = down = 0
-    await send(upstream.sock, upstream.conn.send(outgoing))
+    await send(upstream.sock, upstream.conn.send(outgoing_request(request, authority)))
     while True:
         try:
             event = await next_event(client, conn, idle_timeout)
@@ -136,7 +158,7 @@ async def exchange(
         if isinstance(event, h11.Data):
             up += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            event = _trailers_only(event)
+            event = allowed_trailers(event)
         await send(upstream.sock, upstream.conn.send(event))
         if isinstance(event, h11.EndOfMessage):
             break
@@ -155,7 +177,7 @@ async def exchange(
         elif isinstance(event, h11.Data):
             down += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            event = _trailers_only(event)
+            event = allowed_trailers(event)
         await send(conn, client.send(event))
         if isinstance(event, h11.EndOfMessage):
             break

@@ -24,7 +24,7 @@ from portcullis.basics.vocabulary import CloseReason, Reason
 from portcullis.observe.events import new_connection_id
 from portcullis.proxy.admission import admit, decide
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.forwarding import Closed, Upstream, exchange, send
+from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange, send
 from portcullis.proxy.reading import ClientGone, read_head
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
@@ -74,16 +74,13 @@ async def serve(
             if authority is None:
                 return
             head_timeout = limits.header_timeout
-            client = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes)
-            client.receive_data(bytes(pending))
-            pending.clear()
             try:
-                request = client.next_event()
+                client, request = client_request(bytes(pending), limits.header_bytes)
             except h11.RemoteProtocolError as exc:
                 state.refuse_and_record(attempt, Reason.BAD_REQUEST)
                 await send(conn, error_response(400, attempt, str(exc)))
                 return
-            assert isinstance(request, h11.Request)  # the strict parser saw a whole head
+            pending.clear()
             upstream = await _upstream_for(state, conn, attempt, authority, upstream, original)
             if upstream is None:
                 return
