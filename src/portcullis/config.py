@@ -86,7 +86,7 @@ class CatalogRef(_Model):
 
     def expand(self) -> list[str]:
         from portcullis.basics.errors import CatalogError
-        from portcullis.catalog.loader import load_catalog, select
+        from portcullis.catalog import load_catalog, select
 
         try:
             catalog = load_catalog(self.catalog)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from portcullis import catalog
-from portcullis.catalog.loader import ROLE_TAGS
+from portcullis.catalog.model import ROLE_TAGS
 from portcullis.tools.check_report import STEPS, NameReport, Report, Status, Step
 from portcullis.tools.diagnose import diagnose
 from portcullis.tools.netprobe import (
