@@ -10,7 +10,7 @@ from portcullis.catalog.model import (
     Region,
     Source,
 )
-from portcullis.catalog.selection import select
+from portcullis.catalog.selection import check_reference, select, select_reference
 
 __all__ = [
     "DEFAULT_INCLUDE",
@@ -21,6 +21,8 @@ __all__ = [
     "Region",
     "Source",
     "catalog_ids",
+    "check_reference",
     "load_catalog",
     "select",
+    "select_reference",
 ]

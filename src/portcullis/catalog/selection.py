@@ -1,18 +1,22 @@
 """Selecting from a catalog: the user's regions, tags and placeholder values
 turned into the names to allow (DESIGN §3).
 
-`select` is what `portcullis domains` prints and what a policy's catalog
-reference stands for.
+`select` is what `portcullis domains` prints; `select_reference` is what a
+policy's catalog reference compiles into, and `check_reference` the same
+selection run when the policy loads, so that a reference that cannot be
+selected is a policy error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from portcullis.basics.errors import CatalogError, InvalidPattern
 from portcullis.basics.names import parse_pattern
 from portcullis.catalog import templates
+from portcullis.catalog.loader import load_catalog
 from portcullis.catalog.model import DEFAULT_INCLUDE, OPT_IN_TAGS, Catalog, CatalogEntry
 
 
@@ -101,3 +105,38 @@ def select(
     return list(out.values())
 
 
+
+class Reference(Protocol):
+    """A catalog chosen by id or alias, with the choices `select` takes; a
+    policy's catalog reference (config.CatalogRef) is one."""
+
+    @property
+    def catalog(self) -> str: ...
+    @property
+    def regions(self) -> Sequence[str] | None: ...
+    @property
+    def include(self) -> Collection[str]: ...
+    @property
+    def params(self) -> Mapping[str, str]: ...
+    @property
+    def wildcards(self) -> bool: ...
+
+
+def select_reference(ref: Reference) -> list[CatalogEntry]:
+    """`select` on the catalog `ref` names, with its choices."""
+    return select(
+        load_catalog(ref.catalog),
+        regions=ref.regions,
+        include=ref.include,
+        params=ref.params,
+        wildcards=ref.wildcards,
+    )
+
+
+def check_reference(ref: Reference) -> None:
+    """Raise CatalogError when `ref` names no catalog or cannot be selected.
+
+    The check is the selection itself with its names dropped: anything less
+    strict would pass a reference that then fails when the policy compiles.
+    """
+    select_reference(ref)
