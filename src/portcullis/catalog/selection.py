@@ -105,7 +105,6 @@ def select(
     return list(out.values())
 
 
-
 class Reference(Protocol):
     """A catalog chosen by id or alias, with the choices `select` takes; a
     policy's catalog reference (config.CatalogRef) is one."""
