@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream systemd
 BENCH_DEBS := squid tinyproxy nginx curl
 
-.PHONY: setup run test lint typecheck unit sysdeps bench bench-policy fuzz clean
+.PHONY: setup run test lint typecheck sysdeps bench bench-policy fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -25,11 +25,11 @@ VARIANTS = [("splice", 1 << 20), ("splice", 256 << 10), ("splice", 64 << 10),
 
 
 def serve_variant(mode: str, size: int, argv: list[str]) -> None:
-    from portcullis.proxy import pipes, relay
+    from portcullis.proxy import copying, pipes, relay
 
     relay.USE_SPLICE = relay.USE_SPLICE and mode == "splice"
     pipes.PIPE_SIZE = size
-    relay.COPY_CHUNK = size
+    copying.COPY_CHUNK = size
     from portcullis.cli import main
 
     sys.argv = ["portcullis", *argv]

@@ -23,15 +23,15 @@ from portcullis.basics.errors import ExportRefused
 from portcullis.cli import main
 from portcullis.config import Policy
 from portcullis.tools.export import FORMATS, render, spec_from_file
-from portcullis.tools.export.model import (
-    ExportSpec,
+from portcullis.tools.export.build import spec_from_policy
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.tables import (
     NameSet,
     applicable,
     decided_set,
     decides_allow,
     name_table,
     source_classes,
-    spec_from_policy,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"

@@ -2,16 +2,14 @@
 
 Each file is checked when it loads (schema, tags, sources, every name through
 `parse_pattern`), so a typo in shipped data fails the test suite instead of
-silently narrowing somebody's firewall. `select` (below) turns a catalog plus
-the user's choices into the names to allow.
+silently narrowing somebody's firewall. `select` (selection.py) turns a catalog
+plus the user's choices into the names to allow.
 """
 
 from __future__ import annotations
 
 import datetime
-import re
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Annotated
@@ -22,101 +20,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from portcullis.basics.errors import CatalogError, InvalidPattern
 from portcullis.basics.names import parse_pattern
 from portcullis.catalog import templates
-
-# Tags that leave an entry out unless asked for; the first two are asked for by
-# default because the IBM doc requires them for a working pull.
-OPT_IN_TAGS = ("deprecated", "delivery", "china", "private")
-DEFAULT_INCLUDE = ("deprecated", "delivery")
-# What role a host plays in a pull (OCI distribution: API, token realm, blobs).
-ROLE_TAGS = ("api", "token", "blob", "signature")
-KNOWN_TAGS = frozenset((*OPT_IN_TAGS, *ROLE_TAGS, "unconfirmed"))
-REGION_TAG = "region:"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    id: str
-    title: str
-    url: str | None
-    as_of: str
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogEntry:
-    """A name (exact, `*.suffix` or template) with the tags that select it."""
-
-    name: str
-    tags: tuple[str, ...]
-    source: str
-    as_of: str
-
-    @property
-    def regions(self) -> tuple[str, ...]:
-        return tuple(t[len(REGION_TAG) :] for t in self.tags if t.startswith(REGION_TAG))
-
-    @property
-    def is_template(self) -> bool:
-        return templates.is_template(self.name)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "tags": list(self.tags),
-            "source": self.source,
-            "as_of": self.as_of,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Region:
-    id: str
-    name: str
-    aliases: tuple[str, ...]
-    later: bool
-    # Derived from the entries, so the table and the names cannot disagree.
-    addresses: tuple[str, ...]
-    deprecated: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Catalog:
-    id: str
-    title: str
-    aliases: tuple[str, ...]
-    as_of: str
-    sources: tuple[Source, ...]
-    regions: tuple[Region, ...]
-    entries: tuple[CatalogEntry, ...]
-    wildcards: tuple[CatalogEntry, ...]
-    _region_keys: Mapping[str, Region] = field(repr=False, compare=False, hash=False)
-
-    def resolve_region(self, text: str) -> Region:
-        """A region by id, doc name ("US South") or host ("us.icr.io"), any case."""
-        region = self._region_keys.get(_region_key(text))
-        if region is not None:
-            return region
-        if not self.regions:
-            raise CatalogError(
-                f"{self.id} has no regions, so {text!r} cannot be selected; "
-                "leave the region out (--all-regions)"
-            )
-        valid = ", ".join(r.id for r in self.regions)
-        raise CatalogError(
-            f"unknown region {text!r} in {self.id}; valid ids: {valid} "
-            "(doc names such as 'US South' and hosts such as 'us.icr.io' work too)"
-        )
-
-    def covering_wildcard(self, name: str) -> CatalogEntry | None:
-        """The first recommended wildcard that covers `name`, if any."""
-        for wildcard in self.wildcards:
-            if templates.covers(parse_pattern(wildcard.name), name):
-                return wildcard
-        return None
-
-
-def _region_key(text: str) -> str:
-    # "US South", "us_south" and "us-south" are the same region to a user.
-    return re.sub(r"[\s_]+", "-", text.strip().casefold()).rstrip(".")
+from portcullis.catalog.model import (
+    KNOWN_TAGS,
+    REGION_TAG,
+    Catalog,
+    CatalogEntry,
+    Region,
+    Source,
+    region_key,
+)
 
 
 def _iso(value: object) -> object:
@@ -205,7 +117,7 @@ def _region_keys(
     for region in regions:
         hosts = [e.name for e in entries if e.regions == (region.id,) and not e.is_template]
         for alias in (region.id, region.name, *region.aliases, *hosts):
-            key = _region_key(alias)
+            key = region_key(alias)
             if keys.setdefault(key, region) is not region:
                 raise CatalogError(f"{file}: {alias!r} names both {keys[key].id} and {region.id}")
     return keys
@@ -282,87 +194,3 @@ def load_catalog(id_or_alias: str) -> Catalog:
         raise CatalogError(f"unknown registry catalog {id_or_alias!r}; known: {known}")
     return catalogs[found]
 
-
-def _include(include: Collection[str]) -> frozenset[str]:
-    # `unconfirmed` is accepted and changes nothing: those entries are always in.
-    unknown = sorted(set(include) - {*OPT_IN_TAGS, "unconfirmed"})
-    if unknown:
-        raise CatalogError(
-            f"cannot include {', '.join(map(repr, unknown))}; the tags that can be "
-            f"included are {', '.join(OPT_IN_TAGS)} (entries with other tags always are)"
-        )
-    return frozenset(include)
-
-
-def _params(catalog: Catalog, params: Mapping[str, str]) -> dict[str, list[str]]:
-    known = {k for e in catalog.entries for k in templates.placeholders(e.name)}
-    values: dict[str, list[str]] = {}
-    for key, raw in params.items():
-        if key not in known:
-            offer = (
-                f"its placeholders are {', '.join(sorted(known))}"
-                if known
-                else "it has no placeholders"
-            )
-            raise CatalogError(f"{catalog.id} has no placeholder <{key}>; {offer}")
-        try:
-            values[key] = templates.split_values(key, raw)
-        except ValueError as exc:
-            raise CatalogError(str(exc)) from None
-    return values
-
-
-def _expand(
-    catalog: Catalog, entry: CatalogEntry, values: Mapping[str, list[str]], wildcards: bool
-) -> list[CatalogEntry]:
-    if wildcards and (wildcard := catalog.covering_wildcard(entry.name)) is not None:
-        return [wildcard]
-    if not entry.is_template:
-        return [entry]
-    missing = [k for k in templates.placeholders(entry.name) if k not in values]
-    if missing:
-        # A vendor wildcard stands in for names the user cannot spell yet.
-        if (wildcard := catalog.covering_wildcard(entry.name)) is not None:
-            return [wildcard]
-        needed = " ".join(f"--param {k}=<value>" for k in missing)
-        raise CatalogError(f"{catalog.id}: {entry.name!r} needs {needed}")
-    out = []
-    for name in templates.fill(entry.name, values):
-        try:
-            pattern = parse_pattern(name)
-        except InvalidPattern as exc:
-            raise CatalogError(f"{catalog.id}: {entry.name!r} filled in gives {exc}") from None
-        out.append(replace(entry, name=str(pattern)))
-    return out
-
-
-def select(
-    catalog: Catalog,
-    *,
-    regions: Sequence[str] | None = None,
-    include: Collection[str] = DEFAULT_INCLUDE,
-    params: Mapping[str, str] | None = None,
-    wildcards: bool = False,
-) -> list[CatalogEntry]:
-    """The names to allow, in catalog order, without repeats.
-
-    `regions` None means every region; entries without a region tag (IBM's
-    global delivery hosts, registries without regions) come with any choice.
-    An entry carrying opt-in tags is kept only when all of them are in
-    `include`. Templates take their values from `params` (comma-separated for
-    several), else the catalog's covering wildcard, else CatalogError.
-    """
-    if regions is not None and not regions:
-        raise CatalogError("no region given; name at least one, or leave regions out for all")
-    chosen = None if regions is None else {catalog.resolve_region(r).id for r in regions}
-    included = _include(include)
-    values = _params(catalog, params or {})
-    out: dict[str, CatalogEntry] = {}
-    for entry in catalog.entries:
-        if chosen is not None and entry.regions and chosen.isdisjoint(entry.regions):
-            continue
-        if not included.issuperset(t for t in entry.tags if t in OPT_IN_TAGS):
-            continue
-        for item in _expand(catalog, entry, values, wildcards):
-            out.setdefault(item.name, item)
-    return list(out.values())

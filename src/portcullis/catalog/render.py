@@ -7,7 +7,7 @@ import io
 import json
 from collections.abc import Sequence
 
-from portcullis.catalog.loader import CatalogEntry, Region
+from portcullis.catalog.model import CatalogEntry, Region
 
 
 def entries_text(entries: Sequence[CatalogEntry]) -> str:

@@ -12,10 +12,11 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from portcullis import catalog
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
 from portcullis.basics.names import parent_suffixes, parse_pattern
 from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.config import Policy
+from portcullis.config import Policy, Rule
 
 _CLIENT_CACHE_MAX = 65536
 
@@ -104,6 +105,18 @@ class SourceIndex:
         return found
 
 
+def expand_destinations(rule: Rule) -> list[str]:
+    """A rule's `to:` as names, `*.suffix` patterns and CIDRs: each catalog
+    reference becomes the names it selects (checked when the policy loaded)."""
+    destinations: list[str] = []
+    for dest in rule.to:
+        if isinstance(dest, str):
+            destinations.append(dest)
+        else:
+            destinations.extend(entry.name for entry in catalog.select_reference(dest))
+    return destinations
+
+
 @dataclass(slots=True)
 class _Index:
     exact: dict[str, list[int]] = field(default_factory=dict)
@@ -127,9 +140,7 @@ class Engine:
                 else:  # an inline CIDR: an anonymous group of its own
                     groups.setdefault(ref, [parse_network(ref)])
                     rule_groups.add(ref)
-            destinations: list[str] = []
-            for dest in rule.to:
-                destinations.extend(dest.expand() if not isinstance(dest, str) else [dest])
+            destinations = expand_destinations(rule)
             for dest in destinations:
                 if "/" in dest:
                     index.cidr.append((parse_network(dest), position))

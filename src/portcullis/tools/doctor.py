@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from portcullis import catalog
 from portcullis.basics.hostport import format_hostport
-from portcullis.catalog.loader import ROLE_TAGS
+from portcullis.catalog.model import ROLE_TAGS
 from portcullis.tools.check_report import STEPS, NameReport, Report, Status, Step
 from portcullis.tools.diagnose import diagnose
 from portcullis.tools.netprobe import (

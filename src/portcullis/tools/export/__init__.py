@@ -1,7 +1,7 @@
 """Export a policy to other firewalls' configurations, one module per format.
 
 Each module has `render(spec, options) -> str`, raising ExportRefused for
-what the target cannot express (see model.py). `FORMATS` names them for the
+what the target cannot express (see refusals.py). `FORMATS` names them for the
 command line; `OPTIONS` lists the `--option KEY=VALUE` each one accepts.
 """
 
@@ -20,12 +20,8 @@ from portcullis.tools.export import (
     nginx,
     squid,
 )
-from portcullis.tools.export.model import (
-    ExportSpec,
-    spec_from_file,
-    spec_from_names,
-    spec_from_policy,
-)
+from portcullis.tools.export.build import spec_from_file, spec_from_names, spec_from_policy
+from portcullis.tools.export.model import ExportSpec
 
 Renderer = Callable[[ExportSpec, Mapping[str, str]], str]
 

@@ -3,7 +3,7 @@
 
 A domain list is one list, one action (ALLOWLIST with default deny, DENYLIST
 with default allow), one set of sources (HOME_NET) and no ports. The policy's
-first-match decisions are flattened into that list (model.decided_set);
+first-match decisions are flattened into that list (tables.decided_set);
 policies whose decisions differ by source group or by port are refused.
 
 Wildcards: AWS's `.example.com` matches `example.com` too. A `*.example.com`
@@ -19,19 +19,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from portcullis.tools.export.model import (
-    ExportSpec,
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if
+from portcullis.tools.export.tables import (
     NameSet,
     NameTable,
     applicable,
-    common_problems,
     decided_set,
     decides_allow,
     name_table,
-    refuse_if,
-    slug,
     source_classes,
 )
+from portcullis.tools.export.text import slug
 
 FORMAT = "aws-network-firewall"
 # Characters AWS accepts in a tag value; anything else in a path is replaced.

@@ -17,13 +17,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from portcullis.tools.export.model import (
-    ExportSpec,
-    common_problems,
-    metadata,
-    refuse_if,
-    slug,
-)
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if
+from portcullis.tools.export.text import metadata, slug
 
 FORMAT = "azure-firewall"
 OPTIONS = {

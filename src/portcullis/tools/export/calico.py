@@ -3,7 +3,7 @@
 
 Calico evaluates a policy's rules in order, and its `*.example.com` matches one
 or more labels and not the apex, as Portcullis's does. But domains only work
-in Allow rules, so the allowed names are computed first (model.decided_set)
+in Allow rules, so the allowed names are computed first (tables.decided_set)
 and a denial carved out of an allowed wildcard is refused. Sources become
 `source.nets`: blocks go from the most specific prefix to the least, each
 ending in a Deny for its nets, so a client gets the rules of its longest
@@ -18,17 +18,16 @@ from typing import Any
 import yaml
 
 from portcullis.basics.ip import IPNetwork
-from portcullis.tools.export.model import (
-    ExportSpec,
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if
+from portcullis.tools.export.tables import (
     NameSet,
     applicable,
-    common_problems,
     decided_set,
-    header_lines,
     name_table,
-    refuse_if,
     source_classes,
 )
+from portcullis.tools.export.text import header_lines
 
 FORMAT = "calico"
 OPTIONS = {

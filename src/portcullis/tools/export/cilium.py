@@ -4,7 +4,7 @@ allowed names and the DNS rule that lets Cilium's DNS proxy learn their addresse
 Kubernetes pods have no fixed CIDRs, so a source group becomes a label:
 pods labelled `portcullis.io/source-group: GROUP` get that group's rules.
 toFQDNs can only allow, so deny rules and rule order are honoured by
-computing the allowed names first (model.decided_set); a denial carved out of
+computing the allowed names first (tables.decided_set); a denial carved out of
 an allowed wildcard cannot be listed and is refused.
 
 Wildcards: Cilium's `matchPattern: "*.example.com"` matches exactly one label.
@@ -21,17 +21,10 @@ from typing import Any
 
 import yaml
 
-from portcullis.tools.export.model import (
-    ExportSpec,
-    NameSet,
-    applicable,
-    common_problems,
-    decided_set,
-    header_lines,
-    name_table,
-    refuse_if,
-    slug,
-)
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if
+from portcullis.tools.export.tables import NameSet, applicable, decided_set, name_table
+from portcullis.tools.export.text import header_lines, slug
 
 FORMAT = "cilium"
 OPTIONS = {

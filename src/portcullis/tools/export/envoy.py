@@ -5,7 +5,7 @@ close denied ones.
 Envoy picks a filter chain by the most specific `server_names` entry (exact,
 then the longest `*.suffix`, which matches one or more labels and never the
 apex), then by the most specific `source_prefix_ranges`. Neither is "first
-rule wins", so the decisions come from model.NameTable per source class:
+rule wins", so the decisions come from tables.NameTable per source class:
 keys with the same decisions for every class share a chain. Each key also gets
 a chain without source ranges for clients in no source group, because Envoy
 does not fall back to a less specific name when no source range matches.
@@ -19,19 +19,16 @@ from typing import Any
 import yaml
 
 from portcullis.basics.ip import IPNetwork
-from portcullis.tools.export.model import (
-    ExportRule,
-    ExportSpec,
+from portcullis.tools.export.model import ExportRule, ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if, sni_port_problems
+from portcullis.tools.export.tables import (
     SourceClass,
     applicable,
-    common_problems,
     decides_allow,
-    header_lines,
     name_table,
-    refuse_if,
-    sni_port_problems,
     source_classes,
 )
+from portcullis.tools.export.text import header_lines
 
 FORMAT = "envoy"
 OPTIONS = {

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from portcullis.tools.export.model import (
-    ExportSpec,
-    comment_text,
-    common_problems,
-    header_lines,
-    refuse_if,
-    sni_port_problems,
-)
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if, sni_port_problems
+from portcullis.tools.export.text import comment_text, header_lines
 
 FORMAT = "haproxy"
 OPTIONS = {

@@ -4,7 +4,7 @@ file included in nginx.conf's main context (with ngx_stream_module loaded).
 nginx's `map ... { hostnames; }` does not go in order: it takes the exact name,
 else the longest `*.suffix` (which, as in Portcullis, matches one or more
 labels and not the apex). The first-match decisions are therefore computed
-here per key (model.NameTable) and written as a map per source class and
+here per key (tables.NameTable) and written as a map per source class and
 port; `geo` gives each client its class by longest prefix, as Portcullis does.
 A denied connection goes to an upstream whose only server is `down`, so nginx
 closes it without dialling anything.
@@ -14,17 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from portcullis.tools.export.model import (
-    ExportSpec,
-    applicable,
-    common_problems,
-    decides_allow,
-    header_lines,
-    name_table,
-    refuse_if,
-    sni_port_problems,
-    source_classes,
-)
+from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if, sni_port_problems
+from portcullis.tools.export.tables import applicable, decides_allow, name_table, source_classes
+from portcullis.tools.export.text import header_lines
 
 FORMAT = "nginx"
 OPTIONS = {

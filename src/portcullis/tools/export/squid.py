@@ -16,14 +16,9 @@ import ipaddress
 from collections.abc import Mapping
 
 from portcullis.basics.ip import IPNetwork
-from portcullis.tools.export.model import (
-    ExportRule,
-    ExportSpec,
-    comment_text,
-    common_problems,
-    header_lines,
-    refuse_if,
-)
+from portcullis.tools.export.model import ExportRule, ExportSpec
+from portcullis.tools.export.refusals import common_problems, refuse_if
+from portcullis.tools.export.text import comment_text, header_lines
 
 FORMAT = "squid"
 

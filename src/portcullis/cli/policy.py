@@ -1,0 +1,62 @@
+"""Policy commands: `validate` a file, `explain` a decision."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+
+import click
+
+from portcullis.basics.errors import AuthorityError
+from portcullis.cli.common import EXIT_DENIED, EXIT_OK, EXIT_USAGE, load_or_exit, main
+from portcullis.policy.engine import Engine
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
+              help="Policy file to check.")
+def validate(path: str) -> None:
+    """Check a policy file; exit 0 when valid, 2 with every error listed."""
+    policy = load_or_exit(path)
+    engine = Engine(policy)
+    names = sum(len(rule.destinations) for rule in engine.rules)
+    click.echo(
+        f"{path}: valid: {len(engine.rules)} rules, {names} destinations, "
+        f"{len(policy.sources)} source groups, mode {policy.mode}, default {policy.default}"
+    )
+
+
+@main.command()
+@click.option("--from", "source", required=True, help="Client IP address.")
+@click.option("--to", "target", required=True, help="HOST[:PORT] (port 443 when omitted).")
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Policy file (default: the embedded default policy).")
+@click.option("--sni", help="The TLS server name the client would send (checked like the proxy).")
+@click.option("--no-resolve", is_flag=True, help="Decide on the name only; skip DNS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def explain(source: str, target: str, path: str | None, sni: str | None, no_resolve: bool,
+            as_json: bool) -> None:
+    """Show the rule that decides, why earlier rules did not, and the address checks.
+
+    Exit 0 when the connection would go on (allowed, or reported in report mode),
+    1 when denied, 2 on bad input.
+    """
+    from portcullis.proxy.explaining import explain_target
+    from portcullis.proxy.gate import Gate
+
+    policy = load_or_exit(path)
+    try:
+        client = ipaddress.ip_address(source)
+    except ValueError:
+        click.echo(f"--from {source!r} is not an IP address", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    try:
+        result = asyncio.run(
+            explain_target(Gate(policy), client, target, sni=sni, resolve=not no_resolve)
+        )
+    except AuthorityError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+    raise SystemExit(EXIT_OK if result.verdict.allowed else EXIT_DENIED)

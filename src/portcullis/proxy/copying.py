@@ -1,0 +1,91 @@
+"""The copy path of a relayed direction: recv_into a buffer, then send.
+
+Used where splice is not: off Linux, on sockets splice refuses, and when no
+pipe can be had (out of fds). The buffer is shared by the tunnels of a thread;
+a direction keeps a private copy only of bytes its destination has not taken.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+from portcullis.proxy.pipes import copy_buffer
+
+if TYPE_CHECKING:
+    from portcullis.proxy.tunnel import Tunnel
+
+# Fallback read size; one buffer per thread, never per tunnel.
+COPY_CHUNK = 256 * 1024
+# Chunks moved per readiness callback before yielding to other tunnels.
+BURST = 8
+
+
+class CopyPath:
+    """Moving one direction's bytes through user space.
+
+    Holds the state every path shares; Direction.__init__ (direction.py) sets
+    it, so that making a direction stays one call.
+    """
+
+    __slots__ = ("buf", "dst", "dst_fd", "eof", "nbytes", "pending", "src", "src_fd", "tunnel")
+
+    tunnel: Tunnel
+    src: socket.socket
+    dst: socket.socket
+    src_fd: int
+    dst_fd: int
+    pending: memoryview | None  # bytes read but not yet written
+    buf: memoryview | None
+    nbytes: int  # bytes written to dst
+    eof: bool  # src said EOF
+
+    def _pump_copy(self) -> bool | None:
+        buf = self.buf
+        if buf is None:
+            buf = self.buf = copy_buffer(COPY_CHUNK)
+        size = len(buf)
+        recv_into = self.src.recv_into
+        send = self.dst.send
+        for _ in range(BURST):
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.tunnel.fail(self.src, exc)
+                return None
+            if n == 0:
+                self.eof = True
+                break
+            try:
+                m = send(buf[:n])
+            except BlockingIOError:
+                m = 0
+            except OSError as exc:
+                self.tunnel.fail(self.dst, exc)
+                return None
+            self.nbytes += m
+            if m < n:
+                # The shared buffer is reused by every tunnel: keep a private copy.
+                self.pending = memoryview(buf[m:n].tobytes())
+                return False
+            if n < size:
+                break
+        return True
+
+    def _flush_pending(self) -> bool | None:
+        pending = self.pending
+        while pending is not None:
+            try:
+                m = self.dst.send(pending)
+            except BlockingIOError:
+                self.pending = pending
+                return False
+            except OSError as exc:
+                self.tunnel.fail(self.dst, exc)
+                return None
+            self.nbytes += m
+            pending = pending[m:] if m < len(pending) else None
+        self.pending = None
+        return True

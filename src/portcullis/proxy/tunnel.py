@@ -1,0 +1,115 @@
+"""The bookkeeping of one relayed connection: its two directions, the idle
+timer, how it ends, and closing both sockets so that a reset stays a reset."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import struct
+
+from portcullis.basics.vocabulary import CloseReason
+from portcullis.proxy.direction import Direction
+
+# The peer went away; anything else from the kernel is an "error".
+_RESET_ERRNOS = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.EPIPE,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Tunnel:
+    """A client socket and an upstream socket relayed both ways, until `future`
+    says why it ended."""
+
+    __slots__ = ("client", "down", "future", "idle_timeout", "last_activity", "loop", "reason",
+                 "timer", "up", "upstream")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        upstream: socket.socket,
+        initial_up: bytes,
+        idle_timeout: float,
+        splice: bool,
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.upstream = upstream
+        self.future: asyncio.Future[CloseReason] = loop.create_future()
+        self.reason: CloseReason | None = None
+        self.idle_timeout = idle_timeout
+        self.last_activity = loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+        self.up = Direction(self, client, upstream, splice)
+        self.down = Direction(self, upstream, client, splice)
+        if initial_up:
+            self.up.pending = memoryview(initial_up)
+
+    def start(self) -> None:
+        if 0 < self.idle_timeout < float("inf"):
+            self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)
+        self.up.start()
+        if self.reason is None:
+            self.down.start()
+
+    def _check_idle(self) -> None:
+        # One timer per tunnel, pushed back lazily: the hot path only stamps
+        # last_activity, and the timer re-arms for the remaining time when it
+        # finds the tunnel was busy.
+        idle = self.loop.time() - self.last_activity
+        remaining = self.idle_timeout - idle
+        if remaining <= 0.001:
+            self.timer = None
+            self.finish(CloseReason.IDLE_TIMEOUT)
+        else:
+            self.timer = self.loop.call_later(remaining, self._check_idle)
+
+    def direction_finished(self) -> None:
+        if self.up.finished and self.down.finished:
+            self.finish(CloseReason.DONE)
+
+    def fail(self, sock: socket.socket, exc: OSError) -> None:
+        if exc.errno in _RESET_ERRNOS:
+            reset = CloseReason.CLIENT_RESET if sock is self.client else CloseReason.UPSTREAM_RESET
+            self.finish(reset)
+        else:
+            self.finish(CloseReason.ERROR)
+
+    def finish(self, reason: CloseReason) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.up.stop()
+        self.down.stop()
+        if not self.future.done():
+            self.future.set_result(reason)
+
+    def close(self) -> None:
+        # A reset on one side is passed on as a reset, so the other peer does
+        # not mistake a cut-off stream for a complete one.
+        if self.reason is CloseReason.CLIENT_RESET:
+            _set_linger_reset(self.upstream)
+        elif self.reason is CloseReason.UPSTREAM_RESET:
+            _set_linger_reset(self.client)
+        self.client.close()
+        self.upstream.close()
+
+
+def _set_linger_reset(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
