@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from portcullis.basics.ip import IPNetwork
 from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.observe.admin import AdminServer, ExplainResult, IPNetwork, client_address
+from portcullis.observe.admin import AdminServer, ExplainResult, client_address
 from portcullis.observe.events import DecisionEvent
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics

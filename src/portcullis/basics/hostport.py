@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from portcullis.basics.ip import IPAddress
 
 
 def parse_hostport(value: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -21,7 +21,7 @@ def parse_hostport(value: str, *, default_host: str = "0.0.0.0") -> tuple[str, i
     return host or default_host, int(port)
 
 
-def format_hostport(host: str | IPv4Address | IPv6Address, port: int) -> str:
+def format_hostport(host: str | IPAddress, port: int) -> str:
     """`host:port`, with an IPv6 address in brackets (`[::1]:443`)."""
     text = str(host)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"

@@ -15,29 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from portcullis.basics.ip import peer_address
+from portcullis.basics.ip import IPAddress, IPNetwork, peer_address
+from portcullis.observe.admin_answers import Response, error, json_answer
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 
-IPNetwork = IPv4Network | IPv6Network
 ExplainResult = tuple[int, dict[str, object]]
 # (from, to, sni or None): the status and JSON body to answer.
 Explain = Callable[[str, str, str | None], ExplainResult | Awaitable[ExplainResult]]
 
 LOOPBACK: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
-_TEXT = "text/plain; charset=utf-8"
-_JSON = "application/json"
 _ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/explain"})
 # After answering, unread request bytes are drained for a moment: closing a
 # socket with unread data makes the kernel send RST, which can destroy the
@@ -46,48 +42,7 @@ _LINGER_S = 1.0
 _LINGER_BYTES = 64 * 1024
 
 
-class _Response:
-    __slots__ = ("body", "ctype", "extra", "status")
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes | str,
-        ctype: str = _TEXT,
-        extra: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
-        self.ctype = ctype
-        self.extra = extra
-
-    def encode(self) -> bytes:
-        try:
-            phrase = HTTPStatus(self.status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        head = [
-            f"HTTP/1.1 {self.status} {phrase}",
-            f"Content-Type: {self.ctype}",
-            f"Content-Length: {len(self.body)}",
-            "Connection: close",
-            "Cache-Control: no-store",
-            "X-Content-Type-Options: nosniff",
-        ]
-        head.extend(f"{k}: {v}" for k, v in self.extra)
-        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
-
-
-def _json(status: int, obj: object) -> _Response:
-    body = json.dumps(obj, ensure_ascii=True, default=str, indent=2) + "\n"
-    return _Response(status, body, _JSON)
-
-
-def _error(status: int, message: str) -> _Response:
-    return _json(status, {"error": message})
-
-
-def client_address(peername: Any) -> IPv4Address | IPv6Address | None:
+def client_address(peername: Any) -> IPAddress | None:
     """The client's IP from a peername, with IPv4-mapped IPv6 unwrapped.
 
     A dual-stack listener reports 127.0.0.1 as ::ffff:127.0.0.1, which is not
@@ -181,7 +136,7 @@ class AdminServer:
                 raise
             except Exception as exc:  # a bug in a route must not kill the listener
                 self._report("admin request failed", exc)
-                response = _Response(500, "internal error\n")
+                response = Response(500, "internal error\n")
             if response is not None:
                 writer.write(response.encode())
                 await writer.drain()
@@ -212,7 +167,7 @@ class AdminServer:
                 client=str(client) if client is not None else repr(peername),
             )
         try:
-            writer.write(_Response(403, "forbidden\n").encode())
+            writer.write(Response(403, "forbidden\n").encode())
             if writer.can_write_eof():
                 writer.write_eof()
             # A short linger so the request the client already sent does not turn
@@ -240,7 +195,7 @@ class AdminServer:
                         return
                     drained += len(chunk)
 
-    async def _read_head(self, reader: asyncio.StreamReader) -> h11.Request | _Response | None:
+    async def _read_head(self, reader: asyncio.StreamReader) -> h11.Request | Response | None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
         try:
             async with asyncio.timeout(self._head_timeout):
@@ -253,62 +208,62 @@ class AdminServer:
                         return event
                     return None  # closed before sending anything
         except TimeoutError:
-            return _Response(408, "request head timeout\n")
+            return Response(408, "request head timeout\n")
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
-                return _Response(431, "request header fields too large\n")
-            return _Response(400, "bad request\n")
+                return Response(431, "request header fields too large\n")
+            return Response(400, "bad request\n")
 
-    async def _serve(self, reader: asyncio.StreamReader, peername: Any) -> _Response | None:
+    async def _serve(self, reader: asyncio.StreamReader, peername: Any) -> Response | None:
         head = await self._read_head(reader)
         if not isinstance(head, h11.Request):
             return head
         try:
             parts = urlsplit(head.target.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            return _Response(400, "bad request target\n")
+            return Response(400, "bad request target\n")
         if parts.path not in _ROUTES:
-            return _Response(404, "not found\n")
+            return Response(404, "not found\n")
         if head.method != b"GET":
-            return _Response(405, "method not allowed\n", extra=(("Allow", "GET"),))
+            return Response(405, "method not allowed\n", extra=(("Allow", "GET"),))
         if parts.path == "/healthz":
-            return _Response(200, "ok\n")
+            return Response(200, "ok\n")
         if parts.path == "/readyz":
             return self._readyz()
         if parts.path == "/metrics":
             body, ctype = self._metrics.render()
-            return _Response(200, body, ctype)
+            return Response(200, body, ctype)
         return await self._explain_route(parts.query)
 
-    def _readyz(self) -> _Response:
+    def _readyz(self) -> Response:
         try:
             if self._ready():
-                return _Response(200, "ready\n")
+                return Response(200, "ready\n")
             draining = self._draining is not None and self._draining()
         except Exception as exc:
             self._report("readiness check failed", exc)
-            return _Response(503, "not ready\n")
-        return _Response(503, "draining\n" if draining else "not ready\n")
+            return Response(503, "not ready\n")
+        return Response(503, "draining\n" if draining else "not ready\n")
 
-    async def _explain_route(self, query: str) -> _Response:
+    async def _explain_route(self, query: str) -> Response:
         try:
             params = parse_qs(query, keep_blank_values=True, max_num_fields=8)
         except ValueError:
-            return _error(400, "too many query parameters")
+            return error(400, "too many query parameters")
         args: dict[str, str] = {}
         for name in ("from", "to"):
             values = params.get(name, [])
             if len(values) != 1 or not values[0]:
                 what = "repeated" if len(values) > 1 else "missing"
-                return _error(400, f"query parameter '{name}' {what}; use ?from=IP&to=HOST[:PORT]")
+                return error(400, f"query parameter '{name}' {what}; use ?from=IP&to=HOST[:PORT]")
             args[name] = values[0]
         snis = params.get("sni", [])
         if len(snis) > 1 or (snis and not snis[0]):
-            return _error(400, "query parameter 'sni' is repeated or empty; give one name")
+            return error(400, "query parameter 'sni' is repeated or empty; give one name")
         try:
             ip_address(args["from"])
         except ValueError:
-            return _error(400, "query parameter 'from' is not an IP address")
+            return error(400, "query parameter 'from' is not an IP address")
         try:
             result = self._explain(args["from"], args["to"], snis[0] if snis else None)
             if inspect.isawaitable(result):
@@ -316,14 +271,14 @@ class AdminServer:
                     result = await result
             status, payload = result
         except TimeoutError:
-            return _error(504, "explain timed out")
+            return error(504, "explain timed out")
         except Exception as exc:
             self._report("explain failed", exc)
-            return _error(500, "explain failed")
+            return error(500, "explain failed")
         if not isinstance(status, int) or not 200 <= status <= 599:
             self._report("explain returned a bad status", ValueError(repr(status)))
-            return _error(500, "explain failed")
-        return _json(status, payload)
+            return error(500, "explain failed")
+        return json_answer(status, payload)
 
     def _report(self, message: str, exc: BaseException) -> None:
         if self._log is not None:

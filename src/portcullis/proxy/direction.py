@@ -53,29 +53,31 @@ class Direction(SplicePath):
         elif drained is not None:
             self._wait_writable()
 
-    def _resume_reading(self) -> None:
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+
+    def _stop_writing(self) -> None:
         if self.writing:
             self.loop.remove_writer(self.dst_fd)
             self.writing = False
+
+    def _resume_reading(self) -> None:
+        self._stop_writing()
         if not self.reading:
             self.loop.add_reader(self.src_fd, self.on_readable)
             self.reading = True
 
     def _wait_writable(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
+        self._stop_reading()
         if not self.writing:
             self.loop.add_writer(self.dst_fd, self.on_writable)
             self.writing = True
 
     def stop(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if self.writing:
-            self.loop.remove_writer(self.dst_fd)
-            self.writing = False
+        self._stop_reading()
+        self._stop_writing()
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
             # A pipe with bytes still in it cannot be reused by another tunnel.

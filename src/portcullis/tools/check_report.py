@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from portcullis.tools.netprobe import CertInfo, Kind, Problem
+from portcullis.tools.netprobe import Kind, Problem
+from portcullis.tools.tlsprobe import CertInfo
 
 
 class Status(StrEnum):

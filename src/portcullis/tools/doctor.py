@@ -22,16 +22,9 @@ from portcullis.basics.hostport import format_hostport
 from portcullis.catalog.model import ROLE_TAGS
 from portcullis.tools.check_report import STEPS, NameReport, Report, Status, Step
 from portcullis.tools.diagnose import diagnose
-from portcullis.tools.netprobe import (
-    Problem,
-    Route,
-    connect_direct,
-    connect_via_proxy,
-    http_request,
-    resolve,
-    tls_handshake,
-)
+from portcullis.tools.netprobe import Problem, Route, connect_direct, connect_via_proxy, resolve
 from portcullis.tools.pull_probe import ImageRef, PullProbe, parse_challenge
+from portcullis.tools.tlsprobe import http_request, tls_handshake
 
 EXPIRY_WARNING_DAYS = 14
 WORKERS = 8

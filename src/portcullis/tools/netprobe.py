@@ -1,5 +1,6 @@
-"""The network steps of `portcullis check`: resolve, connect (directly or with
-CONNECT through a proxy), TLS handshake, one HTTP request.
+"""The network steps of `portcullis check` up to a connected socket: resolve,
+connect (directly or with CONNECT through a proxy); tools/tlsprobe.py does the
+TLS handshake and the HTTP request on it.
 
 Plain blocking sockets with timeouts, run in threads by the caller: each step
 either returns or raises `Problem`, whose `kind` says what kind of failure it
@@ -11,14 +12,11 @@ from __future__ import annotations
 
 import base64
 import errno
-import http.client
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
@@ -100,25 +98,6 @@ class Route:
     dns_timeout: float = 5.0
 
 
-@dataclass(frozen=True)
-class CertInfo:
-    subject: str
-    issuer: str
-    not_after: datetime
-
-    @property
-    def days_left(self) -> int:
-        return (self.not_after - datetime.now(UTC)).days
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    reason: str
-    headers: http.client.HTTPMessage
-    body: bytes  # at most the bytes asked for
-
-
 def _getaddrinfo(name: str, port: int, out: list[object]) -> None:
     try:
         out.append(socket.getaddrinfo(name, port, type=socket.SOCK_STREAM))
@@ -146,7 +125,7 @@ def resolve(route: Route, name: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in result))
 
 
-def _classify(exc: OSError, what: str, timeout: float) -> Problem:
+def classify_error(exc: OSError, what: str, timeout: float) -> Problem:
     if isinstance(exc, TimeoutError | socket.timeout):
         return Problem(Kind.TIMEOUT, f"{what} timed out after {timeout:g} s")
     if isinstance(exc, ConnectionRefusedError):
@@ -165,7 +144,7 @@ def connect_direct(route: Route, addresses: list[str], port: int) -> tuple[socke
         try:
             sock = socket.create_connection((address, port), timeout=route.timeout)
         except OSError as exc:
-            problem = _classify(exc, f"TCP to {format_hostport(address, port)}", route.timeout)
+            problem = classify_error(exc, f"TCP to {format_hostport(address, port)}", route.timeout)
             problem.address = address
             first = first or problem
             continue
@@ -209,7 +188,7 @@ def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
     try:
         sock = socket.create_connection((proxy.host, proxy.port), timeout=route.timeout)
     except OSError as exc:
-        inner = _classify(exc, f"TCP to the proxy {proxy.host}:{proxy.port}", route.timeout)
+        inner = classify_error(exc, f"TCP to the proxy {proxy.host}:{proxy.port}", route.timeout)
         raise Problem(Kind.PROXY_UNREACHABLE, inner.message) from None
     try:
         request = f"CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n"
@@ -229,7 +208,7 @@ def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise Problem(Kind.PROXY_UPSTREAM,
-                      _classify(exc, "waiting for the proxy's answer", route.timeout).message
+                      classify_error(exc, "waiting for the proxy's answer", route.timeout).message
                       ) from None
     if status == 200:
         return sock
@@ -252,68 +231,3 @@ def open_tunnel(route: Route, name: str, port: int) -> tuple[socket.socket, str 
     if route.proxy is not None:
         return connect_via_proxy(route, name, port), None
     return connect_direct(route, resolve(route, name, port), port)
-
-
-def _cert_info(cert: dict[str, object]) -> CertInfo:
-    def flat(field_name: str) -> str:
-        rdns = cert.get(field_name, ())
-        assert isinstance(rdns, tuple)
-        return ", ".join(f"{k}={v}" for rdn in rdns for k, v in rdn)
-
-    not_after = str(cert.get("notAfter", ""))
-    expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
-    return CertInfo(flat("subject"), flat("issuer"), expires)
-
-
-def tls_handshake(route: Route, sock: socket.socket, name: str) -> tuple[ssl.SSLSocket, CertInfo]:
-    """Handshake presenting `name` in SNI; the certificate must be valid for it."""
-    sock.settimeout(route.timeout)
-    try:
-        tls = route.context.wrap_socket(sock, server_hostname=name)
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise Problem(Kind.TLS_CERT, exc.verify_message or str(exc)) from None
-    except ssl.SSLError as exc:
-        sock.close()
-        raise Problem(Kind.TLS, f"handshake failed: {exc.reason or exc}") from None
-    except OSError as exc:
-        sock.close()
-        problem = _classify(exc, "TLS handshake", route.timeout)
-        if problem.kind is Kind.NETWORK:  # e.g. EOF: the peer hung up mid-handshake
-            problem = Problem(Kind.RESET, f"TLS handshake: {exc}")
-        raise problem from None
-    cert = tls.getpeercert()
-    assert cert is not None  # verified contexts always have one
-    return tls, _cert_info(dict(cert))
-
-
-class _OnSocket(http.client.HTTPSConnection):
-    """http.client on a socket that is already connected and encrypted."""
-
-    def __init__(self, name: str, port: int, tls: ssl.SSLSocket, timeout: float) -> None:
-        super().__init__(name, port, timeout=timeout)
-        self.sock = tls
-
-    def connect(self) -> None:  # pragma: no cover - the socket is given
-        raise http.client.NotConnected("the socket is given")
-
-
-def http_request(route: Route, tls: ssl.SSLSocket, name: str, port: int, method: str,
-                 target: str, headers: Mapping[str, str], max_body: int = 4096) -> Reply:
-    """One request on `tls`; reads at most `max_body` bytes of the body, then closes."""
-    conn = _OnSocket(name, port, tls, route.timeout)
-    started = time.monotonic()
-    try:
-        conn.request(method, target, headers={"User-Agent": "portcullis-check", **headers,
-                                              "Connection": "close"})
-        resp = conn.getresponse()
-        body = resp.read(max_body) if method != "HEAD" else b""
-        return Reply(resp.status, resp.reason, resp.headers, body)
-    except http.client.HTTPException as exc:
-        raise Problem(Kind.HTTP, f"bad HTTP answer: {exc!r}") from None
-    except OSError as exc:
-        what = f"{method} {target}"
-        waited = time.monotonic() - started
-        raise _classify(exc, what, round(waited, 1)) from None
-    finally:
-        conn.close()

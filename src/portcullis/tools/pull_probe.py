@@ -19,15 +19,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from portcullis.basics.errors import ToolError
 from portcullis.tools.check_report import PullStep, Status
-from portcullis.tools.netprobe import (
-    Kind,
-    Problem,
-    Reply,
-    Route,
-    http_request,
-    open_tunnel,
-    tls_handshake,
-)
+from portcullis.tools.netprobe import Kind, Problem, Route, open_tunnel
+from portcullis.tools.tlsprobe import Reply, http_request, tls_handshake
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
