@@ -76,3 +76,14 @@ def original_dst(sock: socket.socket) -> Endpoint:
 
 def format_endpoint(endpoint: Endpoint) -> str:
     return format_hostport(*endpoint)
+
+
+def is_local_address(address: IPAddress) -> bool:
+    """Whether `address` is one of this host's own (bindable here)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True

@@ -25,49 +25,25 @@ from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import peer_address
 from portcullis.basics.vocabulary import Mode, Reason
 from portcullis.config import Policy, load_policy
+from portcullis.net.sockets import is_local_address
 from portcullis.observe.admin import AdminServer
 from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
+from portcullis.proxy import transparent
 from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explaining import explain_for_admin
 from portcullis.proxy.explicit import handle_explicit
+from portcullis.proxy.listeners import bind_or_explain, cannot_listen
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
-from portcullis.proxy.transparent import handle_transparent
 
 Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
 WATCH_INTERVAL = 2.0
 # Connections an accept loop starts before it yields to them.
 ACCEPT_BATCH = 32
-
-
-def bind_listener(address: str, *, reuse_port: bool = False) -> socket.socket:
-    host, port = parse_hostport(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6 and host in ("::", ""):
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((host, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
-def _cannot_listen(address: str, mode: str, exc: OSError) -> str:
-    return f"cannot listen on {address} ({mode}): {exc.strerror or exc}"
-
-
-def _bind_or_explain(address: str, mode: str, *, reuse_port: bool) -> socket.socket:
-    try:
-        return bind_listener(address, reuse_port=reuse_port)
-    except OSError as exc:
-        raise ListenError(_cannot_listen(address, mode, exc)) from None
 
 
 class Server:
@@ -95,13 +71,13 @@ class Server:
     async def start(self) -> None:
         policy = self.state.policy
         handlers: dict[Mode, Handler] = {
-            Mode.EXPLICIT: handle_explicit, Mode.TRANSPARENT: handle_transparent
+            Mode.EXPLICIT: handle_explicit, Mode.TRANSPARENT: transparent.handle_transparent
         }
         for mode, handler in handlers.items():
             address = getattr(policy.listen, mode)
             if address is None:
                 continue
-            sock = _bind_or_explain(address, mode, reuse_port=self.reuse_port)
+            sock = bind_or_explain(address, mode, reuse_port=self.reuse_port)
             self.listeners[mode] = sock
             task = asyncio.create_task(self._accept_loop(sock, handler, mode))
             self._accepting.append(task)
@@ -116,13 +92,13 @@ class Server:
             )
             host, port = parse_hostport(policy.listen.admin)
             if self.reuse_port:
-                admin = _bind_or_explain(policy.listen.admin, "admin", reuse_port=True)
+                admin = bind_or_explain(policy.listen.admin, "admin", reuse_port=True)
                 await self.admin.start_socket(admin)
             else:
                 try:
                     await self.admin.start(host, port)
                 except OSError as exc:
-                    raise ListenError(_cannot_listen(policy.listen.admin, "admin", exc)) from None
+                    raise ListenError(cannot_listen(policy.listen.admin, "admin", exc)) from None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -223,7 +199,12 @@ class Server:
     def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: Any,
                handler: Handler, mode: Mode, max_connections: int) -> None:
         conn.setblocking(False)
-        if stranger(self.state.gate, peer_address(str(peer[0]))):
+        client = peer_address(str(peer[0]))
+        if stranger(self.state.gate, client) and not (
+            # A redirected connection from this very host may be our own upstream
+            # looping back: the handler tells, once its SNI is read.
+            mode is Mode.TRANSPARENT and is_local_address(client)
+        ):
             # Before the capacity check: strangers never take a worker's slot.
             self._refuse_at_accept(conn, peer, mode, Reason.SOURCE_UNKNOWN, 403,
                                    "this client is in no source group")
@@ -250,8 +231,10 @@ class Server:
                           status: int, detail: str) -> None:
         """Record and answer without starting a task: no slot, no read."""
         attempt = Attempt(mode, str(peer[0]), int(peer[1]), new_connection_id())
-        self.state.refuse_and_record(attempt, reason)
-        if mode is Mode.EXPLICIT:
+        if mode is Mode.TRANSPARENT:
+            transparent.refuse_at_accept(self.state, conn, attempt, reason)
+        else:
+            self.state.refuse_and_record(attempt, reason)
             with contextlib.suppress(OSError):
                 conn.send(error_response(status, attempt, detail))
         conn.close()

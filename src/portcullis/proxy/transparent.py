@@ -142,11 +142,7 @@ async def _serve_tls(
         return
     attempt.sni = hello.sni
     if _is_our_own(attempt):
-        state.log.log_error(
-            "redirect loop: Portcullis's own upstream connection came back to it; exempt its"
-            " traffic from the redirect (meta mark 0x504c or its uid, see `portcullis nftables`)",
-            client=attempt.client, original_dst=attempt.original_dst,
-        )
+        _log_loop(state, attempt)
         await _deny(state, conn, attempt, Reason.ADDRESS_FORBIDDEN)
         return
     if hello.sni is None:
@@ -179,6 +175,34 @@ async def _serve_tls(
         _our_ends.discard(ours)
         state.metrics.connection_closed(Mode.TRANSPARENT)
     state.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
+
+
+def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt,
+                     reason: Reason) -> None:
+    """A redirected connection refused before its first byte is read (a stranger,
+    or over the limit): recorded with where it was going, and on a TLS port
+    answered with a TLS alert. Our own looping connection is called that."""
+    try:
+        original = original_dst(conn)
+    except NoOriginalDestination:
+        original = local_endpoint(conn)
+    attempt.original_dst = format_endpoint(original)
+    attempt.port = original[1]
+    if _is_our_own(attempt):
+        _log_loop(state, attempt)
+        reason = Reason.ADDRESS_FORBIDDEN
+    state.refuse_and_record(attempt, reason)
+    if original[1] in state.policy.tls_ports:
+        with contextlib.suppress(OSError):
+            conn.send(ACCESS_DENIED_ALERT)
+
+
+def _log_loop(state: FirewallState, attempt: Attempt) -> None:
+    state.log.log_error(
+        "redirect loop: Portcullis's own upstream connection came back to it; exempt its"
+        " traffic from the redirect (meta mark 0x504c or its uid, see `portcullis nftables`)",
+        client=attempt.client, original_dst=attempt.original_dst,
+    )
 
 
 def _is_our_own(attempt: Attempt) -> bool:

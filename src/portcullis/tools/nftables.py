@@ -64,7 +64,7 @@ def plan(policy: Policy, *, exempt_uid: int | None = None) -> Plan:
         )
     address = ipaddress.ip_address(host.strip("[]"))
     wildcard = address.is_unspecified
-    # A wildcard IPv6 listener is dual-stack (server.bind_listener clears V6ONLY).
+    # A wildcard IPv6 listener is dual-stack (listeners.bind_listener clears V6ONLY).
     accepts_v4 = address.version == 4 or wildcard
     accepts_v6 = address.version == 6
     sources = worker_sources(policy)
