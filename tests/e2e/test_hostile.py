@@ -24,6 +24,7 @@ import pytest
 from tests.support.http import Answer, body_of, dial, read_head, read_to_close, responses
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer, Trap
+from tests.support.tls_hellos import real_hello
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
@@ -50,7 +51,7 @@ def trap() -> Iterator[Trap]:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, trap: Trap
           ) -> Iterator[RunningPortcullis]:
-    hosts = {"web.test": [ECHO_IP], "trap.test": [TRAP_IP]}
+    hosts = {"web.test": [ECHO_IP], "trap.test": [TRAP_IP], "raw.test": [ECHO_IP]}
     policy = policy_for(hosts, [], sources=(f"{WORKER}/32",), extra={
         "limits": {"max_connections": MAX_CONNECTIONS, "header_timeout": HEADER_TIMEOUT,
                    "client_hello_timeout": HEADER_TIMEOUT, "drain_timeout": 2},
@@ -59,6 +60,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, trap: Trap
     policy["rules"] = [
         {"name": "web", "from": ["workers"], "to": ["web.test"], "ports": [echo.port, 443]},
         {"name": "trap", "from": ["workers"], "to": ["trap.test"], "ports": [trap.port, 443]},
+        {"name": "raw", "from": ["workers"], "to": ["raw.test"], "ports": [echo.port],
+         "raw": True},
     ]
     with run_portcullis(tmp_path_factory.mktemp("hostile"), policy) as running:
         yield running
@@ -317,3 +320,56 @@ def test_an_http10_request_is_forwarded_with_the_host_decided_on(
     seen = body_of(answer)
     assert dict(seen["headers"])["host"] == f"web.test:{echo.port}"  # type: ignore[arg-type]
     assert seen["target"] == "/old"
+
+
+# --- tunnels to ports outside tls_ports ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b"GET / HTTP/1.1\r\nHost: anything.example\r\n\r\n",
+     b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+     b"SSH-2.0-OpenSSH_9.2\r\n", b"\x00" * 32],
+    ids=["origin-form", "absolute-form", "ssh", "zeros"],
+)
+def test_a_tunnel_to_a_non_tls_port_is_checked_unless_the_rule_says_raw(
+    proxy: RunningPortcullis, echo: EchoServer, first: bytes
+) -> None:
+    mark = len(proxy.records())
+    before = echo.accepted
+    with dial(proxy.explicit, source=WORKER) as sock:
+        sock.sendall(f"CONNECT web.test:{echo.port} HTTP/1.1\r\n\r\n".encode())
+        assert Answer(*read_head(sock, exact=True)).status == 200
+        sock.sendall(first)
+        assert b"HTTP/1.1 200" not in read_to_close(sock)  # nothing came back from upstream
+    [record] = _decisions_since(proxy, mark)
+    assert (record["decision"], record["reason"]) == ("deny", "not_tls")
+    # The upstream was dialled (before the 200) but not one byte reached it.
+    assert echo.accepted == before + 1
+
+
+def test_a_raw_rule_lets_a_tunnel_carry_plain_bytes(proxy: RunningPortcullis,
+                                                    echo: EchoServer) -> None:
+    with dial(proxy.explicit, source=WORKER) as sock:
+        sock.sendall(f"CONNECT raw.test:{echo.port} HTTP/1.1\r\n\r\n".encode())
+        assert Answer(*read_head(sock, exact=True)).status == 200
+        sock.sendall(b"GET /inside HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+        answer = read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"/inside"' in answer
+
+
+@pytest.mark.parametrize(("sni", "relayed"), [("web.test", True), ("evil.example", False),
+                                              (None, False)])
+def test_a_tls_tunnel_to_a_non_tls_port_has_its_sni_checked(
+    proxy: RunningPortcullis, echo: EchoServer, sni: str | None, relayed: bool
+) -> None:
+    mark = len(proxy.records())
+    with dial(proxy.explicit, source=WORKER) as sock:
+        sock.sendall(f"CONNECT web.test:{echo.port} HTTP/1.1\r\n\r\n".encode())
+        assert Answer(*read_head(sock, exact=True)).status == 200
+        sock.sendall(real_hello(sni))
+        read_to_close(sock)  # the echo server answers 400 to a hello, or the proxy closes
+    [record] = _decisions_since(proxy, mark)
+    expected = ("allow", "rule_allow") if relayed else (
+        "deny", "sni_mismatch" if sni else "no_sni")
+    assert (record["decision"], record["reason"]) == expected

@@ -86,7 +86,10 @@ class EchoServer(ThreadedServer):
             while True:
                 request, body, trailers = None, b"", []
                 while True:
-                    event = server.next_event()
+                    try:
+                        event = server.next_event()
+                    except h11.RemoteProtocolError:
+                        return  # not HTTP (a test sending TLS or junk): just close
                     if event is h11.NEED_DATA:
                         data = conn.recv(65536)
                         server.receive_data(data)

@@ -106,6 +106,11 @@ class Rule(_Model):
     ports: list[Port] = Field(default_factory=lambda: [443], min_length=1)
     action: Literal["allow", "deny"] = "allow"
     resolves_to: list[Network] | None = None
+    # A CONNECT on a port outside `tls_ports` must still open with a TLS
+    # ClientHello (its SNI checked) unless the deciding rule says the tunnel
+    # may carry other bytes: an unchecked tunnel reaches whatever the upstream
+    # address serves, with any Host or name the client likes.
+    raw: bool = False
 
 
 class Resolver(_Model):

@@ -30,6 +30,7 @@ class CompiledRule:
     ports: frozenset[int]
     destinations: tuple[str, ...]
     resolves_to: tuple[IPNetwork, ...] | None
+    raw: bool = False  # tunnels may carry bytes that are not TLS (ports outside tls_ports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class Engine:
                     ports=frozenset(rule.ports),
                     destinations=tuple(destinations),
                     resolves_to=tuple(rule.resolves_to) if rule.resolves_to is not None else None,
+                    raw=rule.raw,
                 )
             )
         self.rules: tuple[CompiledRule, ...] = tuple(rules)

@@ -1,9 +1,11 @@
 """The explicit listener: clients that set HTTPS_PROXY / HTTP_PROXY.
 
 `CONNECT host:port` goes through admission (decide, resolve, check, dial), is
-answered `200`, and then the client's first bytes are peeked: on a TLS port
-they must be a ClientHello whose SNI is the CONNECT host. Absolute-form
-requests (`GET http://host/...`) go to the plain-HTTP path.
+answered `200`, and then the client's first bytes are peeked: they must be a
+ClientHello whose SNI is the CONNECT host, on every port, unless the port is
+outside `tls_ports` and the deciding rule says `raw: true` (docs/decisions.md,
+"Every tunnel is checked"). Absolute-form requests (`GET http://host/...`) go
+to the plain-HTTP path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import socket
 
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
-from portcullis.basics.vocabulary import CloseReason, Mode, Reason
+from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
@@ -57,6 +59,13 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
         await plain.serve(state, conn, attempt, bytes(buffer))
 
 
+def _raw_allowed(attempt: Attempt) -> bool:
+    """Whether the tunnel may carry bytes that are not TLS: only on a port outside
+    `tls_ports`, and only when an allow rule with `raw: true` decided it."""
+    rule = attempt.matched
+    return rule is not None and rule.raw and rule.action is Decision.ALLOW
+
+
 async def _connect(
     state: FirewallState, conn: socket.socket, attempt: Attempt, authority: Authority, rest: bytes
 ) -> None:
@@ -70,7 +79,7 @@ async def _connect(
     try:
         await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
         peeked = rest
-        if authority.port in gate.policy.tls_ports:
+        if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
             go_on = True
             try:
                 hello, peeked = await read_client_hello(
