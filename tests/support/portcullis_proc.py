@@ -59,7 +59,10 @@ class RunningPortcullis:
 
     def records(self, event: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for line in self.log_path.read_text().splitlines():
+        # Only whole lines: the proxy may be halfway through writing the last
+        # one (one write(2) per line, but a reader can see part of a write).
+        text = self.log_path.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():
             record = json.loads(line)
             if event is None or record.get("event") == event:
                 out.append(record)
