@@ -45,6 +45,13 @@ def policy_for(
     return policy
 
 
+def whole_lines(path: Path) -> list[str]:
+    """The file's complete lines: the proxy may be halfway through writing the
+    last one (one write(2) per line, but a reader can see part of a write)."""
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
 @dataclass
 class RunningPortcullis:
     proc: subprocess.Popen[str]
@@ -59,10 +66,7 @@ class RunningPortcullis:
 
     def records(self, event: str | None = None) -> list[dict[str, Any]]:
         out = []
-        # Only whole lines: the proxy may be halfway through writing the last
-        # one (one write(2) per line, but a reader can see part of a write).
-        text = self.log_path.read_text()
-        for line in text[: text.rfind("\n") + 1].splitlines():
+        for line in whole_lines(self.log_path):
             record = json.loads(line)
             if event is None or record.get("event") == event:
                 out.append(record)
@@ -122,7 +126,7 @@ def run_portcullis(
                 )
             if time.monotonic() > deadline:
                 raise AssertionError("portcullis did not start within 20 s")
-            for line in log_path.read_text().splitlines():
+            for line in whole_lines(log_path):
                 record = json.loads(line)
                 if record.get("msg") == "listening":
                     listening = record
