@@ -309,5 +309,6 @@ def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
         time.sleep(0.05)
         listening = [r for r in server.records() if r.get("msg") == "listening"]
     host, _, port = listening[0]["explicit"].rpartition(":")
+    host = host.strip("[]")  # "[::1]:3128" for IPv6
     server.address = (host, int(port))
     return server

@@ -134,7 +134,7 @@ def run_portcullis(
 
         def split(text: str) -> tuple[str, int]:
             host, _, port = text.rpartition(":")
-            return host, int(port)
+            return host.strip("[]"), int(port)  # "[::1]:3128" for IPv6
 
         yield RunningPortcullis(
             proc, policy_path, log_path, split(listening["explicit"]), split(listening["admin"])

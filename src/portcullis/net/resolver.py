@@ -24,6 +24,7 @@ import dns.nameserver
 import dns.resolver
 
 from portcullis.basics.errors import DnsFailure, DnsFailureKind
+from portcullis.basics.hostport import split_hostport
 from portcullis.basics.ip import IPAddress
 
 FailureKind = DnsFailureKind
@@ -51,16 +52,11 @@ class _Entry:
 
 def parse_server(text: str) -> tuple[str, int]:
     """ "ip", "ip:port" or "[v6]:port" (a bare IPv6 address is also accepted)."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad DNS server {text!r}: expected [v6] or [v6]:port")
-        if rest:
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
+    try:
+        host, port_text = split_hostport(text)
+    except ValueError:
+        raise ValueError(f"bad DNS server {text!r}: expected [v6] or [v6]:port") from None
+    port = int(port_text) if port_text is not None else 53
     ip_address(host)  # raises ValueError naming the bad address
     if not 0 < port < 65536:
         raise ValueError(f"bad DNS server {text!r}: port out of range")

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from portcullis.basics.errors import ListenError
+from portcullis.basics.hostport import format_hostport, parse_hostport
 from portcullis.config import Policy
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.summary import policy_summary
@@ -28,10 +29,10 @@ def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bo
         # process: out of the collector's sight, full collections stop walking
         # them (a cost that grows with the policy) while connections churn.
         gc.freeze()
-        listening = {mode.value: "{}:{}".format(*server.bound(mode)) for mode in server.listeners}
+        listening = {mode.value: format_hostport(*server.bound(mode)) for mode in server.listeners}
         if server.admin is not None and policy.listen.admin is not None:
-            host = policy.listen.admin.rpartition(":")[0].strip("[]")
-            listening["admin"] = f"{host}:{server.admin.bound_port}"
+            host, _ = parse_hostport(policy.listen.admin)
+            listening["admin"] = format_hostport(host, server.admin.bound_port)
         log.log_info("listening", pid=os.getpid(), **listening)
         if announce:
             print(policy_summary(policy, server.state.gate.engine, listening), file=sys.stderr)
