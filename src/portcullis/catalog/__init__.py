@@ -1,4 +1,4 @@
-"""Registry catalogs (DESIGN §3): the names each registry needs, by region and tag."""
+"""Registry catalogs (docs/semantics.md §6): the names each registry needs, by region and tag."""
 
 from portcullis.basics.errors import CatalogError
 from portcullis.catalog.loader import catalog_ids, load_catalog

@@ -1,5 +1,5 @@
 """Selecting from a catalog: the user's regions, tags and placeholder values
-turned into the names to allow (DESIGN §3).
+turned into the names to allow (docs/semantics.md §6).
 
 `select` is what `portcullis domains` prints; `select_reference` is what a
 policy's catalog reference compiles into, and `check_reference` the same

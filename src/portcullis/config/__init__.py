@@ -1,4 +1,4 @@
-"""The policy file (DESIGN §2): its models, and loading it with located errors."""
+"""The policy file (docs/semantics.md §5): its models, and loading it with located errors."""
 
 from portcullis.config.loading import DEFAULT_POLICY_RESOURCE, load_policy, parse_policy
 from portcullis.config.models import (

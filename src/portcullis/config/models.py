@@ -1,4 +1,4 @@
-"""The policy file's schema: pydantic models of DESIGN §2.
+"""The policy file's schema: pydantic models of docs/semantics.md §5.
 
 Validation checks everything a policy refers to (source groups, catalog
 references) so that a mistake is a load error with a line number; loading.py

@@ -1,4 +1,4 @@
-"""Compile a policy once, then decide (DESIGN §1 "Rules and decisions").
+"""Compile a policy once, then decide (docs/semantics.md §2).
 
 The first rule whose source, destination and port all match decides. Compiled,
 a decision costs one longest-prefix lookup for the client (cached) and one hash

@@ -1,6 +1,6 @@
 """The real testbed: docker-registry with IBM-style redirects, an nginx CDN, a seeded image.
 
-Layout on loopback (DESIGN.md section 7):
+Layout on loopback (docs/semantics.md §8):
 
     us.icr.io  -> 127.0.0.2:443  docker-registry 2.8, TLS, blob GETs 307 to dd0.icr.io
     dd0.icr.io -> 127.0.0.3:443  nginx serving the registry's storage root

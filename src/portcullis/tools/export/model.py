@@ -1,7 +1,7 @@
 """What every export format reads: the policy's rules in order, flattened.
 
 A format module gets an `ExportSpec` and returns text. The spec keeps the
-policy's semantics (DESIGN §1) in a form the translations can reason about:
+policy's semantics (docs/semantics.md §1-§3) in a form the translations can reason about:
 each rule's exact names and `*.suffix` wildcards apart, its sources as CIDRs,
 its ports. build.py makes one from a policy or a catalog selection.
 """
