@@ -51,12 +51,15 @@ bench: setup
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# Coverage-guided fuzzing of both wire parsers (atheris; not in `make test`):
-# FUZZ_SECONDS per harness; the figures go into docs/security.md.
+# Coverage-guided fuzzing of the wire parsers and the keep-alive loop (atheris;
+# not in `make test`):
+# FUZZ_SECONDS per harness, or FUZZ_RUNS inputs each with FUZZ_SECONDS as a cap;
+# the figures go into docs/security.md.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 0
 fuzz: setup
 	$(BIN)/pip install -q atheris
-	$(BIN)/python tests/fuzz/run_atheris.py --seconds $(FUZZ_SECONDS)
+	$(BIN)/python tests/fuzz/run_atheris.py --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
 
 bench-policy: setup
 	$(BIN)/python bench/policy_bench.py

@@ -271,8 +271,11 @@ def portcullis_policy(port: int) -> dict[str, object]:
         "version": 1,
         "listen": {"explicit": f"127.0.0.1:{port}", "admin": "127.0.0.1:0"},
         "sources": {"bench": ["127.0.0.0/8"]},
-        "rules": [{"name": "bench", "from": ["bench"], "to": [ORIGIN_NAME],
-                   "ports": [TLS_PORT, PLAIN_PORT]}],
+        # The idle tunnels carry plain HTTP to PLAIN_PORT: a tunnel that is not
+        # TLS needs `raw: true` (docs/decisions.md, "Every tunnel is checked").
+        "rules": [{"name": "bench", "from": ["bench"], "to": [ORIGIN_NAME], "ports": [TLS_PORT]},
+                  {"name": "bench-raw", "from": ["bench"], "to": [ORIGIN_NAME],
+                   "ports": [PLAIN_PORT], "raw": True}],
         "tls_ports": [443, TLS_PORT],
         "resolver": {"hosts": {ORIGIN_NAME: [ORIGIN_ADDR]},
                      "allow_ranges": [f"{ORIGIN_ADDR}/32"], "servers": ["127.0.0.1"]},

@@ -7,6 +7,7 @@ crashes) replace the block between the markers in docs/security.md, so the
 document always shows the last run; the exit status is 1 when anything crashed.
 
     python tests/fuzz/run_atheris.py --seconds 60
+    python tests/fuzz/run_atheris.py --runs 1000000 --seconds 1800   # a count, time as a cap
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def _stat(output: str, key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def run_one(name: str, seconds: int, work: Path) -> Run:
+def run_one(name: str, seconds: int, work: Path, runs: int = 0) -> Run:
     script, target = HARNESSES[name]
     corpus = work / "corpus" / name
     crashes = work / "crashes"
@@ -57,20 +59,26 @@ def run_one(name: str, seconds: int, work: Path) -> Run:
     crashes.mkdir(parents=True, exist_ok=True)
     before = set(crashes.glob(f"{name}-*"))
     argv = [
-        sys.executable, str(ROOT / script), f"-max_total_time={seconds}", "-print_final_stats=1",
+        sys.executable, str(ROOT / script), f"-max_total_time={seconds}", f"-runs={runs or -1}",
+        "-print_final_stats=1",
         f"-artifact_prefix={crashes}/{name}-", "-rss_limit_mb=2048", str(corpus),
     ]
-    print(f"fuzzing {name} for {seconds} s ...", flush=True)
+    print(f"fuzzing {name} for {f'{runs:,} inputs or ' if runs else ''}{seconds} s ...",
+          flush=True)
+    started = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
                           timeout=seconds * 3 + 120, check=False)
     output = proc.stdout + proc.stderr
     (work / f"{name}.log").write_text(output)
+    elapsed = time.monotonic() - started
+    executed = _stat(output, "number_of_executed_units")
     coverage = [int(c) for c in re.findall(r"cov: (\d+)", output)]
     found = sorted(set(crashes.glob(f"{name}-*")) - before)
     return Run(
-        name=name, target=target, seconds=seconds,
-        executed=_stat(output, "number_of_executed_units"),
-        per_second=_stat(output, "average_exec_per_sec"),
+        name=name, target=target, seconds=round(elapsed),
+        executed=executed,
+        # libFuzzer reports 0 when it stops on -runs; the wall-clock rate then.
+        per_second=_stat(output, "average_exec_per_sec") or round(executed / max(elapsed, 1)),
         coverage=max(coverage, default=0),
         corpus=sum(1 for _ in corpus.iterdir()),
         crashes=found, exit_code=proc.returncode,
@@ -115,12 +123,14 @@ def write_report(doc: Path, block: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=60, help="per harness")
+    parser.add_argument("--seconds", type=int, default=60, help="per harness (a cap with --runs)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="inputs per harness (0: until --seconds)")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "fuzz")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "security.md")
     parser.add_argument("harness", nargs="*", default=list(HARNESSES))
     args = parser.parse_args()
-    runs = [run_one(name, args.seconds, args.work) for name in args.harness]
+    runs = [run_one(name, args.seconds, args.work, args.runs) for name in args.harness]
     block = report(runs)
     write_report(args.doc, block)
     print(block)
