@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,15 @@ def owner(server: tuple[str, int], client: socket.socket, pids: list[int]) -> in
     raise AssertionError(f"no worker accepted the connection from {client.getsockname()}")
 
 
+def decisions_counted(proxy: RunningPortcullis) -> float:
+    """The sum of portcullis_decisions_total in one scrape of /metrics."""
+    url = f"http://{proxy.admin[0]}:{proxy.admin[1]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("portcullis_decisions_total{"))
+
+
 def connect_and_ask(proxy: RunningPortcullis, target: str, pids: list[int]) -> tuple[int, bytes]:
     """Open a connection, see which worker took it, then send CONNECT; the
     caller gets the worker and the answer's status line."""
@@ -158,6 +168,13 @@ def test_two_workers_share_the_port_pull_and_reload_together(
         result = skopeo_pull(bed.small_image_ref, out, ca_dir=bed.ca_dir, proxy=proxy.url,
                              timeout=120)
         assert result.returncode != 0
+
+        # /metrics adds up across the workers: whichever worker takes a scrape
+        # (the admin port is shared too), it counts every decision in the log.
+        time.sleep(0.5)  # the last refusals' records and counters
+        logged = len(proxy.decisions())
+        for _ in range(8):
+            assert decisions_counted(proxy) == logged
         # SIGTERM to the parent drains and stops both workers; exit status 0.
         proxy.proc.send_signal(signal.SIGTERM)
         assert proxy.proc.wait(timeout=40) == 0

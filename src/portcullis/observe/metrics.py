@@ -4,10 +4,15 @@ Each Metrics owns its registry (never the process-global one) so that tests and
 embedders can run several side by side. Label children are resolved once and
 cached: `labels()` builds a tuple, takes a lock and hashes on every call, which
 the per-connection path should not pay.
+
+With `--workers N` every worker keeps its values in memory-mapped files in one
+directory (prometheus_client's multiprocess mode), and a scrape, whichever
+worker takes it, reads all of them: the totals are the process group's.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 from prometheus_client import (
@@ -18,6 +23,8 @@ from prometheus_client import (
     Histogram,
     Info,
     generate_latest,
+    multiprocess,
+    values,
 )
 
 from portcullis import __version__
@@ -35,9 +42,16 @@ CONNECT_ERROR_KINDS: Final = ("refused", "timeout", "unreachable", "reset", "oth
 
 
 class Metrics:
-    def __init__(self, version: str = __version__) -> None:
+    def __init__(self, version: str = __version__, *, shared_dir: str | None = None) -> None:
+        """`shared_dir`: the directory the workers of one `serve --workers N` share."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.shared_dir = shared_dir
+        if shared_dir is not None:
+            # Process-wide, and only in a worker: its values go to mmapped files
+            # in the directory prometheus_client finds in the environment.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_dir
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         self._decisions = Counter(
             "portcullis_decisions",
             "Decisions taken, by decision, reason and deciding rule ('' for none).",
@@ -49,6 +63,7 @@ class Metrics:
             "Client connections currently open, by listener mode.",
             ["mode"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self._bytes = Counter(
             "portcullis_bytes",
@@ -84,8 +99,10 @@ class Metrics:
             "portcullis_policy_rules",
             "Rules in the policy currently in force.",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        Info("portcullis", "Portcullis build information.", registry=r).info({"version": version})
+        self._info = Info("portcullis", "Portcullis build information.", registry=r)
+        self._info.info({"version": version})
 
         # Pre-resolved children. Every known series is created up front, so a
         # scrape shows zeros instead of absent series (rate() needs a start).
@@ -143,4 +160,15 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its Content-Type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.shared_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        # Every worker's files, read at each scrape; the build info is the same in all.
+        merged = CollectorRegistry(auto_describe=True)
+        multiprocess.MultiProcessCollector(merged, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        merged.register(self._info)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+
+def worker_gone(pid: int, shared_dir: str) -> None:
+    """A worker of the group exited: its live gauges stop counting, its counters stay."""
+    multiprocess.mark_process_dead(pid, shared_dir)  # type: ignore[no-untyped-call]

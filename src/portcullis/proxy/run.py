@@ -6,24 +6,30 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 from portcullis.basics.errors import ListenError
 from portcullis.basics.hostport import format_hostport, parse_hostport
 from portcullis.config import Policy
 from portcullis.observe.log import DecisionLog
+from portcullis.observe.metrics import worker_gone
 from portcullis.observe.summary import policy_summary
 from portcullis.proxy.loop import run
 from portcullis.proxy.server import Server
 
 
-def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bool,
-               use_uvloop: bool, announce: bool) -> int:
+def _serve_one(policy: Policy, path: str | None, log_path: str | None, use_uvloop: bool,
+               announce: bool, shared: str | None = None) -> int:
+    """One process serving; `shared`: the metrics directory of a worker's group
+    (workers also share the listen ports)."""
     log = DecisionLog(log_path or policy.log.path)
 
     async def main() -> None:
-        server = Server(policy, policy_path=path, log=log, reuse_port=reuse)
+        server = Server(policy, policy_path=path, log=log, reuse_port=shared is not None,
+                        metrics_dir=shared)
         await server.start()
         # The policy, the compiled engine and the modules live as long as the
         # process: out of the collector's sight, full collections stop walking
@@ -50,7 +56,17 @@ def _serve_one(policy: Policy, path: str | None, log_path: str | None, reuse: bo
 def serve_forever(policy: Policy, path: str | None, *, log_path: str | None, workers: int,
                   use_uvloop: bool) -> int:
     if workers == 1:
-        return _serve_one(policy, path, log_path, False, use_uvloop, True)
+        return _serve_one(policy, path, log_path, use_uvloop, True)
+    # The workers' metric values, summed at every scrape (observe/metrics.py).
+    shared = tempfile.mkdtemp(prefix="portcullis-metrics-")
+    try:
+        return _fork_workers(policy, path, log_path, workers, use_uvloop, shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _fork_workers(policy: Policy, path: str | None, log_path: str | None, workers: int,
+                  use_uvloop: bool, shared: str) -> int:
     # Frozen objects are never touched by the collector, so the pages the
     # workers inherit stay shared instead of being copied on the first collection.
     gc.freeze()
@@ -58,7 +74,7 @@ def serve_forever(policy: Policy, path: str | None, *, log_path: str | None, wor
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
-            code = _serve_one(policy, path, log_path, True, use_uvloop, index == 0)
+            code = _serve_one(policy, path, log_path, use_uvloop, index == 0, shared)
             os._exit(code)
         children.append(pid)
 
@@ -73,6 +89,8 @@ def serve_forever(policy: Policy, path: str | None, *, log_path: str | None, wor
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
+        # Its live gauges (open connections) no longer count; its counters do.
+        worker_gone(child, shared)
     if status in (0, -signal.SIGTERM, -signal.SIGINT):
         return 0
     return 2 if status == 2 else 1

@@ -54,9 +54,10 @@ class Server:
         policy_path: str | None,
         log: DecisionLog,
         reuse_port: bool = False,
+        metrics_dir: str | None = None,
     ) -> None:
         self.policy_path = policy_path
-        self.metrics = Metrics()
+        self.metrics = Metrics(shared_dir=metrics_dir)
         self.state = FirewallState(policy, log, self.metrics)
         self.reuse_port = reuse_port
         self.listeners: dict[Mode, socket.socket] = {}
