@@ -414,6 +414,38 @@ def test_plain_http_on_port_80_is_decided_on_each_host(net: Net) -> None:
     assert all(r["original_dst"] == f"{PLAIN_IP}:80" for r in records)
 
 
+@pytest.mark.parametrize("pause", [0.4, 1.2])
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_every_redirected_head_has_one_deadline(net: Net, which: str, pause: float) -> None:
+    """One header_timeout (3 s here) for a whole head on port 80: the first one,
+    its wait for the first byte included, and a later one on a kept-alive connection."""
+    net.use()
+    slow = b"GET /slow HTTP/1.1\r\nHost: plain.icr.io\r\nX-Drip: " + b"x" * 40
+    with worker_socket(net, (PLAIN_IP, 80)) as sock:
+        port = sock.getsockname()[1]
+        if which == "second":
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: plain.icr.io\r\n\r\n")
+            first = b""
+            while not first.endswith(b"plain hello\n"):
+                chunk = sock.recv(65536)
+                assert chunk, first
+                first += chunk
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in slow:
+                sock.sendall(bytes([byte]))
+                time.sleep(pause)
+                if time.monotonic() - started > 12:
+                    break
+        answer = read_to_close(sock)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3 + 2 * pause + 1, f"open {elapsed:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    records = [r for r in net.proxy.records()
+               if r.get("event") == "decision" and r.get("client_port") == port]
+    assert records[-1]["reason"] == "header_timeout"
+
+
 def test_quic_from_the_worker_is_dropped(net: Net) -> None:
     with inside(net.ns.registry):
         server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
