@@ -1,4 +1,5 @@
-"""Bulk: one 1 GiB TLS download from nginx through a CONNECT tunnel (or direct).
+"""Bulk: one 1 GiB TLS download from nginx through a CONNECT tunnel (or direct, or
+through a TCP forwarder).
 
 The client is curl writing to /dev/null: OpenSSL decrypts in C and nothing is
 stored, so the client is not the limit; its own CPU use is reported to show it.
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from bench import procfs
-from bench.servers import BULK_PATH, BULK_SIZE, ORIGIN_ADDR, ORIGIN_NAME, TLS_PORT, Server
+from bench.servers import BULK_PATH, BULK_SIZE, ORIGIN_NAME, TLS_PORT, Server, dial_address
 
 GIB = 1 << 30
 
@@ -30,10 +31,11 @@ def download(ca_pem: str, proxy: Server | None, origin: Server, timeout: float =
     url = f"https://{ORIGIN_NAME}:{TLS_PORT}{BULK_PATH}"
     cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
            "--max-time", str(int(timeout)), "--cacert", ca_pem]
-    if proxy is None:
-        cmd += ["--resolve", f"{ORIGIN_NAME}:{TLS_PORT}:{ORIGIN_ADDR}"]
-    else:
-        cmd += ["--proxy", f"http://{proxy.address[0]}:{proxy.address[1]}"]
+    (host, port), connect = dial_address(proxy)
+    if connect:
+        cmd += ["--proxy", f"http://{host}:{port}"]
+    else:  # direct, or a forwarder to the origin's TLS port
+        cmd += ["--connect-to", f"{ORIGIN_NAME}:{TLS_PORT}:{host}:{port}"]
     cmd.append(url)
     proxy_pids = procfs.tree(proxy.pid) if proxy is not None else []
     origin_pids = procfs.tree(origin.pid)

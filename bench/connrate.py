@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.servers import ORIGIN_ADDR, ORIGIN_NAME, SMALL_PATH, SMALL_SIZE, TLS_PORT, Server
+from bench.servers import ORIGIN_NAME, SMALL_PATH, SMALL_SIZE, TLS_PORT, Server, dial_address
 
 CLIENTS = 50
 PROCESSES = 2
@@ -37,13 +37,12 @@ _REQUEST = (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\n"
 _CONNECT = f"CONNECT {ORIGIN_NAME}:{TLS_PORT} HTTP/1.1\r\nHost: {ORIGIN_NAME}:{TLS_PORT}\r\n\r\n"
 
 
-def _one(ctx: ssl.SSLContext, proxy: tuple[str, int] | None, buf: bytearray) -> None:
-    target = proxy or (ORIGIN_ADDR, TLS_PORT)
-    sock = socket.create_connection(target, timeout=10)
+def _one(ctx: ssl.SSLContext, address: tuple[str, int], connect: bool, buf: bytearray) -> None:
+    sock = socket.create_connection(address, timeout=10)
     try:
         # Without it Nagle holds the request behind the client Finished for a delayed ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if proxy is not None:
+        if connect:
             sock.sendall(_CONNECT.encode())
             head = b""
             while b"\r\n\r\n" not in head:
@@ -64,7 +63,7 @@ def _one(ctx: ssl.SSLContext, proxy: tuple[str, int] | None, buf: bytearray) -> 
         sock.close()
 
 
-def worker(ca: str, proxy: tuple[str, int] | None, clients: int, start_at: float,
+def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start_at: float,
            duration: float) -> dict[str, object]:
     """Run `clients` threads from start_at (time.time()) for `duration`; report as JSON."""
     ctx = ssl.create_default_context(cafile=ca)
@@ -77,7 +76,7 @@ def worker(ca: str, proxy: tuple[str, int] | None, clients: int, start_at: float
         while (now := time.time()) < stop_at:
             t0 = time.perf_counter()
             try:
-                _one(ctx, proxy, buf)
+                _one(ctx, address, connect, buf)
             except (OSError, ssl.SSLError) as exc:
                 if now >= count_from:
                     errors.append(repr(exc))
@@ -109,6 +108,12 @@ class RateResult:
     latencies: list[float]  # seconds, sorted
     measured_s: float
 
+    @property
+    def cpu_us_per_conn(self) -> float | None:
+        if self.proxy_cores is None or not self.rate:
+            return None
+        return 1e6 * self.proxy_cores / self.rate
+
 
 def combine(parts: list[RateResult]) -> RateResult:
     """One result from several slices of the same target (interleaved rounds)."""
@@ -139,7 +144,8 @@ def measure(ca: str, proxy: Server | None, duration: float = DURATION) -> RateRe
 
     start_at = time.time() + 0.5
     per = CLIENTS // PROCESSES
-    spec = {"ca": ca, "proxy": list(proxy.address) if proxy else None, "clients": per,
+    address, connect = dial_address(proxy)
+    spec = {"ca": ca, "address": list(address), "connect": connect, "clients": per,
             "start_at": start_at, "duration": duration}
     procs = [subprocess.Popen([sys.executable, "-m", "bench.connrate", "--worker",
                                json.dumps(spec)], stdout=subprocess.PIPE)
@@ -173,8 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", required=True)
     spec = json.loads(parser.parse_args().worker)
-    proxy = tuple(spec["proxy"]) if spec["proxy"] else None
-    result = worker(spec["ca"], proxy, spec["clients"], spec["start_at"], spec["duration"])
+    result = worker(spec["ca"], tuple(spec["address"]), spec["connect"], spec["clients"],
+                    spec["start_at"], spec["duration"])
     json.dump(result, sys.stdout)
 
 

@@ -125,6 +125,7 @@ def machine() -> dict[str, str]:
         "uvloop": version("uvloop"),
         "squid": _version(["squid", "-v"], r"Version (\S+)"),
         "tinyproxy": _version(["tinyproxy", "-v"], r"tinyproxy (\S+)"),
+        "haproxy": _version(["haproxy", "-v"], r"HAProxy version (\S+)"),
         "nginx": _version(["nginx", "-v"], r"nginx/(\S+)"),
         "curl": _version(["curl", "--version"], r"curl (\S+)"),
         "openssl": _version(["openssl", "version"], r"OpenSSL (\S+)"),

@@ -1,5 +1,6 @@
 """`make bench`: every scenario against direct, Portcullis, Squid and tinyproxy in
-one run, on loopback; prints the table and rewrites bench/RESULTS.md with it.
+one run, on loopback, with two floors in the bulk and rate tables (a minimal uvloop
+CONNECT relay and HAProxy splicing); prints the table and rewrites bench/RESULTS.md.
 
     .venv/bin/python -m bench.run [--only bulk,rate,idle,policy] [--rounds 3]
         [--bulk-rounds 5] [--duration 5] [--tunnels 10000] [--no-write]
@@ -32,8 +33,15 @@ END = "<!-- end of the part written by make bench -->"
 IDLE_FD_RESERVE = 64
 IDLE_FD_CONSTANT = 100
 SCENARIOS = ("bulk", "rate", "idle", "policy")
+# The floors: what the least a relay does costs, in Python (bench/floor_relay.py)
+# and in C (HAProxy, no CONNECT); rows of the bulk and rate tables only.
+FLOOR = "floor (uvloop)"
+HAPROXY_FLOOR = "floor (haproxy splice)"
+FLOORS = (FLOOR, HAPROXY_FLOOR)
 # (label, start function); direct has no proxy.
 PROXIES: list[tuple[str, Callable[[Workdir], Server]]] = [
+    (FLOOR, servers.start_floor_relay),
+    (HAPROXY_FLOOR, servers.start_haproxy),
     ("portcullis", lambda w: servers.start_portcullis(w)),
     ("portcullis x2", lambda w: servers.start_portcullis(w, workers=2, label="portcullis-w2")),
     ("squid", servers.start_squid),
@@ -51,7 +59,13 @@ SETUP = """\
 - squid: one worker, no cache, hosts_file for the name, access log on tmpfs;
 - tinyproxy: the name from a hosts file bind-mounted in a private mount
   namespace, `LogLevel Connect` to a file on tmpfs;
-- every proxy is asked `CONNECT bench.icr.io:PORT` and resolves the name itself;
+- floor (uvloop): bench/floor_relay.py, a CONNECT relay of about 100 lines on
+  uvloop transports (no policy, no logging, the name from a table), one process;
+- floor (haproxy splice): HAProxy in TCP mode, one thread, splicing forced both
+  ways (`splice-auto` never chose it here) with 1 MiB pipes, no logging; it cannot
+  answer CONNECT, so its own port forwards to the origin's TLS port and the
+  clients connect to it as they do direct;
+- every other proxy is asked `CONNECT bench.icr.io:PORT` and resolves the name itself;
 - bulk client: curl through the proxy to /dev/null; rate clients: 2 processes of
   25 threads, Python ssl (a real ClientHello with SNI, full handshake, the
   certificate verified), `Connection: close`; idle: one asyncio process;
@@ -130,14 +144,13 @@ def run_rate(report: Report, work: Workdir, proxies: dict[str, Server], duration
             slices[name].append(connrate.measure(str(work.ca_pem), proxy, duration))
     results = {name: connrate.combine(parts) for name, parts in slices.items()}
     direct = results["direct"].rate
-    squid = results.get("squid")
+    squid, floor = results.get("squid"), results.get(FLOOR)
     rows = []
     for name, r in results.items():
         rows.append([name, fmt(r.rate, ".0f"), ratio(r.rate, direct),
                      ratio(r.rate, squid.rate if squid else None), fmt(r.p50_ms),
                      fmt(r.p99_ms), str(r.errors), fmt(r.proxy_cores),
-                     fmt(r.proxy_cores and 1e6 * r.proxy_cores / r.rate, ".0f"),
-                     fmt(r.loadgen_cores)])
+                     fmt(r.cpu_us_per_conn, ".0f"), fmt(r.loadgen_cores)])
         if r.first_errors:
             print(f"{name} errors: {r.first_errors}", file=sys.stderr)
         if name.startswith("portcullis") and squid is not None:
@@ -145,6 +158,13 @@ def run_rate(report: Report, work: Workdir, proxies: dict[str, Server], duration
                           r.rate >= 1.5 * squid.rate)
             report.target(f"p99 set-up, {name}", "<= Squid's",
                           f"{r.p99_ms:.1f} ms vs {squid.p99_ms:.1f} ms", r.p99_ms <= squid.p99_ms)
+        if name.startswith("portcullis") and floor is not None:
+            cpu, floor_cpu = r.cpu_us_per_conn, floor.cpu_us_per_conn
+            report.target(f"CPU per connection, {name} / {FLOOR}", "<= 1.5x",
+                          ratio(cpu, floor_cpu),
+                          cpu is not None and floor_cpu is not None and cpu <= 1.5 * floor_cpu)
+            report.target(f"connection rate, {name} / {FLOOR}", ">= 0.9x",
+                          ratio(r.rate, floor.rate), r.rate >= 0.9 * floor.rate)
     report.section(
         f"Connection rate: CONNECT + TLS handshake + 1 KiB, {connrate.CLIENTS} clients, "
         f"{rounds} interleaved slices of {duration - connrate.WARMUP:.0f} s per target",
@@ -159,6 +179,8 @@ def run_idle(report: Report, proxies: dict[str, Server], tunnels: int) -> None:
     # `portcullis x2` (two processes) the full count.
     fit = min(tunnels, (servers.NOFILE - IDLE_FD_RESERVE) // 2)
     for name, proxy in proxies.items():
+        if name in FLOORS:
+            continue
         count = tunnels if name.endswith("x2") else fit
         r = idle.measure(proxy, count)
         if r.first_errors:
@@ -206,7 +228,9 @@ def running(work: Workdir, names: list[str]) -> Iterator[dict[str, Server]]:
     started: dict[str, Server] = {}
     try:
         for label, start in PROXIES:
-            if label in names:
+            if label == HAPROXY_FLOOR and label in names and not servers.haproxy_installed():
+                print(f"haproxy is not installed: no {label} row", file=sys.stderr)
+            elif label in names:
                 started[label] = start(work)
         yield started
     finally:
@@ -226,6 +250,8 @@ def main() -> None:
     args = parser.parse_args()
     only = args.only.split(",")
     names = args.proxies.split(",")
+    if not {"bulk", "rate"} & set(only):
+        names = [name for name in names if name not in FLOORS]
     full = (set(only) == set(SCENARIOS) and len(names) == len(PROXIES) and args.rounds >= 3
             and args.bulk_rounds >= 3
             and args.duration >= connrate.DURATION and args.tunnels >= idle.TUNNELS)

@@ -1,5 +1,7 @@
 """The servers of one bench run, all on loopback: nginx (the origin, TLS and plain),
-Squid, tinyproxy and Portcullis, each configured to CONNECT to the same origin name.
+Squid, tinyproxy, Portcullis and the Python floor (bench/floor_relay.py), each
+configured to CONNECT to the same origin name, and the C floor, HAProxy, which
+forwards its own port to the origin's TLS port without CONNECT.
 
 Everything lives in one directory on tmpfs (/dev/shm): the 1 GiB sparse file,
 certificates, configurations and every server's logs, so no disk is in the path.
@@ -73,6 +75,9 @@ class Server:
     proc: subprocess.Popen[bytes]
     address: tuple[str, int]
     cleanup: list[Path] = field(default_factory=list)
+    # False for a plain TCP forwarder to the origin's TLS port (HAProxy): the
+    # clients connect to it as they would to the origin, without CONNECT.
+    connect: bool = True
 
     @property
     def pid(self) -> int:
@@ -264,6 +269,58 @@ DisableViaHeader Yes
     proc = _popen(["unshare", "-m", "sh", "-c", script], d / "stdout.log")
     wait_port(("127.0.0.1", port), proc, "tinyproxy")
     return Server("tinyproxy", proc, ("127.0.0.1", port))
+
+
+def start_floor_relay(work: Workdir) -> Server:
+    d = work.sub("floor")
+    port = free_port()
+    proc = _popen([sys.executable, "-m", "bench.floor_relay", "--listen", f"127.0.0.1:{port}",
+                   "--host", f"{ORIGIN_NAME}={ORIGIN_ADDR}"], d / "stderr.log")
+    wait_port(("127.0.0.1", port), proc, "floor_relay")
+    return Server("floor", proc, ("127.0.0.1", port))
+
+
+def haproxy_installed() -> bool:
+    return subprocess.run(["dpkg", "-s", "haproxy"], capture_output=True).returncode == 0
+
+
+def start_haproxy(work: Workdir) -> Server:
+    """HAProxy in TCP mode, one thread, splicing: its port goes straight to the
+    origin's TLS port (HAProxy cannot answer CONNECT).
+
+    Splicing is forced both ways: `option splice-auto`'s heuristic never chose it
+    here (strace over 3 GiB: only recvfrom/sendto of 16 KiB). Its pipes are 1 MiB,
+    as Portcullis's are (proxy/pipes.py)."""
+    d = work.sub("haproxy")
+    port = free_port()
+    conf = d / "haproxy.cfg"
+    conf.write_text(f"""\
+global
+    nbthread 1
+    maxconn 4096
+    tune.pipesize {1 << 20}
+defaults
+    mode tcp
+    option splice-request
+    option splice-response
+    timeout connect 10s
+    timeout client 600s
+    timeout server 600s
+listen floor
+    bind 127.0.0.1:{port}
+    server origin {ORIGIN_ADDR}:{TLS_PORT}
+""")
+    proc = _popen(["haproxy", "-db", "-f", str(conf)], d / "stdout.log")
+    wait_port(("127.0.0.1", port), proc, "haproxy")
+    return Server("haproxy", proc, ("127.0.0.1", port), connect=False)
+
+
+def dial_address(proxy: Server | None) -> tuple[tuple[str, int], bool]:
+    """Where a client connects for the origin's TLS port, and whether it then
+    asks CONNECT: the origin itself (direct), a forwarder's port, or a proxy."""
+    if proxy is None:
+        return (ORIGIN_ADDR, TLS_PORT), False
+    return proxy.address, proxy.connect
 
 
 def portcullis_policy(port: int) -> dict[str, object]:
