@@ -188,6 +188,44 @@ def test_containerfile_runs_unprivileged_on_a_read_only_root() -> None:
                 assert (DEPLOY.parent / source).exists(), source
 
 
+def test_containerfile_takes_its_base_as_an_argument_and_runs_python3() -> None:
+    """Any Debian-like base with `python3` builds it (issue 16): the official slim
+    image by default, a debootstrapped bookworm in tests/e2e/test_container_image.py."""
+    text = (DEPLOY / "Containerfile").read_text()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    first = lines[0].split()
+    assert first[0] == "ARG" and first[1].startswith("BASE=")
+    assert first[1].partition("=")[2].startswith("docker.io/library/python:3.11-slim")
+    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert froms == ["${BASE}", "${BASE}"]
+    # Debian's interpreter is only `python3`; the venv's own `python` comes after.
+    runs = " ".join(line for line in lines if line.startswith(("RUN", " &&")))
+    assert "python3 -m venv /opt/portcullis" in runs
+    assert not re.search(r"(^|[\s&;])python\s", runs)
+
+
+def test_build_context_admits_exactly_what_the_containerfile_copies() -> None:
+    """.dockerignore (read by podman and docker) lets in what COPY names, and keeps a
+    checkout's leftovers (.venv, __pycache__, egg-info) out of the image."""
+    patterns = [line.strip() for line in (DEPLOY.parent / ".dockerignore").read_text()
+                .splitlines() if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"
+    admitted = {p[1:] for p in patterns if p.startswith("!")}
+    copied = {source for line in (DEPLOY / "Containerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line
+              for source in line.split()[1:-1]}
+    assert admitted == copied
+    assert {"**/__pycache__", "**/*.egg-info"} <= set(patterns)
+
+
+def test_readme_shows_the_image_build_and_run_with_the_ulimit_note() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert "podman build --format docker --build-arg BASE=" in readme  # HEALTHCHECK kept
+    assert "docker build -f deploy/Containerfile" in readme
+    assert "--read-only" in readme and "--ulimit nofile=" in readme
+    assert "--ulimit nproc=" in readme and "rlimit type 7" in readme
+
+
 # --- containerd and CRI-O drop-ins ---------------------------------------------------------------
 
 
