@@ -12,13 +12,10 @@ ways (docs/decisions.md, "Report mode").
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import socket
 import subprocess
-import threading
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +28,7 @@ import yaml
 
 from tests.support.netns import Namespaces, inside, namespaces
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
-from tests.support.servers import ThreadedServer
+from tests.support.servers import EchoServer, ThreadedServer
 from tests.support.tls_hellos import real_hello
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
@@ -128,20 +125,6 @@ class _Sink(ThreadedServer):
                 pass
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        body = b"hello\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @dataclass
 class Net:
     ns: Namespaces
@@ -149,16 +132,7 @@ class Net:
     policy_path: Path
 
     def use(self, mode: str) -> None:
-        policy = agreement_policy(mode)
-        if yaml.safe_load(self.proxy.policy_path.read_text()) == policy:
-            return
-        done = len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"])
-        self.proxy.write_policy(policy)
-        self.proxy.reload()
-        deadline = time.monotonic() + 10
-        while len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"]) <= done:
-            assert time.monotonic() < deadline, self.proxy.records()[-3:]
-            time.sleep(0.05)
+        self.proxy.use_policy(agreement_policy(mode))
 
 
 def _topology(ns: Namespaces) -> None:
@@ -184,11 +158,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             for port in (443, 8443):
                 stack.enter_context(_Sink(socket.create_server((UPSTREAM_IP, port))))
             # Every port a case names answers: in report mode a refused port is dialled.
-            webs = [http.server.ThreadingHTTPServer((UPSTREAM_IP, p), _Hello) for p in (80, 8080)]
-        for web in webs:
-            stack.callback(web.server_close)
-            threading.Thread(target=web.serve_forever, daemon=True).start()
-            stack.callback(web.shutdown)
+            for port in (80, 8080):
+                stack.enter_context(EchoServer(UPSTREAM_IP, port))
         policy = agreement_policy("enforce")
         nft_policy = workdir / "nft-policy.yaml"
         nft_policy.write_text(yaml.safe_dump(policy))

@@ -63,15 +63,7 @@ class Net:
         self.use_policy(base_policy(self.bed, transparent=transparent))
 
     def use_policy(self, policy: dict[str, Any]) -> None:
-        if yaml.safe_load(self.proxy.policy_path.read_text()) == policy:
-            return
-        done = len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"])
-        self.proxy.write_policy(policy)
-        self.proxy.reload()
-        deadline = time.monotonic() + 10
-        while len([r for r in self.proxy.records() if r.get("msg") == "policy reloaded"]) <= done:
-            assert time.monotonic() < deadline, self.proxy.records()[-3:]
-            time.sleep(0.05)
+        self.proxy.use_policy(policy)
 
     def mark(self) -> int:
         return len(self.proxy.records())
@@ -388,18 +380,23 @@ def test_hello_split_over_records_and_segments_is_relayed_intact(net: Net) -> No
     assert (record["decision"], record["sni"]) == ("allow", "us.icr.io")
 
 
+def read_plain_hello(sock: socket.socket) -> bytes:
+    """The plain server's whole answer to one GET on a kept-alive connection."""
+    answer = b""
+    while not answer.endswith(b"plain hello\n"):
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
 def test_plain_http_on_port_80_is_decided_on_each_host(net: Net) -> None:
     net.use()
     net.plain_paths.clear()
     with worker_socket(net, (PLAIN_IP, 80)) as sock:
         port = sock.getsockname()[1]
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: plain.icr.io\r\n\r\n")
-        first = b""
-        while not first.endswith(b"plain hello\n"):
-            chunk = sock.recv(65536)
-            assert chunk, first
-            first += chunk
-        assert first.startswith(b"HTTP/1.1 200 ")
+        assert read_plain_hello(sock).startswith(b"HTTP/1.1 200 ")
         # Same connection, another name: decided again, and refused.
         sock.sendall(b"GET /steal HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
         second = read_to_close(sock)
@@ -425,11 +422,7 @@ def test_every_redirected_head_has_one_deadline(net: Net, which: str, pause: flo
         port = sock.getsockname()[1]
         if which == "second":
             sock.sendall(b"GET /hello HTTP/1.1\r\nHost: plain.icr.io\r\n\r\n")
-            first = b""
-            while not first.endswith(b"plain hello\n"):
-                chunk = sock.recv(65536)
-                assert chunk, first
-                first += chunk
+            read_plain_hello(sock)
         started = time.monotonic()
         with contextlib.suppress(OSError):
             for byte in slow:

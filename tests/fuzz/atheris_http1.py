@@ -15,6 +15,10 @@ from pathlib import Path
 
 import atheris
 
+# Run as a script: make the checkout importable for the shared test helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.fuzzing import fuzz_main
+
 with atheris.instrument_imports():
     from portcullis.basics.errors import AuthorityError, HttpError
     from portcullis.wire.authority import parse_authority
@@ -76,14 +80,7 @@ def one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus:
-        seeds = Path(corpus[0])
-        seeds.mkdir(parents=True, exist_ok=True)
-        for index, seed in enumerate(SEEDS):
-            (seeds / f"seed-{index}").write_bytes(seed)
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
+    fuzz_main({f"seed-{i}": seed for i, seed in enumerate(SEEDS)}, one_input)
 
 
 if __name__ == "__main__":

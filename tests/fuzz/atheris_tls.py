@@ -20,6 +20,7 @@ import atheris
 
 # Run as a script: make the checkout importable for the shared test helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.fuzzing import fuzz_main
 from tests.support.tls_hellos import real_hello
 
 with atheris.instrument_imports():
@@ -75,17 +76,11 @@ def one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus:
-        seeds = Path(corpus[0])
-        seeds.mkdir(parents=True, exist_ok=True)
-        hellos = [real_hello("us.icr.io"), real_hello(None), real_hello("dd0.icr.io", ["h2"])]
-        for index, hello in enumerate(hellos):
-            (seeds / f"seed-{index}").write_bytes(hello)
-            # The bare handshake body: `one_input` wraps it in records itself.
-            (seeds / f"body-{index}").write_bytes(hello[9:])
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
+    hellos = [real_hello("us.icr.io"), real_hello(None), real_hello("dd0.icr.io", ["h2"])]
+    seeds = {f"seed-{i}": hello for i, hello in enumerate(hellos)}
+    # The bare handshake bodies: `one_input` wraps them in records itself.
+    seeds.update({f"body-{i}": hello[9:] for i, hello in enumerate(hellos)})
+    fuzz_main(seeds, one_input)
 
 
 if __name__ == "__main__":

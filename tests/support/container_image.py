@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.portcullis_proc import whole_lines
+from tests.support.portcullis_proc import wait_for_record, whole_lines
 from tests.support.testbed.procs import TestbedError, require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,13 +298,7 @@ class RunningContainer:
         return self.records("decision")
 
     def wait_for_log(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if predicate(record):
-                    return record
-            time.sleep(0.05)
-        raise AssertionError(f"no matching log record within {timeout}s: {self.records()[-5:]}")
+        return wait_for_record(self.records, predicate, timeout)
 
     def host_pid(self) -> int:
         return int(podman("inspect", "--format", "{{.State.Pid}}", self.name).stdout)

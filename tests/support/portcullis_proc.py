@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,18 @@ def whole_lines(path: Path) -> list[str]:
     return text[: text.rfind("\n") + 1].splitlines()
 
 
+def wait_for_record(records: Callable[[], list[dict[str, Any]]], predicate: Any,
+                    timeout: float = 10) -> dict[str, Any]:
+    """The first record `predicate` accepts, polling `records()` until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in records():
+            if predicate(record):
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no matching log record within {timeout}s: {records()[-5:]}")
+
+
 @dataclass
 class RunningPortcullis:
     proc: subprocess.Popen[str]
@@ -85,13 +97,22 @@ class RunningPortcullis:
         self.proc.send_signal(signal.SIGHUP)
 
     def wait_for_log(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if predicate(record):
-                    return record
+        return wait_for_record(self.records, predicate, timeout)
+
+    def use_policy(self, policy: dict[str, Any]) -> None:
+        """Install `policy` (unless it is the current file) with SIGHUP and wait
+        until the proxy says it reloaded."""
+        if yaml.safe_load(self.policy_path.read_text()) == policy:
+            return
+        def reloads() -> int:
+            return sum(1 for r in self.records() if r.get("msg") == "policy reloaded")
+        done = reloads()
+        self.write_policy(policy)
+        self.reload()
+        deadline = time.monotonic() + 10
+        while reloads() <= done:
+            assert time.monotonic() < deadline, self.records()[-3:]
             time.sleep(0.05)
-        raise AssertionError(f"no matching log record within {timeout}s: {self.records()[-5:]}")
 
     def connect(self, target: str) -> tuple[socket.socket, Answer]:
         """Send `CONNECT target` to the explicit listener: the socket and the answer head."""

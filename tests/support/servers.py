@@ -77,8 +77,8 @@ class EchoServer(ThreadedServer):
     """A real HTTP/1.1 server (h11 on sockets) answering each request with what
     it received, as JSON: method, target, headers, body length and SHA-256, trailers."""
 
-    def __init__(self, host: str) -> None:
-        super().__init__(socket.create_server((host, 0)))
+    def __init__(self, host: str, port: int = 0) -> None:
+        super().__init__(socket.create_server((host, port)))
 
     def serve(self, conn: socket.socket) -> None:
         server = h11.Connection(h11.SERVER)
