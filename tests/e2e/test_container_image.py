@@ -52,8 +52,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
 def container(image: BuiltImage, testbed: Testbed,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningContainer]:
     listen = {"explicit": "{}:{}".format(*EXPLICIT), "admin": "{}:{}".format(*ADMIN)}
-    # A short drain: the tunnel the drain test keeps open ends in milliseconds, and
-    # one a pull left behind is cut at the timeout instead of holding the exit.
+    # A short drain: the tunnel the drain test keeps open ends in milliseconds
+    # (tunnels a pull leaves behind close with their peers since the relay reads
+    # on to EAGAIN, test_explicit.py::test_every_tunnel_of_repeated_pulls_...).
     limits = {"drain_timeout": 8, "header_timeout": 5}
     policy = policy_for(testbed.hosts, ["us.icr.io", "dd0.icr.io"],
                         extra={"listen": listen, "limits": limits})

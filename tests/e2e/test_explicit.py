@@ -59,6 +59,31 @@ def test_pull_succeeds_when_registry_and_delivery_host_are_allowed(
         assert sum(c["bytes_down"] for c in closes) > testbed.image.total_size
 
 
+def test_every_tunnel_of_repeated_pulls_is_closed_when_the_client_is_gone(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    """Found under uvloop: bytes arriving with the upstream's reset (a TLS
+    close_notify) were read, the reset behind them never was, and uvloop had
+    closed the fd's watcher on the error: the tunnel stayed open until
+    idle_timeout (and held up a drain). Every tunnel must close with its peers."""
+    policy = policy_for(testbed.hosts, ["us.icr.io", "dd0.icr.io"])
+    with run_portcullis(tmp_path / "p", policy) as proxy:
+        for round_ in range(6):
+            result = testbed.pull(tmp_path / f"out{round_}", proxy=proxy.url)
+            assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 10
+        while True:
+            opened = {r["id"] for r in proxy.decisions() if r["decision"] == "allow"}
+            open_now = opened - {r["id"] for r in proxy.records("close")}
+            if not open_now or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert open_now == set(), [r for r in proxy.decisions() if r["id"] in open_now]
+        url = f"http://{proxy.admin[0]}:{proxy.admin[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert 'portcullis_active_connections{mode="explicit"} 0.0' in answer.read().decode()
+
+
 def test_only_registry_allowed_fails_on_the_delivery_host(
     testbed: Testbed, tmp_path: Path
 ) -> None:

@@ -44,7 +44,6 @@ class CopyPath:
         buf = self.buf
         if buf is None:
             buf = self.buf = copy_buffer(COPY_CHUNK)
-        size = len(buf)
         recv_into = self.src.recv_into
         send = self.dst.send
         for _ in range(BURST):
@@ -70,8 +69,7 @@ class CopyPath:
                 # The shared buffer is reused by every tunnel: keep a private copy.
                 self.pending = memoryview(buf[m:n].tobytes())
                 return False
-            if n < size:
-                break
+            # Read on until EAGAIN even after a short read (see splicing.py).
         return True
 
     def _flush_pending(self) -> bool | None:

@@ -59,10 +59,10 @@ class SplicePath(CopyPath):
             drained = self._flush_pipe()
             if not drained or not self.splice:
                 return drained
-            # Short read: the socket is very likely empty; the level-triggered
-            # readiness will call again if not, so skip the EAGAIN round trip.
-            if n < pipe.size:
-                break
+            # A short read is not taken as "empty": read on until EAGAIN. Under
+            # uvloop a socket error (EPOLLERR) closes the fd's watcher after one
+            # callback, so bytes that arrived with a reset must not hide the
+            # reset (or the EOF) behind them: nothing would ever call again.
         self._give_back_pipe()
         return True
 
