@@ -196,8 +196,9 @@ def order_by_original(gate: Gate, attempt: Attempt, addresses: list[IPAddress],
 # --- the path ------------------------------------------------------------------------
 
 
-def _refused(attempt: Attempt) -> Refusal:
-    # No message: the answer's first line already names decision, reason and rule.
+def refused(attempt: Attempt) -> Refusal:
+    """The refusal of a decision recorded on `attempt` (403, no message: the
+    answer's first line already names decision, reason and rule)."""
     return Refusal("", reason=attempt.reason, status=403)
 
 
@@ -216,9 +217,9 @@ async def prepare(
     Raises Refusal, with the refusal recorded on `attempt`.
     """
     if not decide(gate, attempt, target):
-        raise _refused(attempt)
+        raise refused(attempt)
     if hello is not None and not check_hello(gate, attempt, *hello):
-        raise _refused(attempt)
+        raise refused(attempt)
     if not resolve:
         return []
     checked = attempt.checked = await resolve_and_check(gate, attempt)

@@ -19,7 +19,6 @@ from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.reading import ClientGone, read_client_hello, read_head, send_quietly
-from portcullis.proxy.relay import relay
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority
@@ -80,7 +79,6 @@ async def _connect(
         await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
         peeked = rest
         if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
-            go_on = True
             try:
                 hello, peeked = await read_client_hello(
                     conn, rest, gate.policy.limits.client_hello_timeout
@@ -104,11 +102,4 @@ async def _connect(
     except BaseException:
         upstream.close()
         raise
-    state.record(attempt)
-    state.metrics.connection_opened(Mode.EXPLICIT)
-    try:
-        result = await relay(conn, upstream, initial_up=peeked,
-                             idle_timeout=gate.policy.limits.idle_timeout)
-    finally:
-        state.metrics.connection_closed(Mode.EXPLICIT)
-    state.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
+    await state.relay_tunnel(attempt, conn, upstream, peeked, gate.policy.limits.idle_timeout)

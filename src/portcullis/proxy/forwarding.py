@@ -40,7 +40,7 @@ _NOT_IN_TRAILERS = _HOP_BY_HOP | _END_TO_END | frozenset(
      b"max-forwards", b"range", b"if-match", b"if-none-match", b"if-modified-since",
      b"if-unmodified-since", b"if-range", b"cache-control", b"pragma", b"age",
      b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
-     b"content-encoding", b"content-type", b"content-range", b"trailer"}
+     b"content-encoding", b"content-type", b"content-range"}
 )
 
 

@@ -22,7 +22,7 @@ from portcullis.basics.errors import BadRequest, HttpError, Refusal
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import CloseReason, Reason
 from portcullis.observe.events import new_connection_id
-from portcullis.proxy.admission import admit, decide
+from portcullis.proxy.admission import admit, decide, refused
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange, send
 from portcullis.proxy.reading import ClientGone, read_head
@@ -105,8 +105,7 @@ async def serve(
         close_reason = closed.reason
     except asyncio.CancelledError:
         close_reason = CloseReason.CANCELLED
-        if attempt.host is not None and not attempt.logged:
-            state.refuse_and_record(attempt, Reason.DRAINING)
+        state.abandon(attempt)
         raise
     finally:
         if upstream is not None:
@@ -155,7 +154,7 @@ async def _upstream_for(
         if decide(gate, attempt, authority):
             attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
             return upstream
-        refusal = Refusal("", reason=attempt.reason)
+        refusal = refused(attempt)
     else:
         if upstream is not None:
             upstream.sock.close()

@@ -19,6 +19,7 @@ from portcullis.policy.engine import Engine
 from portcullis.proxy.admission import refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.gate import Gate
+from portcullis.proxy.relay import relay
 
 
 class FirewallState:
@@ -59,6 +60,26 @@ class FirewallState:
         refuse(self.gate, attempt, reason)
         self.record(attempt)
 
+    def abandon(self, attempt: Attempt) -> None:
+        """The handler was cancelled (a drain) while deciding: record `draining`,
+        once. Before a name is known there is no decision to record, as when
+        the client goes away first."""
+        if attempt.host is not None and not attempt.logged:
+            self.refuse_and_record(attempt, Reason.DRAINING)
+
+    async def relay_tunnel(self, attempt: Attempt, conn: socket.socket,
+                           upstream: socket.socket, initial_up: bytes,
+                           idle_timeout: float) -> None:
+        """Record the decision, relay both ways until the tunnel ends, record the close."""
+        self.record(attempt)
+        self.metrics.connection_opened(attempt.mode)
+        try:
+            result = await relay(conn, upstream, initial_up=initial_up,
+                                 idle_timeout=idle_timeout)
+        finally:
+            self.metrics.connection_closed(attempt.mode)
+        self.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
+
 
 ServeFn = Callable[[FirewallState, socket.socket, Attempt], Awaitable[None]]
 
@@ -69,15 +90,13 @@ async def serve_connection(
     """Run `serve` on one accepted connection with a fresh Attempt.
 
     Whatever happens `conn` is closed, and a connection cancelled mid-decision
-    (a drain) still leaves its one decision record; before a name is known
-    there is no decision to record, as when the client goes away first.
+    (a drain) still leaves its one decision record.
     """
     attempt = Attempt(mode, peer[0], peer[1], new_connection_id())
     try:
         await serve(state, conn, attempt)
     except asyncio.CancelledError:
-        if attempt.host is not None and not attempt.logged:
-            state.refuse_and_record(attempt, Reason.DRAINING)
+        state.abandon(attempt)
         raise
     finally:
         conn.close()

@@ -35,7 +35,6 @@ from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, hello_problem
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.reading import ClientGone, read_client_hello
-from portcullis.proxy.relay import relay
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority, parse_authority
 from portcullis.wire.http1 import RequestHead, check_request
@@ -163,18 +162,13 @@ async def _serve_tls(
     except Refusal:
         await _deny(state, conn, attempt)
         return
-    state.record(attempt)
     ours = local_endpoint(upstream)
     _our_ends.add(ours)
-    state.metrics.connection_opened(Mode.TRANSPARENT)
     try:
-        result = await relay(
-            conn, upstream, initial_up=peeked, idle_timeout=gate.policy.limits.idle_timeout
-        )
+        await state.relay_tunnel(attempt, conn, upstream, peeked,
+                                 gate.policy.limits.idle_timeout)
     finally:
         _our_ends.discard(ours)
-        state.metrics.connection_closed(Mode.TRANSPARENT)
-    state.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
 
 
 def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt,
