@@ -53,7 +53,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-IncludeTag = Literal["deprecated", "delivery", "china", "private", "unconfirmed"]
+IncludeTag = Literal["deprecated", "delivery", "china", "private", "retired", "unconfirmed"]
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
