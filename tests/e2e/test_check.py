@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 REGISTRY_IP, CDN_IP = "127.0.0.12", "127.0.0.13"
 NOTHING_LISTENS = "127.0.0.16"  # connections get a RST
 DROPS = "127.0.0.17"  # a listener with a full accept queue: SYNs vanish
-US_SOUTH = {"us.icr.io", "registry.ng.bluemix.net", "dd0.icr.io", "dd2.icr.io", "dd4.icr.io",
-            "dd6.icr.io", "dd0.us.icr.io"}
+US_SOUTH = {"us.icr.io", "registry.ng.bluemix.net", "dd0.icr.io", "dd2.icr.io",
+            "dd0.us.icr.io"}
 
 
 @pytest.fixture(scope="module")
