@@ -213,7 +213,7 @@ def test_usage_errors_exit_2() -> None:
     assert check("--region", "us-south").returncode == 2
     assert check("--registry", "ibm", "--region", "nowhere").returncode == 2
     assert check("--image", "us.icr.io/NS/App").returncode == 2
-    assert check("--image", "a.io/x:1", "--proxy", "https://p:1").returncode == 2
+    assert check("--image", "a.io/x:1", "--proxy", "socks5://p:1").returncode == 2
 
 
 def token_pins(registry: TokenRegistry) -> tuple[str, ...]:
