@@ -271,7 +271,8 @@ def test_bad_params(params: dict[str, str], message: str) -> None:
 
 
 def test_select_errors() -> None:
-    with pytest.raises(CatalogError, match="included are deprecated, delivery, china, private, retired"):
+    with pytest.raises(CatalogError,
+                       match="included are deprecated, delivery, china, private, retired"):
         select(load_catalog("ibm"), include=("deprecated", "cdn"))
     with pytest.raises(CatalogError, match="no region given"):
         select(load_catalog("ibm"), regions=[])

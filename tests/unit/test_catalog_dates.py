@@ -152,7 +152,7 @@ def test_retired_names_are_tagged_left_out_and_said_so() -> None:
 
 
 def test_a_region_not_yet_listed_and_bad_days_are_refused() -> None:
-    with pytest.raises(CatalogError, match="in-mum .* first listed on 2026-05-18"):
+    with pytest.raises(CatalogError, match=r"in-mum \(Mumbai\) was first listed on 2026-05-18"):
         select(load_catalog("ibm"), regions=["in2.icr.io"], as_of="2026-01-01")
     for args in (["domains", "--all-regions", "--as-of", "29/07/2025"],
                  ["regions", "--as-of", "2025-13-01"]):
