@@ -167,7 +167,9 @@ def choose(
         view = _on_day(entry, day)
         wanted = {t for t in view.tags if t in OPT_IN_TAGS}
         if not included.issuperset(wanted):
-            if RETIRED in wanted and included.issuperset(wanted - {RETIRED}):
+            # A retired name under a wildcard the user asked for is not missed.
+            covered = wildcards and catalog.covering_wildcard(entry.name) is not None
+            if RETIRED in wanted and included.issuperset(wanted - {RETIRED}) and not covered:
                 selection.left_out.append(view)
             continue
         for item in _expand(catalog, view, values, wildcards):
