@@ -44,14 +44,15 @@ def regions_text(regions: Sequence[Region]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def left_out_text(day: str, retired: Sequence[CatalogEntry], later: Sequence[Region]) -> str:
+def left_out_text(day: str, retired: Sequence[CatalogEntry], later: Sequence[Region],
+                  hint: str = "--include retired") -> str:
     """What a selection on `day` left out, for stderr: retired names and
     regions not listed yet. Empty when nothing was."""
     lines = []
     if retired:
         names = ", ".join(f"{e.name} (retired {e.retired})" for e in retired)
         lines.append(f"left out {len(retired)} retired name{'s' * (len(retired) != 1)} "
-                     f"as of {day}: {names}; --include retired lists them")
+                     f"as of {day}: {names}; {hint} lists them")
     if later:
         names = ", ".join(f"{r.id} ({r.added})" for r in later)
         lines.append(f"not listed yet on {day}: {names}")

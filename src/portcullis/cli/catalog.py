@@ -97,7 +97,8 @@ def regions(registry: str, as_of: str | None, fmt: str) -> None:
         click.echo(f"{cat.id} has no regions", err=True)
     else:
         click.echo(render.regions_text(listed), nl=False)
-    click.echo(render.left_out_text(day, retired, later), nl=False, err=True)
+    click.echo(render.left_out_text(day, retired, later, "`portcullis domains --include retired`"),
+               nl=False, err=True)
 
 
 def _parse_params(raw: Sequence[str]) -> dict[str, str]:
