@@ -147,6 +147,8 @@ def test_retired_names_are_tagged_left_out_and_said_so() -> None:
     out = run("domains", "--region", "us-south", "--format", "json")
     assert "dd4.icr.io" not in out.stdout
     assert "left out 2 retired names" in out.stderr and "--include retired" in out.stderr
+    assert "4 retired names" in run("regions").stderr
+    assert "`portcullis domains --include retired` lists them" in run("regions").stderr
     shown = run("domains", "--region", "us-south", "--include", "retired", "--format", "json")
     assert '"retired": "2025-08-13"' in shown.stdout and shown.stderr == ""
 

@@ -8,8 +8,11 @@ plus the entry that `bypass` names and the ports the Go table leaves implicit.
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
+from portcullis.tools.netprobe import Route, parse_proxy
 from portcullis.tools.noproxy import NoProxy
 
 # httpproxy's `noProxy` for UseProxyTests (every host is asked on port 80).
@@ -105,3 +108,12 @@ def test_httpproxy_proxy_for_url_rows(no_proxy: str, host: str, port: int, direc
 )
 def test_bypass_names_the_entry(no_proxy: str, host: str, port: int, entry: str | None) -> None:
     assert NoProxy.parse(no_proxy).bypass(host, port) == entry
+
+
+def test_route_sends_each_name_its_own_way() -> None:
+    proxy = parse_proxy("https://proxy.corp:8443")
+    route = Route(ssl.create_default_context(), proxy, no_proxy=NoProxy.parse(".svc,10.0.0.0/8"))
+    assert route.proxy_for("us.icr.io", 443) == (proxy, None)
+    assert route.proxy_for("registry.kube-system.svc", 443) == (None, ".svc")
+    assert route.proxy_for("10.1.2.3", 5000) == (None, "10.0.0.0/8")
+    assert Route(ssl.create_default_context()).proxy_for("us.icr.io", 443) == (None, None)
