@@ -46,7 +46,8 @@ def test_parse_proxy() -> None:
     assert (proxy.host, proxy.port, proxy.url) == ("proxy.corp", 8080, "http://proxy.corp:8080")
     assert proxy.authorization == "Basic YWxpY2U6czpjcmV0"  # alice:s:cret
     assert parse_proxy("10.0.0.1:3128").url == "http://10.0.0.1:3128"
-    assert parse_proxy("http://p").port == 3128
+    assert parse_proxy("http://p").port == 80
+    assert parse_proxy("https://p").port == 443
     secure = parse_proxy("https://p")
     assert (secure.scheme, secure.port, secure.url) == ("https", 443, "https://p:443")
     assert parse_proxy("https://[::1]:8443").url == "https://[::1]:8443"

@@ -47,7 +47,8 @@ def _context(cafile: str | None, option: str) -> ssl.SSLContext:
 @click.option("--image", help="Pull this image for real, e.g. us.icr.io/ns/app:1.")
 @click.option("--proxy",
               help="http://HOST:PORT or https://HOST:PORT to CONNECT through "
-                   "(default: HTTPS_PROXY).")
+                   "(default: HTTPS_PROXY; without a port, 80 or 443 as containerd "
+                   "reads it).")
 @click.option("--no-proxy", is_flag=True, help="Connect directly even if HTTPS_PROXY is set.")
 @click.option("--no-proxy-for", "no_proxy_for", metavar="LIST",
               help="Names that go direct, as Go reads NO_PROXY (default: NO_PROXY, no_proxy).")

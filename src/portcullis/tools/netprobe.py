@@ -77,7 +77,9 @@ class Proxy:
         return f"{self.scheme}://{format_hostport(self.host, self.port)}"
 
 
-_DEFAULT_PORTS = {"http": 3128, "https": 443}
+# A proxy URL without a port means what it means to containerd and CRI-O (Go's
+# net/http: the scheme's port), since `check` answers for them.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_proxy(text: str) -> Proxy:
