@@ -162,13 +162,16 @@ async def _serve_tls(
     except Refusal:
         await _deny(state, conn, attempt)
         return
-    ours = local_endpoint(upstream)
-    _our_ends.add(ours)
+    # A tunnel through an https:// parent is a local socket pair: no IP end to loop back.
+    ours = local_endpoint(upstream) if upstream.family != socket.AF_UNIX else None
+    if ours is not None:
+        _our_ends.add(ours)
     try:
         await state.relay_tunnel(attempt, conn, upstream, peeked,
                                  gate.policy.limits.idle_timeout)
     finally:
-        _our_ends.discard(ours)
+        if ours is not None:
+            _our_ends.discard(ours)
 
 
 def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt,

@@ -1,0 +1,188 @@
+"""A parent proxy (`upstream_proxy`): Portcullis decides, then chains to Squid,
+which resolves and dials. skopeo pulls through Portcullis -> Squid -> the
+registry testbed; a name Portcullis denies never reaches Squid; Squid's own
+refusals (403, 407 without credentials) are `parent_refused` with Squid's
+status; a parent that is down is `502 parent_failed`; plain HTTP is tunnelled
+through the parent too; Portcullis resolves nothing (its DNS server hears no
+query) and never logs the credentials."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dnsserver import DnsServer
+from tests.support.http import body_of, responses
+from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
+from tests.support.servers import EchoServer
+from tests.support.testbed import Testbed, verify_pulled
+from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
+
+ECHO_IP = "127.0.0.24"
+PASSWORD = "pa55-parent-s3cret"
+
+
+@pytest.fixture(scope="module")
+def secrets() -> Iterator[Path]:
+    """htpasswd for Squid (which runs as `proxy`, so outside pytest's 0700 tree)
+    and the `user:password` file Portcullis reads."""
+    directory = Path(tempfile.mkdtemp(prefix="portcullis-parent-"))
+    os.chmod(directory, 0o755)
+    hashed = subprocess.run(["openssl", "passwd", "-apr1", PASSWORD], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    (directory / "htpasswd").write_text(f"portcullis:{hashed}\n")
+    (directory / "htpasswd").chmod(0o644)
+    (directory / "credentials").write_text(f"portcullis:{PASSWORD}\n")
+    yield directory
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[EchoServer]:
+    with EchoServer(ECHO_IP) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def squid(testbed: Testbed, secrets: Path, echo: EchoServer) -> Iterator[ReferenceProxy]:
+    """The corporate parent: wants Basic credentials, refuses de.icr.io itself."""
+    access = f"""\
+auth_param basic program /usr/lib/squid/basic_ncsa_auth {secrets / "htpasswd"}
+auth_param basic realm corporate-parent
+acl clients src 127.0.0.0/8
+acl ports port 443 {echo.port}
+acl CONNECT method CONNECT
+acl authed proxy_auth REQUIRED
+acl refused dstdomain de.icr.io
+http_access deny CONNECT !ports
+http_access deny refused
+http_access allow clients authed
+http_access deny all
+"""
+    hosts = {**testbed.hosts, "de.icr.io": [testbed.registry_addr[0]], "echo.test": [ECHO_IP]}
+    with start_reference_proxy(hosts, access=access, timeout=15) as proxy:
+        yield proxy
+
+
+def chained_policy(parent: dict[str, Any] | str, dns: DnsServer, ports: list[int]
+                   ) -> dict[str, Any]:
+    # No static hosts: a lookup by Portcullis would reach the DNS server, which knows nothing.
+    policy = policy_for({}, ["*.icr.io", "echo.test"], extra={"upstream_proxy": parent})
+    policy["rules"][0]["ports"] = ports
+    policy["resolver"]["servers"] = [dns.server]
+    return policy
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DnsServer]:
+    with DnsServer().start() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, squid: ReferenceProxy, secrets: Path,
+          dns: DnsServer, echo: EchoServer) -> Iterator[RunningPortcullis]:
+    parent = {"url": squid.url, "credentials": str(secrets / "credentials")}
+    with run_portcullis(tmp_path_factory.mktemp("chained"),
+                        chained_policy(parent, dns, [443, echo.port])) as running:
+        yield running
+
+
+def test_a_pull_goes_through_the_parent_and_portcullis_resolves_nothing(
+    testbed: Testbed, proxy: RunningPortcullis, squid: ReferenceProxy, dns: DnsServer,
+    tmp_path: Path,
+) -> None:
+    before = len(squid.access_log.read_text())
+    result = testbed.pull(tmp_path / "out", proxy=proxy.url)
+    assert result.returncode == 0, result.stderr
+    verify_pulled(tmp_path / "out", testbed.image)
+    log = squid.access_log.read_text()[before:]
+    assert "CONNECT us.icr.io:443" in log and "CONNECT dd0.icr.io:443" in log
+    for host in ("us.icr.io", "dd0.icr.io"):
+        record = proxy.decisions(host)[-1]
+        assert record["decision"] == "allow" and record["reason"] == "rule_allow"
+        assert record["parent"] == squid.url and record["parent_status"] == 200
+        assert record["resolved"] == [] and record["dns_ms"] is None
+        assert record["dialed"] == f"{squid.address[0]}:{squid.address[1]}"
+    assert dns.queries == 0, dns.query_log
+    # The credentials went to Squid (it let the pull through) and nowhere else.
+    for path in proxy.log_path.parent.iterdir():
+        if path.is_file() and path.name != "policy.yaml":
+            assert PASSWORD not in path.read_text(), path
+
+
+def test_a_denied_name_never_reaches_the_parent(proxy: RunningPortcullis,
+                                                squid: ReferenceProxy) -> None:
+    answer = proxy.ask("quay.io:443", to_close=True)
+    assert answer.status == 403 and answer.header("X-Portcullis-Reason") == "no_rule"
+    assert "quay.io" not in squid.access_log.read_text()
+    record = proxy.decisions("quay.io")[-1]
+    assert "parent" not in record and record["dialed"] is None
+
+
+def test_the_parents_refusal_is_parent_refused_with_its_status(proxy: RunningPortcullis
+                                                                ) -> None:
+    answer = proxy.ask("de.icr.io:443", to_close=True)
+    assert answer.status == 502, answer.data
+    assert answer.header("X-Portcullis-Reason") == "parent_refused"
+    assert b"refused CONNECT de.icr.io:443: 403" in answer.rest
+    record = proxy.wait_for_log(lambda r: r.get("host") == "de.icr.io")
+    assert (record["decision"], record["reason"]) == ("deny", "parent_refused")
+    assert record["parent_status"] == 403 and record["rule"] == "registry"
+
+
+def test_without_credentials_the_parent_answers_407(
+    tmp_path: Path, squid: ReferenceProxy, dns: DnsServer
+) -> None:
+    with run_portcullis(tmp_path, chained_policy(squid.url, dns, [443])) as running:
+        answer = running.ask("us.icr.io:443", to_close=True)
+        assert answer.status == 502 and answer.header("X-Portcullis-Reason") == "parent_refused"
+        assert b": 407 " in answer.rest
+        record = running.wait_for_log(lambda r: r.get("host") == "us.icr.io")
+        assert (record["reason"], record["parent_status"]) == ("parent_refused", 407)
+
+
+def test_a_parent_that_is_down_gives_502_parent_failed(tmp_path: Path, dns: DnsServer) -> None:
+    port = closed_port()
+    with run_portcullis(tmp_path, chained_policy(f"http://127.0.0.1:{port}", dns, [443])
+                        ) as running:
+        answer = running.ask("us.icr.io:443", to_close=True)
+        assert answer.status == 502 and answer.header("X-Portcullis-Reason") == "parent_failed"
+        assert f"parent proxy http://127.0.0.1:{port}: unreachable".encode() in answer.rest
+        assert b"Connection refused" in answer.rest
+        record = running.wait_for_log(lambda r: r.get("host") == "us.icr.io")
+        assert (record["decision"], record["reason"]) == ("deny", "parent_failed")
+        assert record["parent"] == f"http://127.0.0.1:{port}" and record["parent_status"] is None
+    assert dns.queries == 0
+
+
+def test_plain_http_is_tunnelled_through_the_parent(
+    proxy: RunningPortcullis, squid: ReferenceProxy, echo: EchoServer
+) -> None:
+    request = (f"GET http://echo.test:{echo.port}/through-parent HTTP/1.1\r\n"
+               f"Host: echo.test:{echo.port}\r\nConnection: close\r\n\r\n").encode()
+    (answer,) = responses(proxy.explicit, request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert body_of(answer)["target"] == "/through-parent"
+    assert f"CONNECT echo.test:{echo.port}" in squid.access_log.read_text()
+    record = proxy.decisions("echo.test")[-1]
+    assert record["mode"] == "http" and record["parent_status"] == 200
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed: refused when dialled)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
