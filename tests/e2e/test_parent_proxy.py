@@ -76,6 +76,15 @@ http_access deny all
         yield proxy
 
 
+def squid_logged(squid: ReferenceProxy, *texts: str, after: int = 0) -> None:
+    """Wait until Squid's access log holds each of `texts` past offset `after`
+    (Squid writes a CONNECT's line when the tunnel ends)."""
+    deadline = time.monotonic() + 10
+    while not all(text in squid.access_log.read_text()[after:] for text in texts):
+        assert time.monotonic() < deadline, squid.access_log.read_text()[after:]
+        time.sleep(0.05)
+
+
 def chained_policy(parent: dict[str, Any] | str, dns: DnsServer, ports: list[int]
                    ) -> dict[str, Any]:
     # No static hosts: a lookup by Portcullis would reach the DNS server, which knows nothing.
@@ -108,8 +117,7 @@ def test_a_pull_goes_through_the_parent_and_portcullis_resolves_nothing(
     result = testbed.pull(tmp_path / "out", proxy=proxy.url)
     assert result.returncode == 0, result.stderr
     verify_pulled(tmp_path / "out", testbed.image)
-    log = squid.access_log.read_text()[before:]
-    assert "CONNECT us.icr.io:443" in log and "CONNECT dd0.icr.io:443" in log
+    squid_logged(squid, "CONNECT us.icr.io:443", "CONNECT dd0.icr.io:443", after=before)
     for host in ("us.icr.io", "dd0.icr.io"):
         record = proxy.decisions(host)[-1]
         assert record["decision"] == "allow" and record["reason"] == "rule_allow"
@@ -176,11 +184,7 @@ def test_plain_http_is_tunnelled_through_the_parent(
     (answer,) = responses(proxy.explicit, request)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert body_of(answer)["target"] == "/through-parent"
-    # Squid writes a CONNECT's line when the tunnel ends.
-    deadline = time.monotonic() + 10
-    while f"CONNECT echo.test:{echo.port}" not in squid.access_log.read_text():
-        assert time.monotonic() < deadline, squid.access_log.read_text()
-        time.sleep(0.05)
+    squid_logged(squid, f"CONNECT echo.test:{echo.port}")
     record = proxy.decisions("echo.test")[-1]
     assert record["mode"] == "http" and record["parent_status"] == 200
 
