@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.support.dnsserver import DnsServer
 from tests.support.http import body_of, responses
@@ -29,6 +30,7 @@ from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 ECHO_IP = "127.0.0.24"
+HTTPS_PARENT_IP = "127.0.0.1"
 PASSWORD = "pa55-parent-s3cret"
 
 
@@ -43,6 +45,13 @@ def secrets() -> Iterator[Path]:
     (directory / "htpasswd").write_text(f"portcullis:{hashed}\n")
     (directory / "htpasswd").chmod(0o644)
     (directory / "credentials").write_text(f"portcullis:{PASSWORD}\n")
+    ca = trustme.CA(organization_name="Corporate parent")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    issued = ca.issue_cert(HTTPS_PARENT_IP)
+    issued.cert_chain_pems[0].write_to_path(str(directory / "parent.pem"))
+    issued.private_key_pem.write_to_path(str(directory / "parent.key"))
+    for name in ("parent.pem", "parent.key"):
+        (directory / name).chmod(0o644)
     yield directory
     for path in directory.iterdir():
         path.unlink()
@@ -56,9 +65,18 @@ def echo() -> Iterator[EchoServer]:
 
 
 @pytest.fixture(scope="module")
-def squid(testbed: Testbed, secrets: Path, echo: EchoServer) -> Iterator[ReferenceProxy]:
-    """The corporate parent: wants Basic credentials, refuses de.icr.io itself."""
+def https_port() -> int:
+    return closed_port()
+
+
+@pytest.fixture(scope="module")
+def squid(testbed: Testbed, secrets: Path, echo: EchoServer, https_port: int
+          ) -> Iterator[ReferenceProxy]:
+    """The corporate parent: wants Basic credentials, refuses de.icr.io itself,
+    and listens for TLS too (https_port)."""
     access = f"""\
+https_port {HTTPS_PARENT_IP}:{https_port} tls-cert={secrets / "parent.pem"} \
+tls-key={secrets / "parent.key"}
 auth_param basic program /usr/lib/squid/basic_ncsa_auth {secrets / "htpasswd"}
 auth_param basic realm corporate-parent
 acl clients src 127.0.0.0/8
@@ -174,6 +192,28 @@ def test_a_parent_that_is_down_gives_502_parent_failed(tmp_path: Path, dns: DnsS
         assert (record["decision"], record["reason"]) == ("deny", "parent_failed")
         assert record["parent"] == f"http://127.0.0.1:{port}" and record["parent_status"] is None
     assert dns.queries == 0
+
+
+def test_an_https_parent_carries_the_pull_over_tls(
+    testbed: Testbed, tmp_path: Path, squid: ReferenceProxy, secrets: Path, dns: DnsServer,
+    https_port: int,
+) -> None:
+    url = f"https://{HTTPS_PARENT_IP}:{https_port}"
+    parent = {"url": url, "credentials": str(secrets / "credentials"),
+              "ca": str(secrets / "ca.pem")}
+    with run_portcullis(tmp_path / "p", chained_policy(parent, dns, [443])) as running:
+        before = len(squid.access_log.read_text())
+        result = testbed.pull(tmp_path / "out", proxy=running.url)
+        assert result.returncode == 0, result.stderr
+        verify_pulled(tmp_path / "out", testbed.image)
+        squid_logged(squid, "CONNECT us.icr.io:443", "CONNECT dd0.icr.io:443", after=before)
+        record = running.decisions("dd0.icr.io")[-1]
+        assert (record["parent"], record["parent_status"]) == (url, 200)
+        # A parent whose certificate the CA file does not vouch for is not talked to.
+        running.use_policy(chained_policy({"url": url}, dns, [443]))
+        answer = running.ask("us.icr.io:443", to_close=True)
+        assert answer.status == 502 and answer.header("X-Portcullis-Reason") == "parent_failed"
+        assert b"CERTIFICATE_VERIFY_FAILED" in answer.rest, answer.rest
 
 
 def test_plain_http_is_tunnelled_through_the_parent(

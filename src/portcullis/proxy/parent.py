@@ -29,13 +29,12 @@ from portcullis.config.chaining import DIRECT, UpstreamProxy
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.channels import SocketChannel, TlsChannel
 from portcullis.proxy.dialer import dial
 from portcullis.proxy.gate import Gate
-from portcullis.proxy.parent_pump import Stream, pump_pair
+from portcullis.proxy.parent_pump import pump_pair
 from portcullis.wire.authority import Authority
 from portcullis.wire.connect_reply import ConnectReply, parse_connect_reply
-
-_READ = 4096
 
 
 def parent_for(gate: Gate, rule: CompiledRule | None) -> UpstreamProxy | None:
@@ -112,33 +111,21 @@ def _tls_context(ca: str | None) -> ssl.SSLContext:
 async def _open_tunnel(parent: UpstreamProxy, sock: socket.socket, target: Authority,
                        attempt: Attempt) -> socket.socket:
     """CONNECT through the parent on `sock`, which this function owns from here."""
-    loop = asyncio.get_running_loop()
-    writer: asyncio.StreamWriter | None = None
-    read: Callable[[], Awaitable[bytes]]
+    channel: SocketChannel | TlsChannel = SocketChannel(sock)
     try:
         if parent.tls:
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=_tls_context(parent.ca), server_hostname=parent.host)
-            writer.write(connect_request(parent, target))
-            await writer.drain()
-            read = functools.partial(reader.read, _READ)
-        else:
-            await loop.sock_sendall(sock, connect_request(parent, target))
-            read = functools.partial(loop.sock_recv, sock, _READ)
-        reply, rest = await _read_reply(read)
+            channel = TlsChannel(sock, _tls_context(parent.ca), parent.host)
+            await channel.handshake()
+        await channel.write(connect_request(parent, target))
+        reply, rest = await _read_reply(channel.read)
         _check(parent, reply, attempt)
-        if writer is None:
-            if not rest:
-                return sock
-            # The target spoke first and its bytes came with the answer: they must
-            # reach the client ahead of the rest, which only a pump can arrange.
-            reader, writer = await asyncio.open_connection(sock=sock)
-        return pump_pair(Stream(reader, writer, can_half_close=not parent.tls), rest)
+        if not parent.tls and not rest:
+            return sock
+        # TLS needs a pump; so do bytes the target sent along with the answer
+        # (it spoke first): they must reach the client ahead of the rest.
+        return pump_pair(channel, rest)
     except BaseException:
-        if writer is not None:
-            writer.close()
-        else:
-            sock.close()
+        channel.close()
         raise
 
 

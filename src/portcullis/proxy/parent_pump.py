@@ -1,7 +1,7 @@
 """A tunnel through a parent that the relay cannot take as a plain socket (TLS to
 an https:// parent, or bytes the target sent along with the parent's answer),
 handed to it as one end of a socket pair while a task pumps between the other
-end and the parent's stream.
+end and the parent's channel (proxy/channels.py).
 
 The relay (proxy/relay.py) moves bytes between file descriptors; TLS records
 need an SSL object in between. A pair keeps the relay, the plain-HTTP path and
@@ -14,22 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from dataclasses import dataclass
+
+from portcullis.proxy.channels import Channel
 
 _READ = 65536
 # Pump tasks run detached from the connection's task: keep them referenced.
 _pumps: set[asyncio.Task[None]] = set()
 
 
-@dataclass(frozen=True, slots=True)
-class Stream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    # TLS has no half-close: the client's EOF ends the whole tunnel there.
-    can_half_close: bool
-
-
-def pump_pair(parent: Stream, first_down: bytes) -> socket.socket:
+def pump_pair(parent: Channel, first_down: bytes) -> socket.socket:
     """The relay's end of a pair whose other end is pumped to and from `parent`;
     `first_down` is what the parent already sent towards the client."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -41,7 +34,7 @@ def pump_pair(parent: Stream, first_down: bytes) -> socket.socket:
     return theirs
 
 
-async def _pump(parent: Stream, ours: socket.socket, first_down: bytes) -> None:
+async def _pump(parent: Channel, ours: socket.socket, first_down: bytes) -> None:
     down = asyncio.ensure_future(_down(parent, ours, first_down))
     up = asyncio.ensure_future(_up(parent, ours))
     try:
@@ -54,32 +47,30 @@ async def _pump(parent: Stream, ours: socket.socket, first_down: bytes) -> None:
     finally:
         down.cancel()
         up.cancel()
-        parent.writer.close()
+        parent.close()
         ours.close()
 
 
-async def _down(parent: Stream, ours: socket.socket, first: bytes) -> None:
+async def _down(parent: Channel, ours: socket.socket, first: bytes) -> None:
     """Parent -> client: its bytes into our end of the pair; its EOF as a half-close."""
     loop = asyncio.get_running_loop()
     data = first
     while True:
         if data:
             await loop.sock_sendall(ours, data)
-        data = await parent.reader.read(_READ)
+        data = await parent.read()
         if not data:
             with contextlib.suppress(OSError):
                 ours.shutdown(socket.SHUT_WR)
             return
 
 
-async def _up(parent: Stream, ours: socket.socket) -> None:
+async def _up(parent: Channel, ours: socket.socket) -> None:
     """Client -> parent: what the relay wrote into the pair; its EOF passed on when it can be."""
     loop = asyncio.get_running_loop()
     while True:
         data = await loop.sock_recv(ours, _READ)
         if not data:
-            if parent.can_half_close and parent.writer.can_write_eof():
-                parent.writer.write_eof()
+            parent.write_eof()
             return
-        parent.writer.write(data)
-        await parent.writer.drain()
+        await parent.write(data)
