@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.policy.engine import CompiledRule
+from portcullis.proxy.balanced import balancer_of_this_connection
 
 if TYPE_CHECKING:
     from portcullis.proxy.admission import Checked
@@ -40,7 +41,8 @@ class Attempt:
     original_dst: str | None = None
     parent: str | None = None  # the parent proxy's URL (no credentials), when chained
     parent_status: int | None = None  # the parent's answer to CONNECT
-    balancer: str | None = None  # "ip:port" that sent the PROXY protocol header
+    # "ip:port" of the load balancer that sent the PROXY protocol header, if any.
+    balancer: str | None = field(default_factory=balancer_of_this_connection)
     logged: bool = False
 
     @property
