@@ -61,7 +61,7 @@ class UpstreamProxy(_Model):
     def _usable(self) -> UpstreamProxy:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https"):
-            raise ValueError(f"upstream_proxy {self.url!r}: write http://HOST:PORT or"
+            raise ValueError(f"{self.url!r}: write http://HOST:PORT or"
                              " https://HOST:PORT")
         if parts.username is not None or parts.password is not None:
             raise ValueError("credentials do not belong in the URL, where they"
@@ -73,7 +73,7 @@ class UpstreamProxy(_Model):
             port = None
         if not parts.hostname or port is None or parts.path not in ("", "/") \
                 or parts.query or parts.fragment:
-            raise ValueError(f"upstream_proxy {self.url!r}: write {parts.scheme}://HOST:PORT,"
+            raise ValueError(f"{self.url!r}: write {parts.scheme}://HOST:PORT,"
                              " with the port and nothing after it")
         if self.ca is not None and parts.scheme != "https":
             raise ValueError("`ca` applies to an https:// parent only")
