@@ -219,14 +219,17 @@ def test_an_https_parent_carries_the_pull_over_tls(
 def test_plain_http_is_tunnelled_through_the_parent(
     proxy: RunningPortcullis, squid: ReferenceProxy, echo: EchoServer
 ) -> None:
+    before = len(proxy.decisions("echo.test"))
     request = (f"GET http://echo.test:{echo.port}/through-parent HTTP/1.1\r\n"
-               f"Host: echo.test:{echo.port}\r\nConnection: close\r\n\r\n").encode()
-    (answer,) = responses(proxy.explicit, request)
-    assert answer.startswith(b"HTTP/1.1 200 "), answer
-    assert body_of(answer)["target"] == "/through-parent"
+               f"Host: echo.test:{echo.port}\r\n\r\n").encode()
+    # Two requests on one connection: the second reuses the tunnel through the parent.
+    answers = responses(proxy.explicit, request + request.replace(b"-parent", b"-again"),
+                        answers=2)
+    assert [body_of(a)["target"] for a in answers] == ["/through-parent", "/through-again"]
     squid_logged(squid, f"CONNECT echo.test:{echo.port}")
-    record = proxy.decisions("echo.test")[-1]
-    assert record["mode"] == "http" and record["parent_status"] == 200
+    records = proxy.decisions("echo.test")[before:]
+    assert [(r["mode"], r["parent"]) for r in records] == [("http", squid.url)] * 2
+    assert records[0]["parent_status"] == 200
 
 
 def closed_port() -> int:
