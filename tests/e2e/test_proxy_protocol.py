@@ -186,3 +186,16 @@ def test_a_redirected_connection_through_the_balancer_and_a_parent(
             "allow", 200, [])
     finally:
         proxy.use_policy(balanced_policy(testbed))
+
+
+def test_not_required_serves_direct_clients_as_themselves(testbed: Testbed, tmp_path: Path
+                                                          ) -> None:
+    policy = balanced_policy(testbed)
+    policy["listen"]["proxy_protocol"]["explicit"]["required"] = False
+    with run_portcullis(tmp_path, policy) as running:
+        assert ask(running.explicit, "us.icr.io:443").status == 200
+        record = running.wait_for_log(lambda r: r.get("host") == "us.icr.io")
+        assert record["client"] == "127.0.0.1" and "balancer" not in record
+        # The balancer's connections must still carry the header.
+        answer = ask(running.explicit, "us.icr.io:443", source=BALANCER_IP, to_close=True)
+        assert answer.status == 400 and answer.header("X-Portcullis-Reason") == "proxy_header"
