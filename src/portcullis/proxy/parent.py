@@ -91,7 +91,8 @@ async def dial_parent(gate: Gate, metrics: Metrics, attempt: Attempt, parent: Up
         raise _failed(parent, f"unreachable: {refusal.message}", status) from None
     try:
         async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-            return await _open_tunnel(parent, sock, target, attempt)
+            return await _open_tunnel(parent, sock, target, attempt,
+                                      gate.policy.limits.idle_timeout)
     except TimeoutError:
         raise _failed(parent, f"no answer to CONNECT within {timeout:g} s", 504) from None
     except ParentAnswerError as exc:
@@ -109,7 +110,7 @@ def _tls_context(ca: str | None) -> ssl.SSLContext:
 
 
 async def _open_tunnel(parent: UpstreamProxy, sock: socket.socket, target: Authority,
-                       attempt: Attempt) -> socket.socket:
+                       attempt: Attempt, idle_timeout: float) -> socket.socket:
     """CONNECT through the parent on `sock`, which this function owns from here."""
     channel: SocketChannel | TlsChannel = SocketChannel(sock)
     try:
@@ -123,7 +124,7 @@ async def _open_tunnel(parent: UpstreamProxy, sock: socket.socket, target: Autho
             return sock
         # TLS needs a pump; so do bytes the target sent along with the answer
         # (it spoke first): they must reach the client ahead of the rest.
-        return pump_pair(channel, rest)
+        return pump_pair(channel, rest, idle_timeout)
     except BaseException:
         channel.close()
         raise

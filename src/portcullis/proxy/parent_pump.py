@@ -22,19 +22,21 @@ _READ = 65536
 _pumps: set[asyncio.Task[None]] = set()
 
 
-def pump_pair(parent: Channel, first_down: bytes) -> socket.socket:
+def pump_pair(parent: Channel, first_down: bytes, idle_timeout: float) -> socket.socket:
     """The relay's end of a pair whose other end is pumped to and from `parent`;
     `first_down` is what the parent already sent towards the client."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     theirs.setblocking(False)
-    task = asyncio.get_running_loop().create_task(_pump(parent, ours, first_down))
+    task = asyncio.get_running_loop().create_task(
+        _pump(parent, ours, first_down, idle_timeout))
     _pumps.add(task)
     task.add_done_callback(_pumps.discard)
     return theirs
 
 
-async def _pump(parent: Channel, ours: socket.socket, first_down: bytes) -> None:
+async def _pump(parent: Channel, ours: socket.socket, first_down: bytes,
+                idle_timeout: float) -> None:
     down = asyncio.ensure_future(_down(parent, ours, first_down))
     up = asyncio.ensure_future(_up(parent, ours))
     try:
@@ -43,7 +45,10 @@ async def _pump(parent: Channel, ours: socket.socket, first_down: bytes) -> None
             down.cancel()
         elif down in done and down.exception() is not None:
             up.cancel()
-        await asyncio.gather(down, up, return_exceptions=True)
+        # The client's EOF may be the relay closing the pair for good, which a
+        # Unix socket does not tell from a half-close: a silent parent is not
+        # waited for beyond the idle timeout the relay itself keeps.
+        await asyncio.wait({down, up}, timeout=idle_timeout)
     finally:
         down.cancel()
         up.cancel()
