@@ -1,9 +1,9 @@
 """Byte channels to a parent proxy: a plain socket, or TLS driven through
 memory BIOs over a plain socket (an https:// parent).
 
-Not asyncio's SSL transports: uvloop's drops the last bytes of a stream when
-the peer closes while reading is paused for flow control (a 12 MiB blob
-through an https:// parent arrived 200 KiB short, every time). An
+Not asyncio's SSL transports: through uvloop's, a 12 MiB blob from an
+https:// parent that closed after it arrived 200 KiB short, every time
+(docs/decisions.md). An
 `ssl.SSLObject` over `sock_recv`/`sock_sendall` behaves the same on every
 loop, and the parent's close_notify is read like any other record.
 """
