@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPNetwork, parse_network
+
+if TYPE_CHECKING:
+    from portcullis.config.models import Rule
 
 Network = Annotated[IPNetwork, BeforeValidator(parse_network)]
 DIRECT = "direct"  # a rule's `upstream_proxy: direct`: dial, whatever the global parent
@@ -122,7 +126,7 @@ class ProxyProtocolListeners(_Model):
     transparent: ProxyProtocol | None = None
 
 
-def check_parent_rules(rules: list[Any], default: UpstreamProxy | None) -> None:
+def check_parent_rules(rules: Sequence[Rule], default: UpstreamProxy | None) -> None:
     """Refuse an allow rule that says `resolves_to` and goes through a parent:
     the parent resolves the name itself, so the check could not be kept."""
     for rule in rules:
