@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from portcullis.config.models import Rule
 
 Network = Annotated[IPNetwork, BeforeValidator(parse_network)]
-DIRECT = "direct"  # a rule's `upstream_proxy: direct`: dial, whatever the global parent
 
 
 class _Model(BaseModel):
@@ -109,6 +108,7 @@ class UpstreamProxy(_Model):
         return f"{'https' if self.tls else 'http'}://{format_hostport(self.host, self.port)}"
 
 
+# A rule's own parent, or "direct": dial, whatever the policy's parent.
 RuleUpstream = UpstreamProxy | Literal["direct"]
 
 

@@ -25,7 +25,7 @@ from portcullis.basics.errors import DnsFailure, ParentAnswerError, Refusal
 from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.config.chaining import DIRECT, UpstreamProxy
+from portcullis.config.chaining import UpstreamProxy
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
@@ -46,7 +46,7 @@ def parent_for(gate: Gate, rule: CompiledRule | None) -> UpstreamProxy | None:
     if rule is not None and rule.action is Decision.ALLOW:
         own = gate.policy.rules[rule.index].upstream_proxy
         if own is not None:
-            return None if own == DIRECT else own  # type: ignore[return-value]
+            return own if isinstance(own, UpstreamProxy) else None  # `direct`
     return gate.policy.upstream_proxy
 
 
