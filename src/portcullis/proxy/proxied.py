@@ -68,16 +68,17 @@ def behind_balancer(handler: Handler, mode: Mode) -> Handler:
         except (TimeoutError, ProxyHeaderError) as exc:
             detail = (exc.message if isinstance(exc, ProxyHeaderError)
                       else "no PROXY protocol header in time")
-            refuse_early(state, conn, Attempt(mode, peer[0], peer[1], new_connection_id(),
-                                        balancer=balancer), Reason.PROXY_HEADER, 400, detail)
+            attempt = Attempt(mode, peer[0], peer[1], new_connection_id(), balancer=balancer)
+            refuse_early(state, conn, attempt, Reason.PROXY_HEADER, 400, detail)
             state.log.log_error("PROXY protocol header refused", balancer=balancer, error=detail)
             return
         # LOCAL / UNKNOWN: the balancer's own connection (a health check): it is the client.
         client = (str(header.source[0]), header.source[1]) if header.source else peer
         BALANCED.set(Balanced(balancer, header.destination))
         if stranger(state.gate, peer_address(client[0])):
-            refuse_early(state, conn, Attempt(mode, client[0], client[1], new_connection_id()),
-                   Reason.SOURCE_UNKNOWN, 403, "this client is in no source group")
+            attempt = Attempt(mode, client[0], client[1], new_connection_id())
+            refuse_early(state, conn, attempt, Reason.SOURCE_UNKNOWN, 403,
+                         "this client is in no source group")
             return
         await handler(state, conn, client)
 
@@ -85,7 +86,7 @@ def behind_balancer(handler: Handler, mode: Mode) -> Handler:
 
 
 def refuse_early(state: FirewallState, conn: socket.socket, attempt: Attempt, reason: Reason,
-           status: int, detail: str) -> None:
+                 status: int, detail: str) -> None:
     """Record and answer a refusal before the listener's handler ran (at accept,
     or after a PROXY protocol header); close."""
     if attempt.mode is Mode.TRANSPARENT:
