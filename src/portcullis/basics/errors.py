@@ -18,9 +18,11 @@
     │   │   ├── BadRequest           400
     │   │   ├── HeaderTooLarge       431
     │   │   └── NotImplementedMethod 501
-    │   └── ClientHelloError   the first bytes of a TLS connection (ValueError)
-    │       ├── NotTLS
-    │       └── MalformedClientHello
+    │   ├── ClientHelloError   the first bytes of a TLS connection (ValueError)
+    │   │   ├── NotTLS
+    │   │   └── MalformedClientHello
+    │   ├── ProxyHeaderError   a PROXY protocol header (ValueError)
+    │   └── ParentAnswerError  a parent proxy's answer to CONNECT that is not HTTP (ValueError)
     ├── DnsFailure             a name that did not resolve: `kind` says how
     ├── NoOriginalDestination  no redirect record for a connection (OSError)
     └── ToolError              an operator tool's step failed (`check`)
@@ -180,6 +182,20 @@ class MalformedClientHello(ClientHelloError):
     reason = Reason.BAD_REQUEST
 
 
+class ProxyHeaderError(Refusal, ValueError):
+    """A PROXY protocol header (v1 or v2) that is missing, malformed or not TCP."""
+
+    status = 400
+    reason = Reason.PROXY_HEADER
+
+
+class ParentAnswerError(Refusal, ValueError):
+    """A parent proxy's answer to CONNECT that is not an HTTP status line and head."""
+
+    status = 502
+    reason = Reason.PARENT_FAILED
+
+
 # --- the network ---------------------------------------------------------------
 
 DnsFailureKind = Literal["nxdomain", "no_answer", "timeout", "servfail", "error"]
@@ -210,5 +226,6 @@ __all__ = [
     "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge", "HttpError",
     "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
     "MalformedClientHello", "NftablesError", "NoOriginalDestination", "NotImplementedMethod",
-    "NotTLS", "PolicyError", "PortcullisError", "ProblemsError", "Refusal", "ToolError",
+    "NotTLS", "ParentAnswerError", "PolicyError", "PortcullisError", "ProblemsError",
+    "ProxyHeaderError", "Refusal", "ToolError",
 ]

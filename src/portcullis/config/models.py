@@ -27,6 +27,12 @@ from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, parse_network
 from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import check_reference
+from portcullis.config.chaining import (
+    ProxyProtocolListeners,
+    RuleUpstream,
+    UpstreamProxy,
+    check_parent_rules,
+)
 
 # --- field types -----------------------------------------------------------
 
@@ -97,6 +103,15 @@ class Listen(_Model):
     explicit: HostPort | None = "127.0.0.1:3128"
     transparent: HostPort | None = None
     admin: HostPort | None = "127.0.0.1:9090"
+    # Load balancers in front of a listener that send the PROXY protocol header.
+    proxy_protocol: ProxyProtocolListeners = Field(default_factory=ProxyProtocolListeners)
+
+    @model_validator(mode="after")
+    def _proxy_protocol_has_listeners(self) -> Listen:
+        for mode in ("explicit", "transparent"):
+            if getattr(self.proxy_protocol, mode) is not None and getattr(self, mode) is None:
+                raise ValueError(f"proxy_protocol.{mode}: there is no `{mode}` listener")
+        return self
 
 
 class Rule(_Model):
@@ -111,6 +126,8 @@ class Rule(_Model):
     # may carry other bytes: an unchecked tunnel reaches whatever the upstream
     # address serves, with any Host or name the client likes.
     raw: bool = False
+    # Overrides the policy's `upstream_proxy` for what this rule allows ("direct": none).
+    upstream_proxy: RuleUpstream | None = None
 
 
 class Resolver(_Model):
@@ -168,9 +185,12 @@ class Policy(_Model):
         default_factory=lambda: [ipaddress.ip_network(n) for n in _LOOPBACK]
     )
     log: Log = Field(default_factory=Log)
+    # A parent proxy every allowed connection goes through (rules may override it).
+    upstream_proxy: UpstreamProxy | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
+        check_parent_rules(self.rules, self.upstream_proxy)
         names: set[str] = set()
         for index, rule in enumerate(self.rules):
             if rule.name in names:

@@ -158,6 +158,12 @@ class DecisionLog:
         rec["dns_ms"] = _ms(ev.dns_ms)
         rec["connect_ms"] = _ms(ev.connect_ms)
         rec["original_dst"] = ev.original_dst
+        # Only where they apply, so other lines stay as they were.
+        if ev.parent is not None:
+            rec["parent"] = ev.parent
+            rec["parent_status"] = ev.parent_status
+        if ev.balancer is not None:
+            rec["balancer"] = ev.balancer
         if cut:
             rec["truncated"] = cut
         self._write(rec)

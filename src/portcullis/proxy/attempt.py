@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.policy.engine import CompiledRule
+from portcullis.proxy.balanced import balancer_of_this_connection
 
 if TYPE_CHECKING:
     from portcullis.proxy.admission import Checked
@@ -38,6 +39,10 @@ class Attempt:
     dns_ms: float | None = None
     connect_ms: float | None = None
     original_dst: str | None = None
+    parent: str | None = None  # the parent proxy's URL (no credentials), when chained
+    parent_status: int | None = None  # the parent's answer to CONNECT
+    # "ip:port" of the load balancer that sent the PROXY protocol header, if any.
+    balancer: str | None = field(default_factory=balancer_of_this_connection)
     logged: bool = False
 
     @property
@@ -51,7 +56,7 @@ class Attempt:
     def next_request(self, id: str) -> Attempt:
         """The attempt for the next request on the same kept-alive connection."""
         return Attempt(self.mode, self.client, self.client_port, id,
-                       original_dst=self.original_dst)
+                       original_dst=self.original_dst, balancer=self.balancer)
 
     def decision_event(self) -> DecisionEvent:
         return DecisionEvent(
@@ -71,6 +76,9 @@ class Attempt:
             dns_ms=self.dns_ms,
             connect_ms=self.connect_ms,
             original_dst=self.original_dst,
+            parent=self.parent,
+            parent_status=self.parent_status,
+            balancer=self.balancer,
         )
 
     def close_event(self, bytes_up: int, bytes_down: int, reason: CloseReason) -> CloseEvent:

@@ -153,6 +153,7 @@ async def _upstream_for(
     if upstream is not None and upstream.key == key:
         if decide(gate, attempt, authority):
             attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
+            attempt.parent = upstream.parent
             return upstream
         refusal = refused(attempt)
     else:

@@ -68,6 +68,12 @@ def explain(name: str, port: int, step: Step | PullStep, proxy: str | None) -> s
     if kind is Kind.PROXY_REFUSED:
         return _proxy_refusal(target, name, port, step)
     if kind is Kind.PROXY_UPSTREAM:
+        if step.reason == Reason.PARENT_REFUSED:
+            return (f"the parent proxy behind the proxy refused {target} ({detail}): allow "
+                    f"{hint} in the parent's ACL, or check `upstream_proxy.credentials`")
+        if step.reason == Reason.PARENT_FAILED:
+            return (f"the proxy cannot use its parent proxy for {target} ({detail}): check "
+                    "`upstream_proxy` and that the parent is up")
         if step.reason == Reason.DNS_FAILURE:
             return f"the proxy cannot resolve {name} ({detail}): fix the proxy's DNS"
         return (f"the proxy could not reach {target} ({detail}): a firewall between the "
