@@ -20,6 +20,7 @@ Layout (loopback only):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import signal
 import socket
@@ -158,13 +159,27 @@ class Env:
                 .replace("{REG}", REGISTRY).replace("{WEB}", WEB)).encode("latin-1")
 
 
+def upstream_with_loopback_twin(ca: trustme.CA) -> tuple[TlsUpstream, Trap]:
+    """The upstream, and a trap on 127.0.0.1 at the upstream's port (the rebinding case)."""
+    # Another process on the machine may hold that port number on 127.0.0.1
+    # (a client's source port, another suite's listener): draw another port.
+    for _ in range(20):
+        upstream = TlsUpstream(UPSTREAM_IP, ca, CERT_NAMES)
+        try:
+            return upstream, Trap("127.0.0.1", upstream.port)
+        except OSError as exc:
+            upstream.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise RuntimeError("no port free on both the upstream's address and 127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ca = trustme.CA()
-    upstream = TlsUpstream(UPSTREAM_IP, ca, CERT_NAMES)
+    upstream, loopback_trap = upstream_with_loopback_twin(ca)
     echo = EchoServer(ECHO_IP)
     trap = Trap("::", dual_stack=True)
-    loopback_trap = Trap("127.0.0.1", upstream.port)
     zone: dict[str, list[Record]] = {
         REGISTRY: [Record("A", UPSTREAM_IP)],
         WEB: [Record("A", ECHO_IP)],
