@@ -27,6 +27,7 @@ from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, parse_network
 from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import check_reference
+from portcullis.config.inspect_fields import check_inspectable, check_repository_pattern
 
 # --- field types -----------------------------------------------------------
 
@@ -99,6 +100,20 @@ class Listen(_Model):
     admin: HostPort | None = "127.0.0.1:9090"
 
 
+class Inspect(_Model):
+    repositories: list[Annotated[str, AfterValidator(check_repository_pattern)]] = Field(
+        min_length=1)
+    access: Literal["pull", "push"] = "pull"
+
+
+class TlsInspection(_Model):
+    ca_cert: str
+    ca_key: str
+    upstream_ca: list[str] = Field(default_factory=list)
+    # Leaves live in memory only; a short life bounds what a stolen one is worth.
+    leaf_days: int = Field(7, ge=1, le=7)
+
+
 class Rule(_Model):
     name: str = Field(min_length=1, max_length=128)
     from_: list[str] = Field(alias="from", min_length=1)
@@ -111,6 +126,14 @@ class Rule(_Model):
     # may carry other bytes: an unchecked tunnel reaches whatever the upstream
     # address serves, with any Host or name the client likes.
     raw: bool = False
+    # Decrypt and judge each registry request (docs/semantics.md, "Inspection").
+    inspect: Inspect | None = None
+
+    @model_validator(mode="after")
+    def _inspectable(self) -> Rule:
+        if self.inspect is not None:
+            check_inspectable(self.action, self.to)
+        return self
 
 
 class Resolver(_Model):
@@ -168,6 +191,7 @@ class Policy(_Model):
         default_factory=lambda: [ipaddress.ip_network(n) for n in _LOOPBACK]
     )
     log: Log = Field(default_factory=Log)
+    tls_inspection: TlsInspection | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
@@ -183,4 +207,9 @@ class Policy(_Model):
                         f"rule {rule.name!r}: unknown source group {group!r} "
                         f"(known: {known}); define it under `sources:` or write a CIDR"
                     )
+            if rule.inspect is not None and self.tls_inspection is None:
+                raise ValueError(
+                    f"rule {rule.name!r} inspects, which needs a `tls_inspection:` section"
+                    " with ca_cert and ca_key (create them with `portcullis ca init`)"
+                )
         return self
