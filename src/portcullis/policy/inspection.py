@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from portcullis.basics.vocabulary import Reason
 from portcullis.basics.repositories import RepositoryPattern, parse_repository_pattern
+from portcullis.basics.vocabulary import Reason
 from portcullis.wire.oci import Endpoint, OciRequest
 
 Access = Literal["pull", "push"]

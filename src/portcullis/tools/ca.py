@@ -80,7 +80,8 @@ def build_ca(names: list[str], days: int) -> tuple[x509.Certificate, ec.Elliptic
     return cert, key
 
 
-def write_ca(out: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+def write_ca(out: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+             ) -> tuple[Path, Path]:
     """Write the pair; the key is created 0600 and never replaced silently."""
     out.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out / CERT_FILE, out / KEY_FILE
@@ -127,7 +128,7 @@ def trust_instructions(facts: CAFacts) -> list[str]:
         f'    server = "https://{host}"',
         f'    [host."https://{host}"]',
         f'      ca = "{p}"',
-        "  (config_path = \"/etc/containerd/certs.d\" under [plugins.\"io.containerd.grpc.v1.cri\".registry])",
+        '  (and config_path = "/etc/containerd/certs.d" in the CRI registry section)',
         f"CRI-O, podman, skopeo, buildah: cp {p} /etc/containers/certs.d/{host}/portcullis-ca.crt",
         f"docker: cp {p} /etc/docker/certs.d/{host}/ca.crt",
         f"system store (Debian): cp {p} /usr/local/share/ca-certificates/portcullis-ca.crt"
