@@ -24,7 +24,7 @@ import time
 
 import h11
 
-from portcullis.basics.errors import BadRequest, HttpError
+from portcullis.basics.errors import AuthorityError, BadRequest, HttpError
 from portcullis.basics.hostport import format_authority
 from portcullis.basics.vocabulary import REPORTABLE, CloseReason, Decision, Reason
 from portcullis.observe.audit import AuditEvent
@@ -42,7 +42,8 @@ from portcullis.proxy.reading import send_quietly
 from portcullis.proxy.registry_answers import error_events, raw_error
 from portcullis.proxy.state import FirewallState
 from portcullis.proxy.tlsstream import TlsClosed, TlsStream
-from portcullis.wire.http1 import parse_request_head
+from portcullis.wire.authority import parse_authority
+from portcullis.wire.http1 import RequestHead, check_origin_request, parse_request_head
 from portcullis.wire.oci import Endpoint, OciRequest, classify, scopes_of
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0"
@@ -182,7 +183,9 @@ class _Session:
                     return False
             else:
                 try:
-                    if parse_request_head(self.pending, self.limits.header_bytes) is not None:
+                    head = parse_request_head(self.pending, self.limits.header_bytes)
+                    if head is not None:
+                        self._check_head(head)
                         return True
                 except HttpError as exc:
                     await self._refuse_raw(exc.status, exc.message, exc.reason)
@@ -194,6 +197,19 @@ class _Session:
             if not data:
                 return False
             self.pending += data
+
+    def _check_head(self, head: RequestHead) -> None:
+        host = check_origin_request(head)
+        if host is not None:
+            try:
+                claimed = parse_authority(host, 443, "Host header")
+            except AuthorityError as exc:
+                raise BadRequest(str(exc)) from None
+            if claimed.host != self.host:
+                # The upstream would read another name than the one decided on and
+                # certified; Host is rewritten anyway, but a mismatch is no client's.
+                raise BadRequest(f"Host {host[:80]!r} is not {self.host}, the name of this"
+                                 " connection")
 
     async def _refuse_raw(self, status: int, message: str, reason: Reason) -> None:
         self._audit("-", "-", None, Judgement(False, reason, message), status)
