@@ -15,7 +15,7 @@ from typing import Literal
 
 from portcullis.basics.repositories import RepositoryPattern, parse_repository_pattern
 from portcullis.basics.vocabulary import Reason
-from portcullis.wire.oci import Endpoint, OciRequest
+from portcullis.wire.oci import Endpoint, OciRequest, classify
 
 Access = Literal["pull", "push"]
 _READ = frozenset({"GET", "HEAD"})
@@ -105,3 +105,46 @@ def judge(rule: Inspection, request: OciRequest) -> Judgement:
             and not rule.allows_manifest(name, reference)):
         return _refuse(Reason.REPOSITORY_DENIED, f"tag {name}:{reference} is not allowed")
     return ALLOWED
+
+
+@dataclass(frozen=True, slots=True)
+class RequestExplanation:
+    """What `explain --path` adds: how the deciding rule judges one request."""
+
+    method: str
+    path: str
+    inspected: bool
+    judgement: Judgement | None
+    repository: str | None = None
+    endpoint: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"method": self.method, "path": self.path,
+                                  "inspected": self.inspected}
+        if self.judgement is not None:
+            out.update(endpoint=self.endpoint, repository=self.repository,
+                       allowed=self.judgement.allowed, reason=self.judgement.reason.value,
+                       message=self.judgement.message or None)
+        return out
+
+    def to_text(self) -> str:
+        if not self.inspected or self.judgement is None:
+            return (f"request  {self.method} {self.path}: not inspected (the deciding rule has"
+                    " no `inspect:`), relayed encrypted as the name decides")
+        j = self.judgement
+        what = f"{self.endpoint}" + (f" of {self.repository}" if self.repository else "")
+        verdict = "ALLOW" if j.allowed else "DENY"
+        why = f": {j.message}" if j.message else ""
+        return (f"request  {self.method} {self.path} ({what})\n"
+                f"request  {verdict} (reason: {j.reason.value}){why}")
+
+
+def explain_request(rule: Inspection | None, method: str, target: str) -> RequestExplanation:
+    """Judge `method target` as the proxy would inside an inspected connection;
+    BadRequest for a target the proxy would answer 400."""
+    method = method.upper()
+    if rule is None:
+        return RequestExplanation(method, target, False, None)
+    request = classify(method, target)
+    return RequestExplanation(method, target, True, judge(rule, request), request.repository,
+                              request.endpoint.value)
