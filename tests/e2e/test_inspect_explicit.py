@@ -80,6 +80,10 @@ def test_allowed_pull_through_inspection_and_the_audit_digest_is_skopeos(
     assert record["registry_digest"] == digest
     assert record["media_type"].startswith("application/vnd.oci.image.manifest.v1+json")
     assert record["size"] == testbed.small_image.manifest_size
+    summary = subprocess.run([*PORTCULLIS, "audit", str(proxy.log_path)], capture_output=True,
+                             text=True, timeout=30)
+    assert summary.returncode == 0, summary.stderr
+    assert f"us.icr.io/ns/small@{digest}" in summary.stdout
     # The registry host was inspected; the delivery host was decided by name only.
     decisions = {(r["host"], r["rule"], r["decision"]) for r in proxy.decisions()}
     assert ("us.icr.io", "registry-images", "allow") in decisions
