@@ -1,0 +1,115 @@
+"""Registry-aware inspection in transparent mode (issue 14, item 6): a worker with
+no proxy settings, the `portcullis nftables` redirect in a firewall namespace,
+and a registry that serves blobs itself (no delivery host): every byte of the
+pull crosses the inspected connection.
+
+    worker 10.233.K.2 --veth-- 10.233.K.1  firewall  10.233.K+1.1 --veth-- registry .2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.inspection import InspectionCA, inspect_policy, make_ca
+from tests.support.netns import Namespaces, inside, namespaces
+from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
+
+pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
+
+K = 16 + (os.getpid() % 100) * 2
+WORKER_NET, REGISTRY_NET = f"10.233.{K}", f"10.233.{K + 1}"
+WORKER_IP, FW_WORKER_IP = f"{WORKER_NET}.2", f"{WORKER_NET}.1"
+FW_REGISTRY_IP, REGISTRY_IP, CDN_IP = f"{REGISTRY_NET}.1", f"{REGISTRY_NET}.2", f"{REGISTRY_NET}.3"
+
+
+@dataclass
+class Net:
+    ns: Namespaces
+    bed: Testbed
+    ca: InspectionCA
+    proxy: RunningPortcullis
+
+    def pull(self, ref: str, dest: Path, ca_dir: Path) -> subprocess.CompletedProcess[str]:
+        return skopeo_pull(ref, dest, ca_dir=ca_dir, proxy=None, timeout=120,
+                           netns=self.ns.worker)
+
+
+def _topology(ns: Namespaces) -> None:
+    ns.link("firewall", "fw-w", "worker", "wk0")
+    ns.link("firewall", "fw-r", "registry", "rg0")
+    ns.address("worker", "wk0", f"{WORKER_IP}/24")
+    ns.address("firewall", "fw-w", f"{FW_WORKER_IP}/24")
+    ns.address("firewall", "fw-r", f"{FW_REGISTRY_IP}/24")
+    for ip in (REGISTRY_IP, CDN_IP):
+        ns.address("registry", "rg0", f"{ip}/24")
+    ns.exec("worker", ["ip", "route", "add", "default", "via", FW_WORKER_IP])
+    ns.exec("registry", ["ip", "route", "add", "default", "via", FW_REGISTRY_IP])
+    ns.exec("firewall", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    ns.etc("worker", {
+        "hosts": f"127.0.0.1 localhost\n{REGISTRY_IP} us.icr.io\n{CDN_IP} dd0.icr.io\n",
+        "resolv.conf": "nameserver 127.0.0.1\n",
+    })
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    workdir = tmp_path_factory.mktemp("inspect-transparent")
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(namespaces("worker", "firewall", "registry"))
+        _topology(ns)
+        with inside(ns.registry):
+            bed = stack.enter_context(start_testbed(
+                workdir / "testbed", registry_ip=REGISTRY_IP, cdn_ip=CDN_IP, redirect=False))
+        ca = make_ca(workdir, bed)
+        policy = inspect_policy(bed, ca, ["ns/small"])
+        policy["sources"] = {"workers": [f"{WORKER_NET}.0/24"]}
+        policy["listen"]["transparent"] = "0.0.0.0:3129"
+        policy_path = workdir / "nft-policy.yaml"
+        policy_path.write_text(yaml.safe_dump(policy))
+        loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(policy_path), "--apply"])
+        assert loaded.strip() == "loaded table inet portcullis"
+        with inside(ns.firewall):
+            proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
+        yield Net(ns, bed, ca, proxy)
+
+
+def test_allowed_pull_with_blobs_from_the_registry_itself(net: Net, tmp_path: Path) -> None:
+    result = net.pull(net.bed.small_image_ref, tmp_path / "small", net.ca.trusted_dir)
+    assert result.returncode == 0, result.stderr
+    verify_pulled(tmp_path / "small", net.bed.small_image)
+    decisions = [r for r in net.proxy.decisions() if r["client"] == WORKER_IP]
+    assert {(r["host"], r["mode"], r["decision"]) for r in decisions} == {
+        ("us.icr.io", "transparent", "allow")}  # no delivery host: blobs came inspected
+    audits = net.proxy.records("audit")
+    served = {a["digest"] for a in audits if a.get("digest")}
+    assert served == {net.bed.small_image.manifest_digest}
+    closes = net.proxy.records("close")
+    assert sum(c["bytes_down"] for c in closes) >= net.bed.small_image.total_size
+
+
+def test_another_repository_is_denied_and_skopeo_prints_why(net: Net, tmp_path: Path) -> None:
+    result = net.pull(net.bed.image_ref, tmp_path / "app", net.ca.trusted_dir)
+    assert result.returncode != 0
+    stderr = result.stderr
+    assert "portcullis: repository ns/app is not allowed" in stderr, stderr
+    net.proxy.wait_for_log(lambda r: r.get("event") == "audit"
+                           and r.get("reason") == "repository_denied")
+
+
+def test_a_worker_without_the_ca_fails_with_client_untrusted_ca(net: Net, tmp_path: Path
+                                                                ) -> None:
+    result = net.pull(net.bed.small_image_ref, tmp_path / "x", net.ca.testbed_only_dir)
+    assert result.returncode != 0
+    record = net.proxy.wait_for_log(lambda r: r.get("event") == "decision"
+                                    and r.get("reason") == "client_untrusted_ca")
+    assert (record["mode"], record["host"], record["decision"]) == (
+        "transparent", "us.icr.io", "deny")
