@@ -9,12 +9,14 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.containerd import hosts_dir, private_containerd
 from tests.support.inspection import (
     InspectionCA,
     client_context,
@@ -206,3 +208,23 @@ def test_serve_refuses_a_ca_key_others_can_read(
     assert done.returncode == 2
     assert "readable by group or others (mode 0640)" in done.stderr
     assert f"chmod 600 {key}" in done.stderr
+
+
+def test_containerd_pulls_the_allowed_repository_and_is_denied_another(
+    proxy: RunningPortcullis, testbed: Testbed, ca: InspectionCA, tmp_path: Path
+) -> None:
+    hosts = hosts_dir(tmp_path / "hosts", "us.icr.io", [testbed.ca_pem, ca.cert])
+    started = time.time()
+    with private_containerd(tmp_path / "containerd") as containerd:
+        pulled = containerd.pull(testbed.small_image_ref, hosts, proxy=proxy.url)
+        assert pulled.returncode == 0, pulled.stderr + pulled.stdout
+        assert testbed.small_image.manifest_digest in pulled.stdout + pulled.stderr
+        # Every connection of the pull trusted the CA its hosts.toml names.
+        assert not [r for r in proxy.decisions() if r["reason"] == "client_untrusted_ca"
+                    and r["ts"] >= started]
+        denied = containerd.pull(testbed.image_ref, hosts, proxy=proxy.url)
+        assert denied.returncode != 0
+        output = denied.stderr + denied.stdout
+        assert "portcullis: repository ns/app is not allowed" in output, output
+    clients = {a["digest"] for a in audits(proxy) if a.get("digest")}
+    assert testbed.small_image.manifest_digest in clients

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.containerd import hosts_dir, private_containerd
 from tests.support.inspection import InspectionCA, inspect_policy, make_ca
 from tests.support.netns import Namespaces, inside, namespaces
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
@@ -113,3 +114,19 @@ def test_a_worker_without_the_ca_fails_with_client_untrusted_ca(net: Net, tmp_pa
                                     and r.get("reason") == "client_untrusted_ca")
     assert (record["mode"], record["host"], record["decision"]) == (
         "transparent", "us.icr.io", "deny")
+
+
+def test_containerd_pulls_through_the_redirect_and_is_denied_another(
+    net: Net, tmp_path: Path
+) -> None:
+    hosts = hosts_dir(tmp_path / "hosts", "us.icr.io", [net.bed.ca_pem, net.ca.cert])
+    mark = len(net.proxy.records("audit"))
+    with private_containerd(tmp_path / "containerd") as containerd:
+        pulled = containerd.pull(net.bed.small_image_ref, hosts, netns=net.ns.worker)
+        assert pulled.returncode == 0, pulled.stderr + pulled.stdout
+        denied = containerd.pull(net.bed.image_ref, hosts, netns=net.ns.worker)
+        assert denied.returncode != 0
+        output = denied.stderr + denied.stdout
+        assert "portcullis: repository ns/app is not allowed" in output, output
+    served = [a for a in net.proxy.records("audit")[mark:] if a.get("digest")]
+    assert {a["digest"] for a in served} == {net.bed.small_image.manifest_digest}

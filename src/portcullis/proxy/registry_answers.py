@@ -35,8 +35,12 @@ def error_events(status: int, message: str, reason: Reason, rule: str | None, *,
                (b"x-portcullis-rule", (rule or "-").encode("ascii", "replace"))]
     if close:
         headers.append((b"connection", b"close"))
-    return [h11.Response(status_code=status, headers=headers), h11.Data(data=body),
-            h11.EndOfMessage()]
+    # The reason phrase carries the message too: a HEAD answer has no body, and
+    # containerd prints only the status line of a refused HEAD.
+    phrase = f"{_REASONS.get(status, 'Error')} (portcullis: {message})"
+    printable = "".join(c if " " <= c <= "~" else "?" for c in phrase)[:300]
+    return [h11.Response(status_code=status, headers=headers, reason=printable.encode()),
+            h11.Data(data=body), h11.EndOfMessage()]
 
 
 def raw_error(status: int, message: str, reason: Reason, rule: str | None) -> bytes:
