@@ -228,3 +228,20 @@ def test_containerd_pulls_the_allowed_repository_and_is_denied_another(
         assert "portcullis: repository ns/app is not allowed" in output, output
     clients = {a["digest"] for a in audits(proxy) if a.get("digest")}
     assert testbed.small_image.manifest_digest in clients
+
+
+def test_check_tells_a_worker_without_the_ca_to_install_it(
+    proxy: RunningPortcullis, testbed: Testbed, ca: InspectionCA
+) -> None:
+    without = subprocess.run([*PORTCULLIS, "check", "--proxy", proxy.url, "--ca",
+                              str(testbed.ca_pem), "--image", testbed.small_image_ref],
+                             capture_output=True, text=True,
+                             timeout=60, env=clean_env())
+    assert without.returncode == 1
+    assert "install the Portcullis CA" in without.stdout + without.stderr, without.stdout
+    bundle = ca.trusted_dir.parent / "bundle.pem"
+    bundle.write_bytes(testbed.ca_pem.read_bytes() + ca.cert.read_bytes())
+    with_ca = subprocess.run([*PORTCULLIS, "check", "--proxy", proxy.url, "--ca", str(bundle),
+                              "--image", testbed.small_image_ref],
+                             capture_output=True, text=True, timeout=60, env=clean_env())
+    assert with_ca.returncode == 0, with_ca.stdout + with_ca.stderr
