@@ -26,7 +26,7 @@ from tests.support.inspection import (
     request,
 )
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
-from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
+from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 from tests.support.testbed.procs import clean_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
@@ -245,3 +245,30 @@ def test_check_tells_a_worker_without_the_ca_to_install_it(
                               "--image", testbed.small_image_ref],
                              capture_output=True, text=True, timeout=60, env=clean_env())
     assert with_ca.returncode == 0, with_ca.stdout + with_ca.stderr
+
+
+def test_blobs_served_by_the_registry_itself_cross_the_inspected_connection(
+    ca: InspectionCA, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """No delivery host: the ~21 MiB of blobs come through the decrypted stream."""
+    with start_testbed(tmp_path_factory.mktemp("direct-bed"), registry_ip="127.0.0.31",
+                       cdn_ip="127.0.0.32", redirect=False) as bed:
+        trusted = tmp_path / "certs"
+        shutil.copytree(ca.trusted_dir, trusted)
+        shutil.copy(bed.ca_pem, trusted / "testbed-ca.crt")
+        policy = inspect_policy(bed, ca, ["ns/**"])
+        with run_portcullis(tmp_path / "p", policy) as running:
+            result = skopeo_pull(bed.image_ref, tmp_path / "app", ca_dir=trusted,
+                                 proxy=running.url, timeout=120)
+            assert result.returncode == 0, result.stderr
+            verify_pulled(tmp_path / "app", bed.image)
+            hosts = {r["host"] for r in running.decisions()}
+            assert hosts == {"us.icr.io"}
+            closes = running.records("close")
+            assert sum(c["bytes_down"] for c in closes) >= bed.image.total_size
+            hosts_toml = hosts_dir(tmp_path / "hosts", "us.icr.io", [bed.ca_pem, ca.cert])
+            with private_containerd(tmp_path / "containerd") as containerd:
+                pulled = containerd.pull(bed.image_ref, hosts_toml, proxy=running.url)
+                assert pulled.returncode == 0, pulled.stderr + pulled.stdout
+            served = [a for a in running.records("audit") if a.get("digest")]
+            assert {a["digest"] for a in served} == {bed.image.manifest_digest}
