@@ -1,7 +1,7 @@
 """Registry-aware inspection in transparent mode (issue 14, item 6): a worker with
 no proxy settings, the `portcullis nftables` redirect in a firewall namespace,
-and a registry that serves blobs itself (no delivery host): every byte of the
-pull crosses the inspected connection.
+and a registry that serves blobs itself (every byte of the pull crosses the
+inspected connection) or redirects them to dd0.icr.io (decided by name).
 
     worker 10.233.K.2 --veth-- 10.233.K.1  firewall  10.233.K+1.1 --veth-- registry .2
 """
@@ -38,6 +38,7 @@ class Net:
     bed: Testbed
     ca: InspectionCA
     proxy: RunningPortcullis
+    redirect: bool  # blobs from dd0.icr.io (decided by name), or from the registry itself
 
     def pull(self, ref: str, dest: Path, ca_dir: Path) -> subprocess.CompletedProcess[str]:
         return skopeo_pull(ref, dest, ca_dir=ca_dir, proxy=None, timeout=120,
@@ -61,15 +62,17 @@ def _topology(ns: Namespaces) -> None:
     })
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+@pytest.fixture(scope="module", params=[False, True], ids=["blobs-direct", "dd0-redirect"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Net]:
+    redirect: bool = request.param
     workdir = tmp_path_factory.mktemp("inspect-transparent")
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(namespaces("worker", "firewall", "registry"))
         _topology(ns)
         with inside(ns.registry):
             bed = stack.enter_context(start_testbed(
-                workdir / "testbed", registry_ip=REGISTRY_IP, cdn_ip=CDN_IP, redirect=False))
+                workdir / "testbed", registry_ip=REGISTRY_IP, cdn_ip=CDN_IP, redirect=redirect))
         ca = make_ca(workdir, bed)
         policy = inspect_policy(bed, ca, ["ns/small"])
         policy["sources"] = {"workers": [f"{WORKER_NET}.0/24"]}
@@ -80,16 +83,18 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         assert loaded.strip() == "loaded table inet portcullis"
         with inside(ns.firewall):
             proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
-        yield Net(ns, bed, ca, proxy)
+        yield Net(ns, bed, ca, proxy, redirect)
 
 
-def test_allowed_pull_with_blobs_from_the_registry_itself(net: Net, tmp_path: Path) -> None:
+def test_allowed_pull(net: Net, tmp_path: Path) -> None:
     result = net.pull(net.bed.small_image_ref, tmp_path / "small", net.ca.trusted_dir)
     assert result.returncode == 0, result.stderr
     verify_pulled(tmp_path / "small", net.bed.small_image)
     decisions = [r for r in net.proxy.decisions() if r["client"] == WORKER_IP]
-    assert {(r["host"], r["mode"], r["decision"]) for r in decisions} == {
-        ("us.icr.io", "transparent", "allow")}  # no delivery host: blobs came inspected
+    expected = {("us.icr.io", "transparent", "allow", "registry-images")}
+    if net.redirect:  # the delivery host is decided by name, never decrypted
+        expected.add(("dd0.icr.io", "transparent", "allow", "delivery"))
+    assert {(r["host"], r["mode"], r["decision"], r["rule"]) for r in decisions} == expected
     audits = net.proxy.records("audit")
     served = {a["digest"] for a in audits if a.get("digest")}
     assert served == {net.bed.small_image.manifest_digest}
