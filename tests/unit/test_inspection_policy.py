@@ -86,7 +86,7 @@ def test_classify(method: str, target: str, endpoint: Endpoint, repo: str | None
 
 @pytest.mark.parametrize("target", [
     "/v2/ns/%61pp/manifests/1", "/v2/ns/../other/manifests/1", "/v2/ns//app/manifests/1",
-    "http://us.icr.io/v2/", "/v2/ns\\app/manifests/1",
+    "http://us.icr.io/v2/", "/v2/ns\\app/manifests/1", "/v2/NS/app/manifests/1",
 ])
 def test_ambiguous_targets_are_bad_requests(target: str) -> None:
     with pytest.raises(BadRequest) as caught:

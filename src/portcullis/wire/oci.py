@@ -15,6 +15,7 @@ from enum import StrEnum
 from urllib.parse import parse_qsl
 
 from portcullis.basics.errors import BadRequest
+from portcullis.basics.repositories import is_repository_name
 
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9._=-]+\Z")
@@ -128,4 +129,9 @@ def classify(method: str, target: str) -> OciRequest:
         parts.pop()  # `/blobs/uploads/` opens an upload: its one trailing slash is part of it
     if any(p in ("", ".", "..") for p in parts):
         raise BadRequest(f"registry path {path[:100]!r} has an empty, `.` or `..` component")
-    return _repository_request(method, path, parts)
+    request = _repository_request(method, path, parts)
+    if request.repository is not None and not is_repository_name(request.repository):
+        # A pattern may match what the registry would read as another name.
+        raise BadRequest(f"{request.repository[:100]!r} is not a repository name (lowercase"
+                         " components of letters and digits joined by `.`, `_`, `__`, `-`)")
+    return request
