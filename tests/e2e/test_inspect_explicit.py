@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.containerd import hosts_dir, private_containerd
+from tests.support.http import read_to_close
 from tests.support.inspection import (
     InspectionCA,
     client_context,
@@ -272,3 +273,19 @@ def test_blobs_served_by_the_registry_itself_cross_the_inspected_connection(
                 assert pulled.returncode == 0, pulled.stderr + pulled.stdout
             served = [a for a in running.records("audit") if a.get("digest")]
             assert {a["digest"] for a in served} == {bed.image.manifest_digest}
+
+
+def test_a_client_that_speaks_no_http_is_refused_not_http1(
+    proxy: RunningPortcullis, ca: InspectionCA
+) -> None:
+    with inspected_tls(proxy.explicit, client_context(ca.cert)) as tls:
+        tls.sendall(b"\x16\x00SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        answer = read_to_close(tls)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"not_http1" in answer
+    with inspected_tls(proxy.explicit, client_context(ca.cert)) as tls:
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        answer = read_to_close(tls)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"not_http1" in answer
+    refusals = [a for a in audits(proxy) if a["reason"] == "not_http1"]
+    assert len(refusals) >= 2

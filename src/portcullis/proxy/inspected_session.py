@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 
 import h11
@@ -32,6 +33,7 @@ from portcullis.wire.http1 import RequestHead, check_origin_request, parse_reque
 from portcullis.wire.oci import Endpoint, OciRequest, classify, scopes_of
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0"
+_HTTP1_LINE = re.compile(rb"[A-Z]{1,16} \S+ HTTP/1\.[01]")
 _TOKEN_BODY_MAX = 65536
 _MANIFEST_MAX = 4 << 20  # the distribution spec's limit; a larger "manifest" is not hashed
 
@@ -92,7 +94,13 @@ class Session:
                         self._check_head(head)
                         return True
                 except HttpError as exc:
-                    await self._refuse_raw(exc.status, exc.message, exc.reason)
+                    line = bytes(self.pending[:200]).split(b"\r\n", 1)[0]
+                    if _HTTP1_LINE.fullmatch(line) is None:
+                        # Not a request line at all: another protocol on port 443.
+                        await self._refuse_raw(400, f"not HTTP/1.1 ({exc.message})",
+                                               Reason.NOT_HTTP1)
+                    else:
+                        await self._refuse_raw(exc.status, exc.message, exc.reason)
                     return False
             left = self.limits.header_timeout - (time.monotonic() - started)
             if left <= 0:
