@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System parts the end-to-end tests drive for real (docs/semantics.md §8).
 TEST_DEBS := docker-registry skopeo nginx nftables iproute2 squid haproxy libnginx-mod-stream systemd \
-             podman runc debootstrap
+             podman runc debootstrap containerd
 BENCH_DEBS := squid tinyproxy nginx curl haproxy
 
 .PHONY: setup run test lint typecheck sysdeps bench bench-policy fuzz clean

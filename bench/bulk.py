@@ -27,8 +27,9 @@ class BulkResult:
     origin_cpu_s_per_gib: float
 
 
-def download(ca_pem: str, proxy: Server | None, origin: Server, timeout: float = 120) -> BulkResult:
-    url = f"https://{ORIGIN_NAME}:{TLS_PORT}{BULK_PATH}"
+def download(ca_pem: str, proxy: Server | None, origin: Server, timeout: float = 120,
+             path: str = BULK_PATH) -> BulkResult:
+    url = f"https://{ORIGIN_NAME}:{TLS_PORT}{path}"
     cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
            "--max-time", str(int(timeout)), "--cacert", ca_pem]
     (host, port), connect = dial_address(proxy)

@@ -32,12 +32,14 @@ PROCESSES = 2
 # on the shared machine hits every target alike.
 DURATION = 5.0
 WARMUP = 1.0
-_REQUEST = (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\n"
-            "Connection: close\r\n\r\n").encode()
+def _request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {ORIGIN_NAME}\r\nConnection: close\r\n\r\n".encode()
+
 _CONNECT = f"CONNECT {ORIGIN_NAME}:{TLS_PORT} HTTP/1.1\r\nHost: {ORIGIN_NAME}:{TLS_PORT}\r\n\r\n"
 
 
-def _one(ctx: ssl.SSLContext, address: tuple[str, int], connect: bool, buf: bytearray) -> None:
+def _one(ctx: ssl.SSLContext, address: tuple[str, int], connect: bool, buf: bytearray,
+         request: bytes) -> None:
     sock = socket.create_connection(address, timeout=10)
     try:
         # Without it Nagle holds the request behind the client Finished for a delayed ACK.
@@ -53,7 +55,7 @@ def _one(ctx: ssl.SSLContext, address: tuple[str, int], connect: bool, buf: byte
             if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
                 raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
         with ctx.wrap_socket(sock, server_hostname=ORIGIN_NAME) as tls:
-            tls.sendall(_REQUEST)
+            tls.sendall(request)
             got = 0
             while n := tls.recv_into(buf):
                 got += n
@@ -64,9 +66,10 @@ def _one(ctx: ssl.SSLContext, address: tuple[str, int], connect: bool, buf: byte
 
 
 def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start_at: float,
-           duration: float) -> dict[str, object]:
+           duration: float, path: str = SMALL_PATH) -> dict[str, object]:
     """Run `clients` threads from start_at (time.time()) for `duration`; report as JSON."""
     ctx = ssl.create_default_context(cafile=ca)
+    request = _request(path)
     latencies: list[float] = []
     errors: list[str] = []
     count_from, stop_at = start_at + WARMUP, start_at + duration
@@ -76,7 +79,7 @@ def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start
         while (now := time.time()) < stop_at:
             t0 = time.perf_counter()
             try:
-                _one(ctx, address, connect, buf)
+                _one(ctx, address, connect, buf, request)
             except (OSError, ssl.SSLError) as exc:
                 if now >= count_from:
                     errors.append(repr(exc))
@@ -139,14 +142,15 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def measure(ca: str, proxy: Server | None, duration: float = DURATION) -> RateResult:
+def measure(ca: str, proxy: Server | None, duration: float = DURATION,
+            path: str = SMALL_PATH) -> RateResult:
     from bench import procfs
 
     start_at = time.time() + 0.5
     per = CLIENTS // PROCESSES
     address, connect = dial_address(proxy)
     spec = {"ca": ca, "address": list(address), "connect": connect, "clients": per,
-            "start_at": start_at, "duration": duration}
+            "start_at": start_at, "duration": duration, "path": path}
     procs = [subprocess.Popen([sys.executable, "-m", "bench.connrate", "--worker",
                                json.dumps(spec)], stdout=subprocess.PIPE)
              for _ in range(PROCESSES)]
@@ -180,7 +184,7 @@ def main() -> None:
     parser.add_argument("--worker", required=True)
     spec = json.loads(parser.parse_args().worker)
     result = worker(spec["ca"], tuple(spec["address"]), spec["connect"], spec["clients"],
-                    spec["start_at"], spec["duration"])
+                    spec["start_at"], spec["duration"], spec.get("path", SMALL_PATH))
     json.dump(result, sys.stdout)
 
 

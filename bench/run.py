@@ -2,7 +2,7 @@
 one run, on loopback, with two floors in the bulk and rate tables (a minimal uvloop
 CONNECT relay and HAProxy splicing); prints the table and rewrites bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run [--only bulk,rate,idle,policy] [--rounds 3]
+    .venv/bin/python -m bench.run [--only bulk,rate,idle,policy,inspect] [--rounds 3]
         [--bulk-rounds 5] [--duration 5] [--tunnels 10000] [--no-write]
 
 A partial run (--only, or smaller figures) prints but leaves RESULTS.md alone
@@ -32,7 +32,7 @@ END = "<!-- end of the part written by make bench -->"
 # reserve left when sizing a single-process run, and the "constant" allowed.
 IDLE_FD_RESERVE = 64
 IDLE_FD_CONSTANT = 100
-SCENARIOS = ("bulk", "rate", "idle", "policy")
+SCENARIOS = ("bulk", "rate", "idle", "policy", "inspect")
 # The floors: what the least a relay does costs, in Python (bench/floor_relay.py)
 # and in C (HAProxy, no CONNECT); rows of the bulk and rate tables only.
 FLOOR = "floor (uvloop)"
@@ -263,7 +263,7 @@ def main() -> None:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     if "policy" in only:
         run_policy(report)
-    if {"bulk", "rate", "idle"} & set(only):
+    if {"bulk", "rate", "idle", "inspect"} & set(only):
         with Workdir.create() as work:
             origin = servers.start_nginx(work)
             try:
@@ -274,6 +274,10 @@ def main() -> None:
                         run_rate(report, work, proxies, args.duration, args.rounds)
                     if "idle" in only:
                         run_idle(report, proxies, args.tunnels)
+                if "inspect" in only:
+                    from bench import inspect_bench  # it imports this module's tables
+
+                    inspect_bench.run(report, work, origin, args.bulk_rounds, args.duration)
             finally:
                 origin.stop()
     elapsed = (datetime.datetime.now(datetime.UTC) - started).total_seconds()

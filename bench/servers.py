@@ -209,13 +209,17 @@ http {{
     return Server("nginx", proc, (ORIGIN_ADDR, TLS_PORT))
 
 
-def start_squid(work: Workdir) -> Server:
-    d = work.sub("squid", owner="proxy")
+def start_squid(work: Workdir, *, label: str = "squid", binary: str = "squid",
+                port_options: str = "", extra: str = "") -> Server:
+    """Squid tunnelling CONNECT; `port_options` and `extra` add to its http_port
+    line and its configuration (bench/inspect_bench.py's ssl-bump)."""
+    d = work.sub(label.replace(" ", "-"), owner="proxy")  # paths in squid.conf take no spaces
     port = free_port()
-    service = f"pcbench{os.getpid()}"
+    # One service name per Squid: two in one run must not share shm segments.
+    service = f"pcbench{os.getpid()}" + "".join(c for c in label if c.isalnum())
     conf = d / "squid.conf"
     conf.write_text(f"""\
-http_port 127.0.0.1:{port}
+http_port 127.0.0.1:{port} {port_options}
 workers 1
 max_filedescriptors {NOFILE}
 visible_hostname portcullis-bench-squid
@@ -236,10 +240,10 @@ acl CONNECT method CONNECT
 http_access deny CONNECT !bench_ports
 http_access allow clients
 http_access deny all
-""")
-    proc = _popen(["squid", "-N", "-n", service, "-f", str(conf)], d / "stdout.log")
-    wait_port(("127.0.0.1", port), proc, "squid")
-    return Server("squid", proc, ("127.0.0.1", port), list(Path("/dev/shm").glob(f"{service}-*")))
+{extra}""")
+    proc = _popen([binary, "-N", "-n", service, "-f", str(conf)], d / "stdout.log")
+    wait_port(("127.0.0.1", port), proc, label)
+    return Server(label, proc, ("127.0.0.1", port), list(Path("/dev/shm").glob(f"{service}-*")))
 
 
 def start_tinyproxy(work: Workdir) -> Server:

@@ -48,6 +48,17 @@ class Reason(StrEnum):
     PROXY_HEADER = "proxy_header"
     # A PROXY-protocol listener that requires the header: the peer is not a listed balancer.
     BALANCER_UNKNOWN = "balancer_unknown"
+    # Inside an inspected connection (docs/semantics.md, "Inspection"): one
+    # request refused, the connection kept.
+    REPOSITORY_DENIED = "repository_denied"
+    METHOD_DENIED = "method_denied"
+    SCOPE_DENIED = "scope_denied"
+    PATH_DENIED = "path_denied"
+    # An inspected connection that could not be set up or spoke something else.
+    CLIENT_UNTRUSTED_CA = "client_untrusted_ca"
+    CLIENT_TLS = "client_tls"
+    UPSTREAM_TLS = "upstream_tls"
+    NOT_HTTP1 = "not_http1"
 
 
 # The refusals `mode: report` turns into `report` (allowed and logged): those
@@ -68,6 +79,10 @@ REPORTABLE: Final = frozenset(
         Reason.ECH_PRESENT,
         Reason.NOT_TLS,
         Reason.ORIGINAL_DST_MISMATCH,
+        Reason.REPOSITORY_DENIED,
+        Reason.METHOD_DENIED,
+        Reason.SCOPE_DENIED,
+        Reason.PATH_DENIED,
     }
 )
 

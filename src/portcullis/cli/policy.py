@@ -8,9 +8,10 @@ import json
 
 import click
 
-from portcullis.basics.errors import AuthorityError
+from portcullis.basics.errors import AuthorityError, BadRequest
 from portcullis.cli.common import EXIT_DENIED, EXIT_OK, EXIT_USAGE, load_or_exit, main
 from portcullis.policy.engine import Engine
+from portcullis.policy.inspection import explain_request
 
 
 @main.command()
@@ -35,8 +36,11 @@ def validate(path: str) -> None:
 @click.option("--sni", help="The TLS server name the client would send (checked like the proxy).")
 @click.option("--no-resolve", is_flag=True, help="Decide on the name only; skip DNS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--path", "request_path",
+              help="A registry request (/v2/...) to judge as an inspecting rule would.")
+@click.option("--method", default="GET", show_default=True, help="The method for --path.")
 def explain(source: str, target: str, path: str | None, sni: str | None, no_resolve: bool,
-            as_json: bool) -> None:
+            as_json: bool, request_path: str | None, method: str) -> None:
     """Show the rule that decides, why earlier rules did not, and the address checks.
 
     Exit 0 when the connection would go on (allowed, or reported in report mode),
@@ -58,5 +62,19 @@ def explain(source: str, target: str, path: str | None, sni: str | None, no_reso
     except AuthorityError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(EXIT_USAGE) from None
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
-    raise SystemExit(EXIT_OK if result.verdict.allowed else EXIT_DENIED)
+    allowed = result.verdict.allowed
+    out = result.to_dict()
+    text = result.to_text()
+    if request_path is not None:
+        rule = result.verdict.rule
+        try:
+            judged = explain_request(rule.inspect if rule and allowed else None, method,
+                                     request_path)
+        except BadRequest as exc:
+            click.echo(f"--path {request_path!r}: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+        out["request"] = judged.to_dict()
+        text += "\n" + judged.to_text()
+        allowed = allowed and (judged.judgement is None or judged.judgement.allowed)
+    click.echo(json.dumps(out, indent=2) if as_json else text)
+    raise SystemExit(EXIT_OK if allowed else EXIT_DENIED)

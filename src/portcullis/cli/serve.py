@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from portcullis.cli.common import load_or_exit, main
+from portcullis.cli.common import EXIT_USAGE, load_or_exit, main
 
 
 @main.command()
@@ -19,6 +19,15 @@ def serve(path: str | None, log_path: str | None, workers: int, no_uvloop: bool)
     from portcullis.proxy.run import serve_forever
 
     policy = load_or_exit(path)
+    if policy.tls_inspection is not None:
+        from portcullis.basics.errors import ConfigError
+        from portcullis.proxy.inspector import inspector_for
+
+        try:
+            inspector_for(policy.tls_inspection)
+        except ConfigError as exc:
+            click.echo(f"cannot inspect: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
     raise SystemExit(
         serve_forever(policy, path, log_path=log_path, workers=workers, use_uvloop=not no_uvloop)
     )

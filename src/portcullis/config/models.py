@@ -33,6 +33,7 @@ from portcullis.config.chaining import (
     UpstreamProxy,
     check_parent_rules,
 )
+from portcullis.config.inspect_fields import check_inspectable, check_repository_pattern
 
 # --- field types -----------------------------------------------------------
 
@@ -114,6 +115,20 @@ class Listen(_Model):
         return self
 
 
+class Inspect(_Model):
+    repositories: list[Annotated[str, AfterValidator(check_repository_pattern)]] = Field(
+        min_length=1)
+    access: Literal["pull", "push"] = "pull"
+
+
+class TlsInspection(_Model):
+    ca_cert: str
+    ca_key: str
+    upstream_ca: list[str] = Field(default_factory=list)
+    # Leaves live in memory only; a short life bounds what a stolen one is worth.
+    leaf_days: int = Field(7, ge=1, le=7)
+
+
 class Rule(_Model):
     name: str = Field(min_length=1, max_length=128)
     from_: list[str] = Field(alias="from", min_length=1)
@@ -128,6 +143,14 @@ class Rule(_Model):
     raw: bool = False
     # Overrides the policy's `upstream_proxy` for what this rule allows ("direct": none).
     upstream_proxy: RuleUpstream | None = None
+    # Decrypt and judge each registry request (docs/semantics.md, "Inspection").
+    inspect: Inspect | None = None
+
+    @model_validator(mode="after")
+    def _inspectable(self) -> Rule:
+        if self.inspect is not None:
+            check_inspectable(self.action, self.to)
+        return self
 
 
 class Resolver(_Model):
@@ -187,6 +210,7 @@ class Policy(_Model):
     log: Log = Field(default_factory=Log)
     # A parent proxy every allowed connection goes through (rules may override it).
     upstream_proxy: UpstreamProxy | None = None
+    tls_inspection: TlsInspection | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
@@ -203,4 +227,9 @@ class Policy(_Model):
                         f"rule {rule.name!r}: unknown source group {group!r} "
                         f"(known: {known}); define it under `sources:` or write a CIDR"
                     )
+            if rule.inspect is not None and self.tls_inspection is None:
+                raise ValueError(
+                    f"rule {rule.name!r} inspects, which needs a `tls_inspection:` section"
+                    " with ca_cert and ca_key (create them with `portcullis ca init`)"
+                )
         return self

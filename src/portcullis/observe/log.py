@@ -19,6 +19,7 @@ import threading
 import time
 from typing import IO, Any
 
+from portcullis.observe.audit import AuditEvent
 from portcullis.observe.events import CloseEvent, DecisionEvent
 
 # Longer client strings are cut so that one request cannot make a huge line; the
@@ -178,6 +179,16 @@ class DecisionLog:
         rec["bytes_down"] = ev.bytes_down
         rec["duration_s"] = round(ev.duration_s, 6)
         rec["close_reason"] = _cap(ev.close_reason, "close_reason", cut)
+        if cut:
+            rec["truncated"] = cut
+        self._write(rec)
+
+    def audit(self, ev: AuditEvent) -> None:
+        """One inspected request (observe/audit.py)."""
+        cut: list[str] = []
+        rec = self._head("audit", ev.time)
+        for key, value in ev.fields().items():
+            rec[key] = _cap(value, key, cut) if isinstance(value, str) else value
         if cut:
             rec["truncated"] = cut
         self._write(rec)

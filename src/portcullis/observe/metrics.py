@@ -101,6 +101,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._inspected = Counter(
+            "portcullis_inspected_requests",
+            "Requests judged inside inspected connections, by registry name, decision"
+            " and reason.",
+            ["registry", "decision", "reason"],
+            registry=r,
+        )
         self._info = Info("portcullis", "Portcullis build information.", registry=r)
         self._info.info({"version": version})
 
@@ -127,6 +134,10 @@ class Metrics:
         """Count a decision. Timings are observed by observe_dns/observe_connect,
         not from the event, so that a caller using both never counts twice."""
         self._decision_child(ev.decision, ev.reason, ev.rule or "").inc()
+
+    def record_inspected(self, registry: str, decision: Decision, reason: Reason) -> None:
+        # The registry label is bounded by the names inspecting rules allow.
+        self._inspected.labels(registry, decision.value, reason.value).inc()
 
     def record_close(self, ev: CloseEvent) -> None:
         if ev.bytes_up:

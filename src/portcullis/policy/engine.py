@@ -17,6 +17,7 @@ from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
 from portcullis.basics.names import parent_suffixes, parse_pattern
 from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import Policy, Rule
+from portcullis.policy.inspection import Inspection
 
 _CLIENT_CACHE_MAX = 65536
 
@@ -31,6 +32,7 @@ class CompiledRule:
     destinations: tuple[str, ...]
     resolves_to: tuple[IPNetwork, ...] | None
     raw: bool = False  # tunnels may carry bytes that are not TLS (ports outside tls_ports)
+    inspect: Inspection | None = None  # decrypt and judge each request (policy/inspection.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,8 @@ class Engine:
                     destinations=tuple(destinations),
                     resolves_to=tuple(rule.resolves_to) if rule.resolves_to is not None else None,
                     raw=rule.raw,
+                    inspect=(Inspection.compile(rule.inspect.repositories, rule.inspect.access)
+                             if rule.inspect is not None else None),
                 )
             )
         self.rules: tuple[CompiledRule, ...] = tuple(rules)

@@ -18,6 +18,7 @@ from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.inspecting import inspects, serve_inspected
 from portcullis.proxy.reading import ClientGone, read_client_hello, read_head, send_quietly
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState, serve_connection
@@ -77,13 +78,14 @@ async def _connect(
         return
     try:
         await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
-        peeked = rest
+        peeked, alpn = rest, tuple[str, ...]()
         if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
             try:
                 hello, peeked = await read_client_hello(
                     conn, rest, gate.policy.limits.client_hello_timeout
                 )
                 go_on = check_hello(gate, attempt, hello.sni, hello.has_ech)
+                alpn = hello.alpn
             except ClientHelloError as exc:
                 go_on = refuse(gate, attempt, exc.reason)
             except TimeoutError:
@@ -102,4 +104,8 @@ async def _connect(
     except BaseException:
         upstream.close()
         raise
+    inspection = inspects(attempt)
+    if inspection is not None:
+        await serve_inspected(state, conn, upstream, peeked, attempt, alpn, inspection)
+        return
     await state.relay_tunnel(attempt, conn, upstream, peeked, gate.policy.limits.idle_timeout)

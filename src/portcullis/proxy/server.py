@@ -35,6 +35,7 @@ from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explaining import explain_for_admin
 from portcullis.proxy.explicit import handle_explicit
+from portcullis.proxy.inspector import inspector_for
 from portcullis.proxy.listeners import bind_or_explain, cannot_listen
 from portcullis.proxy.proxied import balancers_for, behind_balancer, refuse_early
 from portcullis.proxy.state import FirewallState
@@ -268,6 +269,8 @@ class Server:
         try:
             policy = load_policy(Path(self.policy_path) if self.policy_path else None)
             engine = Engine(policy)
+            if policy.tls_inspection is not None:
+                inspector_for(policy.tls_inspection)  # a bad CA key keeps the old policy
         except PolicyError as exc:
             self.metrics.reload(False)
             log.log_error("reload rejected; the previous policy stays", problems=exc.problems)

@@ -35,6 +35,7 @@ from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, hello_problem
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.balanced import BALANCED
+from portcullis.proxy.inspecting import inspects, serve_inspected
 from portcullis.proxy.reading import ClientGone, read_client_hello
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority, parse_authority
@@ -165,6 +166,10 @@ async def _serve_tls(
     if ours is not None:
         _our_ends.add(ours)
     try:
+        inspection = inspects(attempt)
+        if inspection is not None:
+            await serve_inspected(state, conn, upstream, peeked, attempt, hello.alpn, inspection)
+            return
         await state.relay_tunnel(attempt, conn, upstream, peeked,
                                  gate.policy.limits.idle_timeout)
     finally:

@@ -82,7 +82,9 @@ def explain(name: str, port: int, step: Step | PullStep, proxy: str | None) -> s
         if kind is Kind.TLS_CERT:
             return (f"TLS to {name}: the certificate is not valid for it ({detail}): a "
                     f"TLS-inspecting proxy or a wrong address answers; exempt {name} from "
-                    "inspection, or pass --ca FILE with the CA that signs it")
+                    "inspection, or pass --ca FILE with the CA that signs it (behind a"
+                    " Portcullis that inspects it: install the Portcullis CA, see"
+                    " `portcullis ca show`)")
         if kind is Kind.TIMEOUT:
             return (f"TLS handshake with {name} timed out: a firewall that filters by SNI "
                     f"swallows it; allow {hint}")

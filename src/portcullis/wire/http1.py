@@ -32,6 +32,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEAD_SIZE",
     "RequestHead",
+    "check_origin_request",
     "check_request",
     "parse_absolute_uri",
     "parse_connect_target",
@@ -258,6 +259,16 @@ def _single_host(head: RequestHead) -> str | None:
             " in its punycode form (xn--...)"
         )
     return hosts[0] if hosts else None
+
+
+def check_origin_request(head: RequestHead) -> str | None:
+    """Validate an origin-form request inside a decrypted connection (inspection):
+    at most one ASCII Host, unambiguous framing. Returns the Host value."""
+    if not head.target.startswith("/"):
+        raise BadRequest(f"{head.target[:64]!r} is not origin-form ('GET /v2/...')")
+    host = _single_host(head)
+    _check_framing(head)
+    return host
 
 
 def check_request(head: RequestHead) -> Authority:

@@ -152,11 +152,14 @@ def start_testbed(
     registry_ip: str | None = None,
     cdn_ip: str | None = None,
     lock_wait: float = 120.0,
+    redirect: bool = True,
 ) -> Iterator[Testbed]:
     """Bring the whole testbed up under `workdir`; everything stops when the block exits.
 
     Addresses default to 127.0.0.2 / 127.0.0.3, or the environment variables
-    PORTCULLIS_TESTBED_REGISTRY_IP / PORTCULLIS_TESTBED_CDN_IP.
+    PORTCULLIS_TESTBED_REGISTRY_IP / PORTCULLIS_TESTBED_CDN_IP. With `redirect`
+    False the registry serves blob bodies itself, as a registry without delivery
+    optimization does.
     """
     registry_ip = registry_ip or os.environ.get(
         "PORTCULLIS_TESTBED_REGISTRY_IP", DEFAULT_REGISTRY_IP
@@ -190,6 +193,7 @@ def start_testbed(
                 ca_pem=pki.ca_pem,
                 redirect_base=f"https://{CDN_NAME}/",
                 workdir=workdir,
+                redirect=redirect,
             )
         )
         stack.callback(registry.stop)

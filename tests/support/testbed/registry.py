@@ -21,11 +21,12 @@ class RegistryConfig:
     ca_pem: Path
     redirect_base: str  # e.g. "https://dd0.icr.io/"
     workdir: Path
+    redirect: bool = True  # False: the registry serves blobs itself (no delivery host)
 
 
 def write_config(cfg: RegistryConfig) -> Path:
     # JSON is YAML, and json.dumps quotes every path correctly.
-    doc = {
+    doc: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
@@ -50,6 +51,8 @@ def write_config(cfg: RegistryConfig) -> Path:
             "storage": [{"name": "redirect", "options": {"baseurl": cfg.redirect_base}}]
         },
     }
+    if not cfg.redirect:
+        del doc["middleware"]
     path = cfg.workdir / "registry.yml"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
