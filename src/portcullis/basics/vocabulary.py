@@ -40,6 +40,10 @@ class Reason(StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     OVER_CAPACITY = "over_capacity"
     DRAINING = "draining"
+    # Identities and quotas (docs/semantics.md §10, §11).
+    AUTH_REQUIRED = "auth_required"
+    AUTH_FAILED = "auth_failed"
+    RATE_LIMITED = "rate_limited"
 
 
 # The refusals `mode: report` turns into `report` (allowed and logged): those
@@ -60,6 +64,9 @@ REPORTABLE: Final = frozenset(
         Reason.ECH_PRESENT,
         Reason.NOT_TLS,
         Reason.ORIGINAL_DST_MISMATCH,
+        # No credentials where an identity would let the request through: what
+        # `source_unknown` is for addresses. Wrong credentials are a deny.
+        Reason.AUTH_REQUIRED,
     }
 )
 
@@ -84,3 +91,5 @@ class Mode(StrEnum):
     EXPLICIT = "explicit"
     TRANSPARENT = "transparent"
     HTTP = "http"
+    # The explicit listener served over TLS (`listen.explicit_tls`).
+    EXPLICIT_TLS = "explicit_tls"

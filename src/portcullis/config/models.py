@@ -27,6 +27,7 @@ from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, parse_network
 from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import check_reference
+from portcullis.config.access import Auth, IdentityGroup, Quota, check_access
 
 # --- field types -----------------------------------------------------------
 
@@ -97,6 +98,7 @@ class Listen(_Model):
     explicit: HostPort | None = "127.0.0.1:3128"
     transparent: HostPort | None = None
     admin: HostPort | None = "127.0.0.1:9090"
+    explicit_tls: HostPort | None = None  # the explicit listener over TLS (auth.tls)
 
 
 class Rule(_Model):
@@ -168,6 +170,9 @@ class Policy(_Model):
         default_factory=lambda: [ipaddress.ip_network(n) for n in _LOOPBACK]
     )
     log: Log = Field(default_factory=Log)
+    auth: Auth = Field(default_factory=Auth)
+    identities: dict[str, IdentityGroup] = Field(default_factory=dict)
+    quotas: dict[str, Quota] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
@@ -177,10 +182,13 @@ class Policy(_Model):
                 raise ValueError(f"rules[{index}]: the rule name {rule.name!r} is used twice")
             names.add(rule.name)
             for group in rule.from_:
-                if group not in self.sources and not is_cidr(group):
-                    known = ", ".join(sorted(self.sources)) or "none defined"
+                if group not in self.sources and group not in self.identities \
+                        and not is_cidr(group):
+                    known = ", ".join(sorted([*self.sources, *self.identities])) or "none defined"
                     raise ValueError(
                         f"rule {rule.name!r}: unknown source group {group!r} "
                         f"(known: {known}); define it under `sources:` or write a CIDR"
                     )
+        check_access(self.sources, self.identities, self.quotas, self.auth,
+                     self.listen.explicit_tls)
         return self

@@ -31,6 +31,7 @@ class DecisionEvent:
     dns_ms: float | None = None
     connect_ms: float | None = None
     original_dst: str | None = None  # "ip:port" from SO_ORIGINAL_DST
+    identity: str | None = None  # proven (or, refused, tried): never a secret
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,8 @@ class DecisionLog:
         rec["dns_ms"] = _ms(ev.dns_ms)
         rec["connect_ms"] = _ms(ev.connect_ms)
         rec["original_dst"] = ev.original_dst
+        if ev.identity is not None:
+            rec["identity"] = _cap(ev.identity, "identity", cut)
         if cut:
             rec["truncated"] = cut
         self._write(rec)

@@ -101,6 +101,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._quota_refusals = Counter(
+            "portcullis_quota_refusals",
+            "Connections refused by a group's quota, by group and limit (rate: 429,"
+            " tunnels: 503).",
+            ["group", "limit"],
+            registry=r,
+        )
         self._info = Info("portcullis", "Portcullis build information.", registry=r)
         self._info.info({"version": version})
 
@@ -151,6 +158,10 @@ class Metrics:
         # cannot grow the label set.
         child = self._error_children.get(kind) or self._error_children["other"]
         child.inc()
+
+    def quota_refused(self, group: str, limit: str) -> None:
+        # Groups are the policy's names, so the label set stays bounded.
+        self._quota_refusals.labels(group=group, limit=limit).inc()
 
     def reload(self, ok: bool) -> None:
         (self._reload_ok if ok else self._reload_error).inc()

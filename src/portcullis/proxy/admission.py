@@ -19,7 +19,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from portcullis.basics.errors import DnsFailure, InvalidName, Refusal
+from portcullis.basics.errors import DnsFailure, InvalidName, QuotaExceeded, Refusal
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
 from portcullis.basics.names import normalize_name
 from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
@@ -29,7 +29,9 @@ from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.dialer import dial
 from portcullis.proxy.gate import Gate
+from portcullis.proxy.identify import identify
 from portcullis.wire.authority import Authority
+from portcullis.wire.http1 import RequestHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +54,11 @@ class Checked:
 def stranger(gate: Gate, client: IPAddress) -> bool:
     """True for a client that no request can get through: in no source group,
     with `default: deny`, in enforce mode. Refused at accept, it holds no slot."""
-    return (
-        not gate.report_mode
-        and gate.policy.default == "deny"
-        and not gate.engine.sources.groups_of(client)
-    )
+    if gate.report_mode or gate.policy.default != "deny":
+        return False
+    groups = gate.engine.sources.groups_of(client)
+    # An identity may yet make a member of a client in no address group.
+    return not groups and not gate.engine.identities.reachable(groups)
 
 
 def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
@@ -70,14 +72,28 @@ def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
     return report
 
 
+async def authenticate(gate: Gate, attempt: Attempt, head: RequestHead,
+                       target: Authority) -> None:
+    """Who the client is (proxy/identify.py); Refusal (407 for bad credentials,
+    recorded on `attempt`) when it says it is someone it cannot prove."""
+    try:
+        await identify(gate.authenticator, attempt, head, target)
+    except Refusal as refusal:
+        refuse(gate, attempt, refusal.reason)
+        raise
+
+
 def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
     """Decide on the rules; True when the connection may go on."""
     attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
-    verdict = gate.engine.decide(
-        peer_address(attempt.client), target.host, target.port, is_ip=target.is_ip
-    )
+    client = peer_address(attempt.client)
+    verdict = gate.engine.decide(client, target.host, target.port, is_ip=target.is_ip,
+                                 identity=attempt.identity)
     attempt.matched = verdict.rule
     if verdict.decision is Decision.DENY:
+        if attempt.identity is None and gate.engine.could_identify(
+                client, target.host, target.port, is_ip=target.is_ip):
+            return refuse(gate, attempt, Reason.AUTH_REQUIRED)  # answered 407
         return refuse(gate, attempt, verdict.reason)
     attempt.decision, attempt.reason = verdict.decision, verdict.reason
     return True
@@ -196,10 +212,27 @@ def order_by_original(gate: Gate, attempt: Attempt, addresses: list[IPAddress],
 # --- the path ------------------------------------------------------------------------
 
 
+_LOGIN = frozenset({Reason.AUTH_REQUIRED, Reason.AUTH_FAILED})
+
+
 def refused(attempt: Attempt) -> Refusal:
-    """The refusal of a decision recorded on `attempt` (403, no message: the
-    answer's first line already names decision, reason and rule)."""
-    return Refusal("", reason=attempt.reason, status=403)
+    """The refusal of a decision recorded on `attempt` (403, or 407 when credentials
+    would change it; no message: the answer's first line names decision, reason
+    and rule)."""
+    return Refusal("", reason=attempt.reason, status=407 if attempt.reason in _LOGIN else 403)
+
+
+def charge_quotas(gate: Gate, attempt: Attempt) -> None:
+    """Take a tunnel (and a token) from every limited group of the client, once per
+    connection; QuotaExceeded (429 or 503, recorded on `attempt`) when over."""
+    if attempt.leases or not gate.quotas:
+        return
+    groups = gate.engine.groups_of(peer_address(attempt.client), attempt.identity)
+    try:
+        attempt.leases.append(gate.quotas.admit(groups, attempt.identity or attempt.client))
+    except QuotaExceeded as exc:
+        refuse(gate, attempt, exc.reason)
+        raise
 
 
 async def prepare(
@@ -210,16 +243,20 @@ async def prepare(
     hello: tuple[str | None, bool] | None = None,
     original: IPAddress | None = None,
     resolve: bool = True,
+    charge: bool = False,
 ) -> list[IPAddress]:
     """Every step before the dial; the addresses to dial, in order.
 
-    `hello` is the ClientHello's (SNI, ECH present) when it is already known.
+    `hello` is the ClientHello's (SNI, ECH present) when it is already known;
+    `charge` takes the client's quotas (the proxy does, `explain` does not).
     Raises Refusal, with the refusal recorded on `attempt`.
     """
     if not decide(gate, attempt, target):
         raise refused(attempt)
     if hello is not None and not check_hello(gate, attempt, *hello):
         raise refused(attempt)
+    if charge:
+        charge_quotas(gate, attempt)
     if not resolve:
         return []
     checked = attempt.checked = await resolve_and_check(gate, attempt)
@@ -244,7 +281,11 @@ async def admit(
 ) -> socket.socket:
     """`prepare`, then dial: a connected upstream socket, or Refusal (recorded on `attempt`)."""
     try:
-        addresses = await prepare(gate, attempt, target, hello=hello, original=original)
+        addresses = await prepare(gate, attempt, target, hello=hello, original=original,
+                                  charge=True)
+    except QuotaExceeded as exc:
+        metrics.quota_refused(exc.group, exc.limit)
+        raise
     finally:
         if attempt.dns_ms is not None:
             metrics.observe_dns(attempt.dns_ms / 1000)

@@ -14,6 +14,7 @@ from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.policy.engine import CompiledRule
 
 if TYPE_CHECKING:
+    from portcullis.policy.limiter import Lease
     from portcullis.proxy.admission import Checked
 
 
@@ -39,6 +40,13 @@ class Attempt:
     connect_ms: float | None = None
     original_dst: str | None = None
     logged: bool = False
+    # Who the client proved to be (or tried to be, when refused), and the
+    # identity of its client certificate (the whole connection's).
+    identity: str | None = None
+    certified: str | None = None
+    # Quota leases held by the connection, shared by its requests (released
+    # when its tunnel ends: FirewallState.relay_tunnel, serve_connection).
+    leases: list[Lease] = field(default_factory=list)
 
     @property
     def rule(self) -> str | None:
@@ -51,7 +59,13 @@ class Attempt:
     def next_request(self, id: str) -> Attempt:
         """The attempt for the next request on the same kept-alive connection."""
         return Attempt(self.mode, self.client, self.client_port, id,
-                       original_dst=self.original_dst)
+                       original_dst=self.original_dst, certified=self.certified,
+                       leases=self.leases)
+
+    def release(self) -> None:
+        """Give back the connection's quota tunnels (idempotent)."""
+        for lease in self.leases:
+            lease.release()
 
     def decision_event(self) -> DecisionEvent:
         return DecisionEvent(
@@ -71,6 +85,7 @@ class Attempt:
             dns_ms=self.dns_ms,
             connect_ms=self.connect_ms,
             original_dst=self.original_dst,
+            identity=self.identity,
         )
 
     def close_event(self, bytes_up: int, bytes_down: int, reason: CloseReason) -> CloseEvent:

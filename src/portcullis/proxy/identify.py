@@ -1,0 +1,86 @@
+"""Who the client is: a client certificate's identity (the TLS listener) or a
+`Proxy-Authorization: Basic` login checked against the password file
+(docs/semantics.md §10).
+
+Hashes are checked on worker threads, never on the event loop, and a verified
+user:password is remembered (policy/passwords.py) so a pull's many CONNECTs
+pay for one hash. Only the user name ever reaches a log line or an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from portcullis.basics.errors import AuthError, Refusal
+from portcullis.basics.vocabulary import Mode, Reason
+from portcullis.config.access import Auth
+from portcullis.policy import passwords
+from portcullis.proxy.attempt import Attempt
+from portcullis.wire.authority import Authority
+from portcullis.wire.http1 import RequestHead
+from portcullis.wire.proxy_auth import parse_proxy_authorization
+
+# Logins waiting for a hash beyond this are refused (503): a flood of wrong
+# passwords must not queue without bound behind two hashing threads.
+MAX_PENDING = 256
+
+
+class Authenticator:
+    """The password file and the cache of verified logins; kept across reloads
+    while `auth:` stays the same."""
+
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+        self.passwords = passwords.PasswordFile(auth.passwords) if auth.passwords else None
+        self.cache = passwords.VerifiedCache(auth.cache_seconds)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self.hashed = 0  # logins that needed a hash (the rest were cache hits)
+
+    async def verify(self, user: str, password: str) -> str:
+        """The identity `user` when the password is right; AuthError otherwise."""
+        assert self.passwords is not None
+        self.passwords.refresh()
+        stored = self.passwords.entries.get(user)
+        if stored is None:
+            problem = self.passwords.problem
+            raise AuthError(f"no user {user} in the password file"
+                            + (f" ({problem})" if problem else ""), identity=user)
+        if self.cache.hit(user, stored, password):
+            return user
+        if self._pending >= MAX_PENDING:
+            raise Refusal("too many logins waiting to be verified; retry shortly",
+                          reason=Reason.OVER_CAPACITY, status=503)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(2, thread_name_prefix="portcullis-auth")
+        self._pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._executor, passwords.verify, stored, password)
+        finally:
+            self._pending -= 1
+        self.hashed += 1
+        if not ok:
+            raise AuthError(f"wrong password for {user}", identity=user)
+        self.cache.remember(user, stored, password)
+        return user
+
+
+async def identify(authenticator: Authenticator, attempt: Attempt, head: RequestHead,
+                   target: Authority) -> None:
+    """Set `attempt.identity`: the certificate's, else a verified Basic login, else
+    none. Raises Refusal (AuthError: 407) for credentials that do not check out."""
+    attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
+    attempt.identity = attempt.certified
+    if (attempt.certified is not None or authenticator.passwords is None
+            or attempt.mode is Mode.TRANSPARENT):
+        # A certificate is the identity; a proxy without a password file reads no
+        # logins (the field is still never forwarded); a redirected client does
+        # not know there is a proxy to log in to.
+        return
+    credentials = parse_proxy_authorization(head.get_all("proxy-authorization"))
+    if credentials is None:
+        return
+    attempt.identity = credentials.user  # tried, logged as such if it fails
+    attempt.identity = await authenticator.verify(credentials.user, credentials.password)
