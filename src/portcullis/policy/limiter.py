@@ -80,9 +80,12 @@ class Quotas:
         self._quotas = dict(quotas)
         for (group, _), state in list(self._states.items()):
             quota = self._quotas.get(group)
-            if quota is None or quota.rate is None or (state.bucket is not None and (state.bucket.rate, state.bucket.burst) != \
-                    (quota.rate, _burst(quota))):
-                state.bucket = None
+            bucket = state.bucket
+            if bucket is not None and (
+                quota is None or quota.rate is None
+                or (bucket.rate, bucket.burst) != (quota.rate, _burst(quota))
+            ):
+                state.bucket = None  # made again, full, at its next use
 
     def __bool__(self) -> bool:
         return bool(self._quotas)
