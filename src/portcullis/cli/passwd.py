@@ -39,4 +39,5 @@ def passwd(file: Path, user: str, scheme: str, cost: int, password_stdin: bool,
     except PasswordFileError as exc:
         click.echo(f"portcullis passwd: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
-    click.echo(f"{'added' if added else 'changed'} {user} {'to' if added else 'in'} {file} ({scheme})")
+    done = f"added {user} to" if added else f"changed {user} in"
+    click.echo(f"{done} {file} ({scheme})")
