@@ -108,6 +108,13 @@ class Metrics:
             ["group", "limit"],
             registry=r,
         )
+        self._logins = Counter(
+            "portcullis_logins",
+            "Proxy-Authorization logins, by result: cached (a verified login seen"
+            " again), hashed (verified by running the hash), failed.",
+            ["result"],
+            registry=r,
+        )
         self._info = Info("portcullis", "Portcullis build information.", registry=r)
         self._info.info({"version": version})
 
@@ -162,6 +169,9 @@ class Metrics:
     def quota_refused(self, group: str, limit: str) -> None:
         # Groups are the policy's names, so the label set stays bounded.
         self._quota_refusals.labels(group=group, limit=limit).inc()
+
+    def login(self, result: str) -> None:
+        self._logins.labels(result=result).inc()
 
     def reload(self, ok: bool) -> None:
         (self._reload_ok if ok else self._reload_error).inc()

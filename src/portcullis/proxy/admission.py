@@ -72,15 +72,19 @@ def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
     return report
 
 
-async def authenticate(gate: Gate, attempt: Attempt, head: RequestHead,
+async def authenticate(gate: Gate, metrics: Metrics, attempt: Attempt, head: RequestHead,
                        target: Authority) -> None:
     """Who the client is (proxy/identify.py); Refusal (407 for bad credentials,
     recorded on `attempt`) when it says it is someone it cannot prove."""
     try:
-        await identify(gate.authenticator, attempt, head, target)
+        login = await identify(gate.authenticator, attempt, head, target)
     except Refusal as refusal:
+        if refusal.reason is Reason.AUTH_FAILED:
+            metrics.login("failed")
         refuse(gate, attempt, refusal.reason)
         raise
+    if login is not None:
+        metrics.login(login)
 
 
 def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:

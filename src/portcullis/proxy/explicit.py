@@ -71,7 +71,7 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
                    head: RequestHead, authority: Authority, rest: bytes) -> None:
     gate = state.gate
     try:
-        await authenticate(gate, attempt, head, authority)
+        await authenticate(gate, state.metrics, attempt, head, authority)
         upstream = await admit(gate, state.metrics, attempt, authority)
     except Refusal as refusal:
         state.record(attempt)

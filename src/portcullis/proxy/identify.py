@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from portcullis.basics.errors import AuthError, Refusal
 from portcullis.basics.vocabulary import Mode, Reason
@@ -24,6 +25,8 @@ from portcullis.wire.proxy_auth import parse_proxy_authorization
 # Logins waiting for a hash beyond this are refused (503): a flood of wrong
 # passwords must not queue without bound behind two hashing threads.
 MAX_PENDING = 256
+# A login verified from the cache, or by running the hash (the metric's label).
+Login = Literal["cached", "hashed"]
 
 
 class Authenticator:
@@ -36,10 +39,9 @@ class Authenticator:
         self.cache = passwords.VerifiedCache(auth.cache_seconds)
         self._executor: ThreadPoolExecutor | None = None
         self._pending = 0
-        self.hashed = 0  # logins that needed a hash (the rest were cache hits)
 
-    async def verify(self, user: str, password: str) -> str:
-        """The identity `user` when the password is right; AuthError otherwise."""
+    async def verify(self, user: str, password: str) -> Login:
+        """How `user` was verified (its password was right); AuthError otherwise."""
         assert self.passwords is not None
         self.passwords.refresh()
         stored = self.passwords.entries.get(user)
@@ -48,7 +50,7 @@ class Authenticator:
             raise AuthError(f"no user {user} in the password file"
                             + (f" ({problem})" if problem else ""), identity=user)
         if self.cache.hit(user, stored, password):
-            return user
+            return "cached"
         if self._pending >= MAX_PENDING:
             raise Refusal("too many logins waiting to be verified; retry shortly",
                           reason=Reason.OVER_CAPACITY, status=503)
@@ -60,17 +62,17 @@ class Authenticator:
                 self._executor, passwords.verify, stored, password)
         finally:
             self._pending -= 1
-        self.hashed += 1
         if not ok:
             raise AuthError(f"wrong password for {user}", identity=user)
         self.cache.remember(user, stored, password)
-        return user
+        return "hashed"
 
 
 async def identify(authenticator: Authenticator, attempt: Attempt, head: RequestHead,
-                   target: Authority) -> None:
+                   target: Authority) -> Login | None:
     """Set `attempt.identity`: the certificate's, else a verified Basic login, else
-    none. Raises Refusal (AuthError: 407) for credentials that do not check out."""
+    none; how a login was verified, if there was one. Raises Refusal (AuthError:
+    407) for credentials that do not check out."""
     attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
     attempt.identity = attempt.certified
     if (attempt.certified is not None or authenticator.passwords is None
@@ -78,9 +80,9 @@ async def identify(authenticator: Authenticator, attempt: Attempt, head: Request
         # A certificate is the identity; a proxy without a password file reads no
         # logins (the field is still never forwarded); a redirected client does
         # not know there is a proxy to log in to.
-        return
+        return None
     credentials = parse_proxy_authorization(head.get_all("proxy-authorization"))
     if credentials is None:
-        return
-    attempt.identity = credentials.user  # tried, logged as such if it fails
-    attempt.identity = await authenticator.verify(credentials.user, credentials.password)
+        return None
+    attempt.identity = credentials.user  # tried: logged as such if it fails, proven if not
+    return await authenticator.verify(credentials.user, credentials.password)

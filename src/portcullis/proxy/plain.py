@@ -155,7 +155,7 @@ async def _upstream_for(
     refusal: Refusal | None = None
     try:
         # Each request carries its own Proxy-Authorization (never forwarded).
-        await authenticate(gate, attempt, head, authority)
+        await authenticate(gate, state.metrics, attempt, head, authority)
     except Refusal as exc:
         refusal = exc
     if refusal is None and upstream is not None and upstream.key == key:
