@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from portcullis.basics.errors import AuthError, PolicyError, QuotaExceeded, Refusal
+from portcullis.basics.errors import (
+    AuthError,
+    ListenError,
+    PasswordFileError,
+    PolicyError,
+    QuotaExceeded,
+    Refusal,
+)
 from portcullis.basics.vocabulary import Decision, Mode, Reason
 from portcullis.config import parse_policy
 from portcullis.policy.engine import Engine
@@ -181,7 +188,7 @@ def test_a_bad_password_file_stops_the_start_with_its_line(tmp_path: Path) -> No
     path = tmp_path / "passwd"
     path.write_text("alice\n")
     policy = parse_policy(POLICY.format(passwd=path))
-    with pytest.raises(Exception, match=f"{path}:1: expected user:hash"):
+    with pytest.raises(PasswordFileError, match=f"{path}:1: expected user:hash"):
         Gate(policy, Engine(policy))
 
 
@@ -205,5 +212,5 @@ def test_the_certificate_identity_is_the_first_san_else_the_cn(tmp_path: Path) -
     assert policy.auth.tls is not None
     assert server_context(policy.auth.tls).verify_mode.name == "CERT_OPTIONAL"
     missing = policy.auth.tls.model_copy(update={"key": str(tmp_path / "none.pem")})
-    with pytest.raises(Exception, match="cannot use auth.tls.certificate"):
+    with pytest.raises(ListenError, match=r"cannot use auth\.tls\.certificate"):
         server_context(missing)
