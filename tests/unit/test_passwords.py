@@ -136,3 +136,26 @@ def test_bad_basic_credentials_are_407(values: tuple[str, ...], problem: str) ->
     with pytest.raises(AuthError, match=problem) as caught:
         parse_proxy_authorization(values)
     assert (caught.value.status, caught.value.reason) == (407, Reason.AUTH_FAILED)
+
+
+def test_validate_reads_the_password_file(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    set_password(path, "alice", "pw", scheme="bcrypt", cost=4)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""\
+version: 1
+auth: {{passwords: {path}}}
+identities: {{ci: {{names: [alice]}}}}
+rules: [{{name: r, from: [ci], to: [us.icr.io]}}]
+""")
+
+    def validate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "portcullis.cli", "validate", "-c",
+                               str(policy)], capture_output=True, text=True, check=False)
+
+    done = validate()
+    assert done.returncode == 0 and "1 identity groups, 1 users, 0 quotas" in done.stdout
+    with path.open("a") as f:
+        f.write("junk\n")
+    done = validate()
+    assert done.returncode == 2 and f"{path}:2: expected user:hash" in done.stderr

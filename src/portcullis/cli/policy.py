@@ -8,8 +8,9 @@ import json
 
 import click
 
-from portcullis.basics.errors import AuthorityError
+from portcullis.basics.errors import AuthorityError, PasswordFileError
 from portcullis.cli.common import EXIT_DENIED, EXIT_OK, EXIT_USAGE, load_or_exit, main
+from portcullis.policy import passwords
 from portcullis.policy.engine import Engine
 
 
@@ -21,9 +22,19 @@ def validate(path: str) -> None:
     policy = load_or_exit(path)
     engine = Engine(policy)
     names = sum(len(rule.destinations) for rule in engine.rules)
+    users = ""
+    if policy.auth.passwords is not None:
+        try:
+            users = f", {len(passwords.load(policy.auth.passwords))} users"
+        except PasswordFileError as exc:
+            click.echo(f"invalid policy {path}: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+    access = (f", {len(policy.identities)} identity groups{users}, {len(policy.quotas)} quotas"
+              if policy.identities or policy.quotas else "")
     click.echo(
         f"{path}: valid: {len(engine.rules)} rules, {names} destinations, "
-        f"{len(policy.sources)} source groups, mode {policy.mode}, default {policy.default}"
+        f"{len(policy.sources)} source groups{access}, mode {policy.mode},"
+        f" default {policy.default}"
     )
 
 
