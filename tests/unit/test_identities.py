@@ -214,3 +214,24 @@ def test_the_certificate_identity_is_the_first_san_else_the_cn(tmp_path: Path) -
     missing = policy.auth.tls.model_copy(update={"key": str(tmp_path / "none.pem")})
     with pytest.raises(ListenError, match=r"cannot use auth\.tls\.certificate"):
         server_context(missing)
+
+
+def test_explain_asks_for_a_login_and_shows_what_an_identity_gets(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = tmp_path / "policy.yaml"
+    # The password file need not exist for explain: nothing logs in there.
+    policy.write_text(POLICY.format(passwd=tmp_path / "absent"))
+
+    def explain(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "portcullis.cli", "explain", "-c", str(policy), "--from",
+             "203.0.113.1", "--to", "us.icr.io", "--no-resolve", *extra],
+            capture_output=True, text=True, check=False)
+
+    done = explain()
+    assert done.returncode == 1 and "DENY (reason: auth_required)" in done.stdout
+    done = explain("--identity", "runner-1")
+    assert done.returncode == 0, done.stderr
+    assert "(groups: ci-runners)" in done.stdout and "ALLOW by rule 'registry'" in done.stdout

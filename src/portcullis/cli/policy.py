@@ -44,17 +44,21 @@ def validate(path: str) -> None:
 @click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
               help="Policy file (default: the embedded default policy).")
 @click.option("--sni", help="The TLS server name the client would send (checked like the proxy).")
+@click.option("--identity", help="As if the client had proven this identity (login or"
+              " client certificate).")
 @click.option("--no-resolve", is_flag=True, help="Decide on the name only; skip DNS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def explain(source: str, target: str, path: str | None, sni: str | None, no_resolve: bool,
-            as_json: bool) -> None:
+def explain(source: str, target: str, path: str | None, sni: str | None,
+            identity: str | None, no_resolve: bool, as_json: bool) -> None:
     """Show the rule that decides, why earlier rules did not, and the address checks.
 
     Exit 0 when the connection would go on (allowed, or reported in report mode),
     1 when denied, 2 on bad input.
     """
+    from portcullis.config.access import Auth
     from portcullis.proxy.explaining import explain_target
     from portcullis.proxy.gate import Gate
+    from portcullis.proxy.identify import Authenticator
 
     policy = load_or_exit(path)
     try:
@@ -64,7 +68,9 @@ def explain(source: str, target: str, path: str | None, sni: str | None, no_reso
         raise SystemExit(EXIT_USAGE) from None
     try:
         result = asyncio.run(
-            explain_target(Gate(policy), client, target, sni=sni, resolve=not no_resolve)
+            # Nothing is logged in here: the password file need not be readable.
+            explain_target(Gate(policy, authenticator=Authenticator(Auth())), client, target,
+                           sni=sni, resolve=not no_resolve, identity=identity)
         )
     except AuthorityError as exc:
         click.echo(str(exc), err=True)
