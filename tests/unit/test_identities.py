@@ -235,3 +235,14 @@ def test_explain_asks_for_a_login_and_shows_what_an_identity_gets(tmp_path: Path
     done = explain("--identity", "runner-1")
     assert done.returncode == 0, done.stderr
     assert "(groups: ci-runners)" in done.stdout and "ALLOW by rule 'registry'" in done.stdout
+
+
+def test_a_redirected_client_is_never_asked_to_log_in(gate: Gate) -> None:
+    attempt = Attempt(Mode.TRANSPARENT, "203.0.113.1", 5000, "t")
+
+    async def run() -> None:
+        await prepare(gate, attempt, Authority("us.icr.io", 443, False), charge=True)
+
+    with pytest.raises(Refusal) as caught:
+        asyncio.run(run())
+    assert (caught.value.status, attempt.reason) == (403, Reason.SOURCE_UNKNOWN)

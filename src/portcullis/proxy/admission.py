@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from portcullis.basics.errors import DnsFailure, InvalidName, QuotaExceeded, Refusal
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
 from portcullis.basics.names import normalize_name
-from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
+from portcullis.basics.vocabulary import REPORTABLE, Decision, Mode, Reason
 from portcullis.net.addresses import AddressVerdict, check_addresses
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
@@ -95,8 +95,9 @@ def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
                                  identity=attempt.identity)
     attempt.matched = verdict.rule
     if verdict.decision is Decision.DENY:
-        if attempt.identity is None and gate.engine.could_identify(
-                client, target.host, target.port, is_ip=target.is_ip):
+        # A redirected client cannot log in: asking it to would only mislabel the deny.
+        if attempt.identity is None and attempt.mode is not Mode.TRANSPARENT and \
+                gate.engine.could_identify(client, target.host, target.port, is_ip=target.is_ip):
             return refuse(gate, attempt, Reason.AUTH_REQUIRED)  # answered 407
         return refuse(gate, attempt, verdict.reason)
     attempt.decision, attempt.reason = verdict.decision, verdict.reason
