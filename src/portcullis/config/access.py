@@ -50,7 +50,8 @@ class ServerTLS(_Model):
 
 class Auth(_Model):
     passwords: str | None = None  # `user:hash` lines written by `portcullis passwd`
-    realm: str = Field("portcullis", pattern=r"^[ -!#-~]{1,64}$")  # no quote: it is quoted
+    # Sent inside a quoted-string: no quote, no backslash, printable ASCII.
+    realm: str = Field("portcullis", pattern=r"^[ -!#-\[\]-~]{1,64}$")
     tls: ServerTLS | None = None
     # How long a verified user:password is trusted without running the hash again.
     cache_seconds: float = Field(600.0, ge=0)
