@@ -246,3 +246,25 @@ def test_a_redirected_client_is_never_asked_to_log_in(gate: Gate) -> None:
     with pytest.raises(Refusal) as caught:
         asyncio.run(run())
     assert (caught.value.status, attempt.reason) == (403, Reason.SOURCE_UNKNOWN)
+
+
+def test_logins_at_once_wait_for_one_hash_and_a_wrong_one_fails_them_all(
+    tmp_path: Path
+) -> None:
+    from portcullis.config.access import Auth
+    from portcullis.proxy.identify import Authenticator
+
+    path = tmp_path / "passwd"
+    set_password(path, "runner-1", "pw", scheme="bcrypt", cost=8)
+    authenticator = Authenticator(Auth(passwords=str(path)))
+
+    async def at_once(password: str) -> list[object]:
+        return await asyncio.gather(*(authenticator.verify("runner-1", password)
+                                      for _ in range(5)), return_exceptions=True)
+
+    results = asyncio.run(at_once("pw"))
+    assert sorted(map(str, results)) == ["cached"] * 4 + ["hashed"]
+    assert asyncio.run(at_once("pw")) == ["cached"] * 5
+    wrong = asyncio.run(at_once("nope"))
+    assert all(isinstance(r, AuthError) and r.identity == "runner-1" for r in wrong)
+    assert authenticator._running == {}

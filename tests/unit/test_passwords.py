@@ -48,7 +48,7 @@ def test_a_bad_file_names_the_line(text: str, problem: str) -> None:
 def test_the_cache_needs_the_same_user_hash_and_password_and_expires() -> None:
     clock = Clock()
     cache = passwords.VerifiedCache(ttl=10, clock=clock)
-    cache.remember("u", "$2b$old", "pw")
+    cache.remember(cache.key("u", "$2b$old", "pw"))
     assert cache.hit("u", "$2b$old", "pw")
     assert not cache.hit("u", "$2b$old", "other")
     assert not cache.hit("u", "$2b$new", "pw")  # the file changed the user's hash

@@ -102,12 +102,15 @@ class VerifiedCache:
         self._key = secrets.token_bytes(32)
         self._until: dict[bytes, float] = {}
 
-    def _digest(self, user: str, stored: str, password: str) -> bytes:
+    def key(self, user: str, stored: str, password: str) -> bytes:
+        """The login's digest: what the cache (and a check in flight) is keyed by."""
         message = b"\0".join((user.encode(), stored.encode(), password.encode()))
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     def hit(self, user: str, stored: str, password: str) -> bool:
-        key = self._digest(user, stored, password)
+        return self.hit_key(self.key(user, stored, password))
+
+    def hit_key(self, key: bytes) -> bool:
         until = self._until.get(key)
         if until is None:
             return False
@@ -116,12 +119,12 @@ class VerifiedCache:
             return False
         return True
 
-    def remember(self, user: str, stored: str, password: str) -> None:
+    def remember(self, key: bytes) -> None:
         if self._ttl <= 0:
             return
         if len(self._until) >= self._max:
             self._until.clear()  # a bound, not a policy: a full cache starts over
-        self._until[self._digest(user, stored, password)] = self._clock() + self._ttl
+        self._until[key] = self._clock() + self._ttl
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,9 @@ class Authenticator:
         self.passwords = passwords.PasswordFile(auth.passwords) if auth.passwords else None
         self.cache = passwords.VerifiedCache(auth.cache_seconds)
         self._executor: ThreadPoolExecutor | None = None
-        self._pending = 0
+        # Checks running, by login digest: the CONNECTs a client opens at once
+        # with the same login wait for one hash instead of each running its own.
+        self._running: dict[bytes, asyncio.Future[bool]] = {}
 
     async def verify(self, user: str, password: str) -> Login:
         """How `user` was verified (its password was right); AuthError otherwise."""
@@ -49,23 +51,27 @@ class Authenticator:
             problem = self.passwords.problem
             raise AuthError(f"no user {user} in the password file"
                             + (f" ({problem})" if problem else ""), identity=user)
-        if self.cache.hit(user, stored, password):
+        key = self.cache.key(user, stored, password)
+        if self.cache.hit_key(key):
             return "cached"
-        if self._pending >= MAX_PENDING:
-            raise Refusal("too many logins waiting to be verified; retry shortly",
-                          reason=Reason.OVER_CAPACITY, status=503)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(2, thread_name_prefix="portcullis-auth")
-        self._pending += 1
-        try:
-            ok = await asyncio.get_running_loop().run_in_executor(
+        running = self._running.get(key)
+        login: Login = "cached"
+        if running is None:
+            if len(self._running) >= MAX_PENDING:
+                raise Refusal("too many logins waiting to be verified; retry shortly",
+                              reason=Reason.OVER_CAPACITY, status=503)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(2, thread_name_prefix="portcullis-auth")
+            running = self._running[key] = asyncio.get_running_loop().run_in_executor(
                 self._executor, passwords.verify, stored, password)
-        finally:
-            self._pending -= 1
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+            login = "hashed"
+        # Shielded: a client that leaves must not cancel the check others wait for.
+        ok = await asyncio.shield(running)
         if not ok:
             raise AuthError(f"wrong password for {user}", identity=user)
-        self.cache.remember(user, stored, password)
-        return "hashed"
+        self.cache.remember(key)
+        return login
 
 
 async def identify(authenticator: Authenticator, attempt: Attempt, head: RequestHead,
