@@ -268,3 +268,20 @@ def test_logins_at_once_wait_for_one_hash_and_a_wrong_one_fails_them_all(
     wrong = asyncio.run(at_once("nope"))
     assert all(isinstance(r, AuthError) and r.identity == "runner-1" for r in wrong)
     assert authenticator._running == {}
+
+
+def test_an_unknown_user_costs_a_hash_like_a_known_one(tmp_path: Path) -> None:
+    from portcullis.config.access import Auth
+    from portcullis.proxy.identify import Authenticator
+
+    path = tmp_path / "passwd"
+    set_password(path, "runner-1", "pw", scheme="bcrypt", cost=4)
+    authenticator = Authenticator(Auth(passwords=str(path)))
+    with pytest.raises(AuthError, match="no user nobody") as caught:
+        # runner-1's password, sent as another user: still refused.
+        asyncio.run(authenticator.verify("nobody", "pw"))
+    assert caught.value.identity == "nobody"
+    assert authenticator._executor is not None  # a hash ran: the timing tells nothing
+    assert authenticator.passwords is not None
+    stored = authenticator.passwords.entries["runner-1"]
+    assert not authenticator.cache.hit("nobody", stored, "pw")

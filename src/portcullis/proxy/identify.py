@@ -46,11 +46,17 @@ class Authenticator:
         """How `user` was verified (its password was right); AuthError otherwise."""
         assert self.passwords is not None
         self.passwords.refresh()
-        stored = self.passwords.entries.get(user)
+        entries = self.passwords.entries
+        stored = entries.get(user)
+        known = stored is not None
         if stored is None:
-            problem = self.passwords.problem
-            raise AuthError(f"no user {user} in the password file"
-                            + (f" ({problem})" if problem else ""), identity=user)
+            if not entries:
+                problem = self.passwords.problem
+                raise AuthError("the password file has no users"
+                                + (f" ({problem})" if problem else ""), identity=user)
+            # An unknown user costs a real hash too (another user's, the result
+            # ignored): how long the 407 takes must not tell which users exist.
+            stored = next(iter(entries.values()))
         key = self.cache.key(user, stored, password)
         if self.cache.hit_key(key):
             return "cached"
@@ -68,6 +74,8 @@ class Authenticator:
             login = "hashed"
         # Shielded: a client that leaves must not cancel the check others wait for.
         ok = await asyncio.shield(running)
+        if not known:
+            raise AuthError(f"no user {user} in the password file", identity=user)
         if not ok:
             raise AuthError(f"wrong password for {user}", identity=user)
         self.cache.remember(key)
