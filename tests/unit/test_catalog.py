@@ -26,6 +26,9 @@ DOC_TABLE = [
 ]
 DOC_DELIVERY = ["dd0.icr.io", "dd2.icr.io", "dd4.icr.io", "dd6.icr.io"]
 DOC_CHINA = ["dd1-icr.ibm-zh.com", "dd3-icr.ibm-zh.com", "dd5-icr.ibm-zh.com", "dd7-icr.ibm-zh.com"]
+# What the 2025-08-13 revision kept (the others are retired that day).
+DELIVERY = DOC_DELIVERY[:2]
+CHINA = DOC_CHINA[:2]
 DOC_WILDCARDS = ["*.icr.io", "*.ibm-zh.com"]
 REGION_IDS = [
     "global", "jp-tok", "au-syd", "eu-de", "eu-es", "ca-mon", "jp-osa", "br-sao", "ca-tor",
@@ -54,14 +57,14 @@ def test_ibm_holds_every_table_row(doc_name: str, address: str, deprecated: str 
     assert region.name == doc_name
     assert region.addresses == (address,)
     assert region.deprecated == ((deprecated,) if deprecated else ())
-    assert not region.later
+    assert region.added <= "2025-07-29"
 
 
 def test_ibm_region_ids_in_doc_order_then_later_ones() -> None:
     regions = load_catalog("ibm").regions
     assert [r.id for r in regions] == REGION_IDS
     assert [r.name for r in regions[: len(DOC_TABLE)]] == [row[0] for row in DOC_TABLE]
-    later = {r.id: r for r in regions if r.later}
+    later = {r.id: r for r in regions if r.added > "2025-07-29"}
     assert set(later) == {"in-che", "in-mum"}
     assert later["in-che"].addresses == ("in.icr.io",)
     assert later["in-mum"].addresses == ("in2.icr.io",)
@@ -76,7 +79,8 @@ def test_ibm_lists_of_the_doc(ibm_entries: dict[str, CatalogEntry]) -> None:
     for name in DOC_DELIVERY:
         entry = ibm_entries[name]
         assert "delivery" in entry.tags and entry.regions == ()
-        assert (entry.source, entry.as_of) == ("ibm-firewall", "2025-07-29")
+        assert entry.source == "ibm-firewall" and entry.as_of <= "2025-07-29"
+        assert entry.retired == (None if name in DELIVERY else "2025-08-13")
     for name in DOC_CHINA:
         assert {"china", "delivery"} <= set(ibm_entries[name].tags)
     delivery_without_region = [
@@ -92,7 +96,7 @@ def test_ibm_later_per_region_hosts(ibm_entries: dict[str, CatalogEntry]) -> Non
     for prefix, region in PREFIXES.items():
         delivery = ibm_entries[f"dd0.{prefix}.icr.io"]
         assert delivery.regions == (region,) and "delivery" in delivery.tags
-        assert delivery.as_of != "2025-07-29"
+        assert delivery.as_of >= "2026-01-14"
         private = ibm_entries[f"private.{prefix}.icr.io"]
         assert private.regions == (region,) and "private" in private.tags
     assert ibm_entries["private.icr.io"].regions == ("global",)
@@ -169,7 +173,10 @@ def test_unconfirmed_facts_are_tagged() -> None:
 
 def test_select_default_one_region() -> None:
     assert names(select(load_catalog("ibm"), regions=["us-south"])) == [
-        "us.icr.io", "registry.ng.bluemix.net", *DOC_DELIVERY, "dd0.us.icr.io",
+        "us.icr.io", "registry.ng.bluemix.net", *DELIVERY, "dd0.us.icr.io",
+    ]  # fmt: skip
+    assert names(select(load_catalog("ibm"), regions=["us-south"], as_of="2025-07-29")) == [
+        "us.icr.io", "registry.ng.bluemix.net", *DOC_DELIVERY,
     ]  # fmt: skip
 
 
@@ -177,7 +184,7 @@ def test_select_opt_outs_and_opt_ins() -> None:
     ibm = load_catalog("ibm")
     assert names(select(ibm, regions=["US South"], include=())) == ["us.icr.io"]
     with_china = names(select(ibm, regions=["us-south"], include=("delivery", "china")))
-    assert with_china == ["us.icr.io", *DOC_DELIVERY, *DOC_CHINA, "dd0.us.icr.io"]
+    assert with_china == ["us.icr.io", *DELIVERY, *CHINA, "dd0.us.icr.io"]
     # China hosts are delivery hosts too: leaving delivery out leaves them out.
     assert names(select(ibm, regions=["us-south"], include=("china",))) == ["us.icr.io"]
     private = names(select(ibm, regions=["global", "us-south"], include=("private",)))
@@ -187,7 +194,7 @@ def test_select_opt_outs_and_opt_ins() -> None:
 def test_select_all_regions_holds_every_public_name() -> None:
     every = names(select(load_catalog("ibm")))
     expected = {a for _, a, _ in DOC_TABLE} | {d for *_, d in DOC_TABLE if d}
-    expected |= {"in.icr.io", "in2.icr.io", *DOC_DELIVERY}
+    expected |= {"in.icr.io", "in2.icr.io", *DELIVERY}
     expected |= {f"dd0.{p}.icr.io" for p in PREFIXES}
     assert set(every) == expected and len(every) == len(expected)
 
@@ -264,7 +271,8 @@ def test_bad_params(params: dict[str, str], message: str) -> None:
 
 
 def test_select_errors() -> None:
-    with pytest.raises(CatalogError, match="included are deprecated, delivery, china, private"):
+    with pytest.raises(CatalogError,
+                       match="included are deprecated, delivery, china, private, retired"):
         select(load_catalog("ibm"), include=("deprecated", "cdn"))
     with pytest.raises(CatalogError, match="no region given"):
         select(load_catalog("ibm"), regions=[])

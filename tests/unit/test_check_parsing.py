@@ -46,9 +46,16 @@ def test_parse_proxy() -> None:
     assert (proxy.host, proxy.port, proxy.url) == ("proxy.corp", 8080, "http://proxy.corp:8080")
     assert proxy.authorization == "Basic YWxpY2U6czpjcmV0"  # alice:s:cret
     assert parse_proxy("10.0.0.1:3128").url == "http://10.0.0.1:3128"
-    assert parse_proxy("http://p").port == 3128
-    with pytest.raises(ValueError, match="only http://"):
-        parse_proxy("https://p:443")
+    assert parse_proxy("http://p").port == 80
+    assert parse_proxy("https://p").port == 443
+    secure = parse_proxy("https://p")
+    assert (secure.scheme, secure.port, secure.url) == ("https", 443, "https://p:443")
+    assert parse_proxy("https://[::1]:8443").url == "https://[::1]:8443"
+    for bad, message in (("socks5://p:1080", "write http://HOST:PORT or https://HOST:PORT"),
+                         ("https://p:99999", "not a number from 1 to 65535"),
+                         ("https://:443", "names no host; write https://HOST:PORT")):
+        with pytest.raises(ValueError, match=message):
+            parse_proxy(bad)
 
 
 def test_allow_hint_offers_the_vendor_wildcard() -> None:

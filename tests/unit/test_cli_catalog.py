@@ -12,20 +12,20 @@ from click.testing import CliRunner, Result
 from portcullis.cli import EXIT_OK, EXIT_USAGE, main
 
 REGIONS_TEXT = """\
-REGION    NAME        REGISTRY    DEPRECATED
-global    Global      icr.io      registry.bluemix.net
-jp-tok    AP North    jp.icr.io   -
-au-syd    AP South    au.icr.io   registry.au-syd.bluemix.net
-eu-de     EU Central  de.icr.io   registry.eu-de.bluemix.net
-eu-es     Madrid      es.icr.io   -
-ca-mon    Montreal    ca2.icr.io  -
-jp-osa    Osaka       jp2.icr.io  -
-br-sao    Sao Paolo   br.icr.io   -
-ca-tor    Toronto     ca.icr.io   -
-eu-gb     UK South    uk.icr.io   registry.eu-gb.bluemix.net
-us-south  US South    us.icr.io   registry.ng.bluemix.net
-in-che    Chennai     in.icr.io   -                            (later doc)
-in-mum    Mumbai      in2.icr.io  -                            (later doc)
+REGION    NAME        REGISTRY    DEPRECATED                   LISTED
+global    Global      icr.io      registry.bluemix.net         2019-09-25
+jp-tok    AP North    jp.icr.io   -                            2019-10-28
+au-syd    AP South    au.icr.io   registry.au-syd.bluemix.net  2019-10-28
+eu-de     EU Central  de.icr.io   registry.eu-de.bluemix.net   2019-10-28
+eu-es     Madrid      es.icr.io   -                            2024-03-14
+ca-mon    Montreal    ca2.icr.io  -                            2025-07-29
+jp-osa    Osaka       jp2.icr.io  -                            2021-02-15
+br-sao    Sao Paolo   br.icr.io   -                            2021-08-27
+ca-tor    Toronto     ca.icr.io   -                            2021-05-10
+eu-gb     UK South    uk.icr.io   registry.eu-gb.bluemix.net   2019-10-28
+us-south  US South    us.icr.io   registry.ng.bluemix.net      2019-09-25
+in-che    Chennai     in.icr.io   -                            2026-02-09
+in-mum    Mumbai      in2.icr.io  -                            2026-05-18
 """
 
 US_SOUTH = [
@@ -33,8 +33,6 @@ US_SOUTH = [
     "registry.ng.bluemix.net",
     "dd0.icr.io",
     "dd2.icr.io",
-    "dd4.icr.io",
-    "dd6.icr.io",
     "dd0.us.icr.io",
 ]
 
@@ -55,14 +53,14 @@ def test_regions_json() -> None:
     assert result.exit_code == EXIT_OK
     rows = json.loads(result.stdout)
     assert [r["id"] for r in rows][-2:] == ["in-che", "in-mum"]
-    assert rows[-1]["later"] is True and rows[0]["later"] is False
+    assert rows[-1]["added"] == "2026-05-18" and rows[0]["added"] == "2019-09-25"
     assert rows[10] == {
         "id": "us-south",
         "name": "US South",
         "aliases": ["Dallas"],
         "registry": ["us.icr.io"],
         "deprecated": ["registry.ng.bluemix.net"],
-        "later": False,
+        "added": "2019-09-25",
     }
 
 
@@ -97,7 +95,7 @@ def test_domains_json_shape() -> None:
         "name": "us.icr.io",
         "tags": ["region:us-south", "api", "token"],
         "source": "ibm-firewall",
-        "as_of": "2025-07-29",
+        "as_of": "2019-09-25",
     }
 
 
@@ -106,9 +104,10 @@ def test_domains_csv_shape() -> None:
     assert result.exit_code == EXIT_OK
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert rows == [
-        ["name", "tags", "source", "as_of"],
-        ["us.icr.io", "region:us-south api token", "ibm-firewall", "2025-07-29"],
-        ["registry.ng.bluemix.net", "region:us-south deprecated api", "ibm-firewall", "2025-07-29"],
+        ["name", "tags", "source", "as_of", "retired"],
+        ["us.icr.io", "region:us-south api token", "ibm-firewall", "2019-09-25", ""],
+        ["registry.ng.bluemix.net", "region:us-south deprecated api", "ibm-firewall", "2022-02-11",
+         ""],
     ]
 
 
@@ -120,10 +119,13 @@ def test_domains_csv_shape() -> None:
                                           "private.us.icr.io"]),
         (["--wildcards"], ["*.icr.io", "registry.ng.bluemix.net"]),
         (["--wildcards", "--china", "--no-deprecated"], ["*.icr.io", "*.ibm-zh.com"]),
-        (["--china", "--no-deprecated"], ["us.icr.io", "dd0.icr.io", "dd2.icr.io", "dd4.icr.io",
-                                          "dd6.icr.io", "dd1-icr.ibm-zh.com", "dd3-icr.ibm-zh.com",
-                                          "dd5-icr.ibm-zh.com", "dd7-icr.ibm-zh.com",
+        (["--china", "--no-deprecated"], ["us.icr.io", "dd0.icr.io", "dd2.icr.io",
+                                          "dd1-icr.ibm-zh.com", "dd3-icr.ibm-zh.com",
                                           "dd0.us.icr.io"]),
+        (["--include", "china", "--include", "retired", "--no-deprecated"],
+         ["us.icr.io", "dd0.icr.io", "dd2.icr.io", "dd4.icr.io", "dd6.icr.io",
+          "dd1-icr.ibm-zh.com", "dd3-icr.ibm-zh.com", "dd5-icr.ibm-zh.com", "dd7-icr.ibm-zh.com",
+          "dd0.us.icr.io"]),
     ],
 )  # fmt: skip
 def test_domains_flags(flags: list[str], expected: list[str]) -> None:

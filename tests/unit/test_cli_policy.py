@@ -41,7 +41,7 @@ def test_validate_ok_and_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["validate", "-c", _write(tmp_path, POLICY)])
     assert ok.exit_code == 0
-    assert "valid: 1 rules, 7 destinations, 1 source groups" in ok.output
+    assert "valid: 1 rules, 5 destinations, 1 source groups" in ok.output  # dd4, dd6 retired
     bad = runner.invoke(
         main, ["validate", "-c", _write(tmp_path, POLICY.replace("us-south", "mars-1"))]
     )

@@ -20,6 +20,7 @@ import yaml
 from portcullis.basics.hostport import parse_hostport
 from portcullis.config import parse_policy
 from portcullis.policy.engine import Engine
+from portcullis.tools.noproxy import NoProxy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -230,30 +231,8 @@ def test_readme_shows_the_image_build_and_run_with_the_ulimit_note() -> None:
 
 
 def go_bypasses(no_proxy: str, host: str) -> bool:
-    """Go's NO_PROXY (golang.org/x/net/http/httpproxy): CIDRs match IP hosts,
-    "d" matches d and names under it, ".d" names under d, "*" everything."""
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        try:
-            network = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            network = None
-        if network is not None:
-            try:
-                if ipaddress.ip_address(host) in network:
-                    return True
-            except ValueError:
-                pass
-            continue
-        if entry.startswith("."):
-            if host.endswith(entry):
-                return True
-        elif host == entry or host.endswith("." + entry):
-            return True
-    return False
+    """Go's NO_PROXY (golang.org/x/net/http/httpproxy), as `check` reads it."""
+    return NoProxy.parse(no_proxy).bypass(host, 443) is not None
 
 
 def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:

@@ -451,9 +451,9 @@ def test_catalog_selection_exports_pass_their_schemas() -> None:
                         ("azure-firewall", "azure-firewall-rulecollectiongroup.json")]:
         result = runner.invoke(main, ["domains", "--all-regions", "--format", fmt])
         assert result.exit_code == 0, result.output
-        for doc in yaml.safe_load_all(result.output):
+        for doc in yaml.safe_load_all(result.stdout):
             assert schema_errors(schema, doc) == []
-        assert "portcullis domains (all_regions=True registry=ibm)" in result.output
+        assert "portcullis domains (all_regions=True registry=ibm)" in result.stdout
 
 
 # --- command line -------------------------------------------------------------------------

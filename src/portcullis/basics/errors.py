@@ -23,7 +23,9 @@
     │   │   ├── NotTLS
     │   │   └── MalformedClientHello
     │   ├── AuthError          407: missing or wrong proxy credentials (`identity` tried)
-    │   └── QuotaExceeded      429 / 503: a group over its rate or its tunnels
+    │   ├── QuotaExceeded      429 / 503: a group over its rate or its tunnels
+    │   ├── ProxyHeaderError   a PROXY protocol header (ValueError)
+    │   └── ParentAnswerError  a parent proxy's answer to CONNECT that is not HTTP (ValueError)
     ├── DnsFailure             a name that did not resolve: `kind` says how
     ├── NoOriginalDestination  no redirect record for a connection (OSError)
     └── ToolError              an operator tool's step failed (`check`)
@@ -215,6 +217,18 @@ class QuotaExceeded(Refusal):
                          status=429 if rate else 503)
         self.group = group
         self.limit = limit  # "rate" or "tunnels": the metric's label
+class ProxyHeaderError(Refusal, ValueError):
+    """A PROXY protocol header (v1 or v2) that is missing, malformed or not TCP."""
+
+    status = 400
+    reason = Reason.PROXY_HEADER
+
+
+class ParentAnswerError(Refusal, ValueError):
+    """A parent proxy's answer to CONNECT that is not an HTTP status line and head."""
+
+    status = 502
+    reason = Reason.PARENT_FAILED
 
 
 # --- the network ---------------------------------------------------------------
@@ -247,6 +261,6 @@ __all__ = [
     "ConfigError", "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge",
     "HttpError", "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
     "MalformedClientHello", "NftablesError", "NoOriginalDestination", "NotImplementedMethod",
-    "NotTLS", "PasswordFileError", "PolicyError", "PortcullisError", "ProblemsError",
-    "QuotaExceeded", "Refusal", "ToolError",
+    "NotTLS", "ParentAnswerError", "PasswordFileError", "PolicyError", "PortcullisError",
+    "ProblemsError", "ProxyHeaderError", "QuotaExceeded", "Refusal", "ToolError",
 ]

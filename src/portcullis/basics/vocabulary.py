@@ -44,6 +44,14 @@ class Reason(StrEnum):
     AUTH_REQUIRED = "auth_required"
     AUTH_FAILED = "auth_failed"
     RATE_LIMITED = "rate_limited"
+    # A parent proxy (`upstream_proxy`) answered the CONNECT with a non-2xx status.
+    PARENT_REFUSED = "parent_refused"
+    # A parent proxy could not be reached, timed out, or did not answer in HTTP.
+    PARENT_FAILED = "parent_failed"
+    # A PROXY-protocol listener: the header is missing, malformed or too slow.
+    PROXY_HEADER = "proxy_header"
+    # A PROXY-protocol listener that requires the header: the peer is not a listed balancer.
+    BALANCER_UNKNOWN = "balancer_unknown"
 
 
 # The refusals `mode: report` turns into `report` (allowed and logged): those

@@ -10,7 +10,16 @@ from portcullis.catalog.model import (
     Region,
     Source,
 )
-from portcullis.catalog.selection import check_reference, select, select_reference
+from portcullis.catalog.selection import (
+    Selection,
+    check_day,
+    check_reference,
+    choose,
+    regions_on,
+    select,
+    select_reference,
+    today,
+)
 
 __all__ = [
     "DEFAULT_INCLUDE",
@@ -19,10 +28,15 @@ __all__ = [
     "CatalogEntry",
     "CatalogError",
     "Region",
+    "Selection",
     "Source",
     "catalog_ids",
+    "check_day",
     "check_reference",
+    "choose",
     "load_catalog",
+    "regions_on",
     "select",
     "select_reference",
+    "today",
 ]

@@ -38,6 +38,8 @@ def _iso(value: object) -> object:
 # YAML reads 2025-07-29 as a date; a month ("2025-08") is allowed when the
 # source names no day.
 AsOf = Annotated[str, BeforeValidator(_iso), Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$")]
+# An entry's dates are days: `domains --as-of DAY` compares them.
+Day = Annotated[str, BeforeValidator(_iso), Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
 
 
 class _Model(BaseModel):
@@ -55,14 +57,15 @@ class _RegionModel(_Model):
     id: str
     name: str
     aliases: list[str] = []
-    later: bool = False
 
 
 class _EntryModel(_Model):
     name: str
     tags: list[str] = []
     source: str
-    as_of: AsOf
+    as_of: Day
+    retired: Day | None = None
+    retired_by: str | None = None
 
 
 class _FileModel(_Model):
@@ -98,16 +101,28 @@ def _entry(file: str, raw: _EntryModel, regions: set[str], sources: set[str]) ->
             raise CatalogError(f"{file}: {raw.name}: unknown tag {tag!r}")
     if raw.source not in sources:
         raise CatalogError(f"{file}: {raw.name}: unknown source {raw.source!r}")
-    return CatalogEntry(raw.name, tuple(raw.tags), raw.source, raw.as_of)
+    if (raw.retired is None) != (raw.retired_by is None):
+        raise CatalogError(f"{file}: {raw.name}: write retired and retired_by together")
+    if raw.retired is not None:
+        if raw.retired_by not in sources:
+            raise CatalogError(f"{file}: {raw.name}: unknown source {raw.retired_by!r}")
+        if raw.retired <= raw.as_of:
+            raise CatalogError(f"{file}: {raw.name}: retired {raw.retired} before listed "
+                               f"{raw.as_of}")
+    return CatalogEntry(raw.name, tuple(raw.tags), raw.source, raw.as_of, raw.retired,
+                        raw.retired_by)
 
 
-def _region(raw: _RegionModel, entries: Sequence[CatalogEntry]) -> Region:
+def _region(file: str, raw: _RegionModel, entries: Sequence[CatalogEntry]) -> Region:
     mine = [e for e in entries if raw.id in e.regions and not e.is_template]
     addresses = tuple(
         e.name for e in mine if "api" in e.tags and not {"deprecated", "private"} & set(e.tags)
     )
     deprecated = tuple(e.name for e in mine if "deprecated" in e.tags)
-    return Region(raw.id, raw.name, tuple(raw.aliases), raw.later, addresses, deprecated)
+    firsts = [e.as_of for e in mine if e.name in addresses] or [e.as_of for e in mine]
+    if not firsts:
+        raise CatalogError(f"{file}: region {raw.id} has no entries")
+    return Region(raw.id, raw.name, tuple(raw.aliases), addresses, deprecated, min(firsts))
 
 
 def _region_keys(
@@ -139,7 +154,7 @@ def _build(file: str, raw: _FileModel) -> Catalog:
         if not any(templates.covers(pattern, e.name) for e in entries):
             raise CatalogError(f"{file}: wildcard {wildcard.name} covers no entry")
         wildcards.append(wildcard)
-    regions = tuple(_region(r, entries) for r in raw.regions)
+    regions = tuple(_region(file, r, entries) for r in raw.regions)
     return Catalog(
         id=raw.id,
         title=raw.title,

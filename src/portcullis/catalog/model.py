@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from portcullis.basics.errors import CatalogError
 from portcullis.basics.names import parse_pattern
 from portcullis.catalog import templates
 
 # Tags that leave an entry out unless asked for; the first two are asked for by
-# default because the IBM doc requires them for a working pull.
-OPT_IN_TAGS = ("deprecated", "delivery", "china", "private")
+# default because the IBM doc requires them for a working pull. `retired` is
+# never written in a data file: selection adds it to an entry whose `retired`
+# date has come (a name the registry no longer lists).
+OPT_IN_TAGS = ("deprecated", "delivery", "china", "private", "retired")
 DEFAULT_INCLUDE = ("deprecated", "delivery")
+RETIRED = "retired"
 # What role a host plays in a pull (OCI distribution: API, token realm, blobs).
 ROLE_TAGS = ("api", "token", "blob", "signature")
-KNOWN_TAGS = frozenset((*OPT_IN_TAGS, *ROLE_TAGS, "unconfirmed"))
+KNOWN_TAGS = frozenset((*OPT_IN_TAGS, *ROLE_TAGS, "unconfirmed")) - {RETIRED}
 REGION_TAG = "region:"
 
 
@@ -35,12 +38,19 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
-    """A name (exact, `*.suffix` or template) with the tags that select it."""
+    """A name (exact, `*.suffix` or template) with the tags that select it.
+
+    `as_of` is the day the vendor first listed the name (the earliest we could
+    confirm); `retired` the day its list dropped it, `retired_by` the source
+    that says so.
+    """
 
     name: str
     tags: tuple[str, ...]
     source: str
     as_of: str
+    retired: str | None = None
+    retired_by: str | None = None
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -50,13 +60,24 @@ class CatalogEntry:
     def is_template(self) -> bool:
         return templates.is_template(self.name)
 
+    def listed_on(self, day: str) -> bool:
+        """Whether the vendor listed the name on `day` (ISO dates compare as text)."""
+        return self.as_of <= day and not self.retired_on(day)
+
+    def retired_on(self, day: str) -> bool:
+        return self.retired is not None and self.retired <= day
+
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "tags": list(self.tags),
             "source": self.source,
             "as_of": self.as_of,
         }
+        if self.retired is not None:
+            out["retired"] = self.retired
+            out["retired_by"] = self.retired_by
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +85,18 @@ class Region:
     id: str
     name: str
     aliases: tuple[str, ...]
-    later: bool
     # Derived from the entries, so the table and the names cannot disagree.
     addresses: tuple[str, ...]
     deprecated: tuple[str, ...]
+    added: str  # the day its first registry address was listed
+
+    def on(self, day: str, entries: tuple[CatalogEntry, ...]) -> Region | None:
+        """The region as the vendor listed it on `day`; None before it existed."""
+        if self.added > day:
+            return None
+        listed = {e.name for e in entries if e.listed_on(day)}
+        return replace(self, addresses=tuple(n for n in self.addresses if n in listed),
+                       deprecated=tuple(n for n in self.deprecated if n in listed))
 
 
 @dataclass(frozen=True, slots=True)

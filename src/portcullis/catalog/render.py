@@ -21,19 +21,20 @@ def entries_json(entries: Sequence[CatalogEntry]) -> str:
 def entries_csv(entries: Sequence[CatalogEntry]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["name", "tags", "source", "as_of"])
+    writer.writerow(["name", "tags", "source", "as_of", "retired"])
     for entry in entries:
-        writer.writerow([entry.name, " ".join(entry.tags), entry.source, entry.as_of])
+        writer.writerow([entry.name, " ".join(entry.tags), entry.source, entry.as_of,
+                         entry.retired or ""])
     return out.getvalue()
 
 
 def regions_text(regions: Sequence[Region]) -> str:
-    """The IBM document's table shape: region, name, registry, deprecated address."""
-    rows = [("REGION", "NAME", "REGISTRY", "DEPRECATED", "")]
+    """The IBM document's table shape: region, name, registry, deprecated
+    address, and the day the region's registry was first listed."""
+    rows = [("REGION", "NAME", "REGISTRY", "DEPRECATED", "LISTED")]
     for r in regions:
-        later = "(later doc)" if r.later else ""
         rows.append(
-            (r.id, r.name, ", ".join(r.addresses) or "-", ", ".join(r.deprecated) or "-", later)
+            (r.id, r.name, ", ".join(r.addresses) or "-", ", ".join(r.deprecated) or "-", r.added)
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
@@ -41,3 +42,18 @@ def regions_text(regions: Sequence[Region]) -> str:
         for row in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def left_out_text(day: str, retired: Sequence[CatalogEntry], later: Sequence[Region],
+                  hint: str = "--include retired") -> str:
+    """What a selection on `day` left out, for stderr: retired names and
+    regions not listed yet. Empty when nothing was."""
+    lines = []
+    if retired:
+        names = ", ".join(f"{e.name} (retired {e.retired})" for e in retired)
+        lines.append(f"left out {len(retired)} retired name{'s' * (len(retired) != 1)} "
+                     f"as of {day}: {names}; {hint} lists them")
+    if later:
+        names = ", ".join(f"{r.id} ({r.added})" for r in later)
+        lines.append(f"not listed yet on {day}: {names}")
+    return "".join(f"{line}\n" for line in lines)

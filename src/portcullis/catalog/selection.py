@@ -9,15 +9,36 @@ selected is a policy error.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from portcullis.basics.errors import CatalogError, InvalidPattern
 from portcullis.basics.names import parse_pattern
 from portcullis.catalog import templates
 from portcullis.catalog.loader import load_catalog
-from portcullis.catalog.model import DEFAULT_INCLUDE, OPT_IN_TAGS, Catalog, CatalogEntry
+from portcullis.catalog.model import (
+    DEFAULT_INCLUDE,
+    OPT_IN_TAGS,
+    RETIRED,
+    Catalog,
+    CatalogEntry,
+    Region,
+)
+
+
+def today() -> str:
+    """The day `select` answers for when no `as_of` is given (UTC)."""
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+def check_day(text: str) -> str:
+    """`text` as an ISO day (YYYY-MM-DD), or CatalogError."""
+    try:
+        return datetime.date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise CatalogError(f"{text!r} is not a date; write YYYY-MM-DD, e.g. 2025-07-29") from None
 
 
 def _include(include: Collection[str]) -> frozenset[str]:
@@ -73,6 +94,90 @@ def _expand(
     return out
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What `choose` gives: the names to allow on `day`, and the retired names
+    the same choices would have given had `retired` been included."""
+
+    day: str
+    entries: list[CatalogEntry] = field(default_factory=list)
+    left_out: list[CatalogEntry] = field(default_factory=list)
+
+
+def _on_day(entry: CatalogEntry, day: str) -> CatalogEntry:
+    return replace(entry, tags=(*entry.tags, RETIRED)) if entry.retired_on(day) else entry
+
+
+def regions_on(catalog: Catalog, day: str) -> tuple[list[Region], list[Region]]:
+    """The regions as listed on `day`, and those first listed after it."""
+    listed, later = [], []
+    for region in catalog.regions:
+        shown = region.on(day, catalog.entries)
+        if shown is None:
+            later.append(region)
+        else:
+            listed.append(shown)
+    return listed, later
+
+
+def _chosen_regions(catalog: Catalog, regions: Sequence[str] | None, day: str) -> set[str] | None:
+    if regions is None:
+        return None
+    if not regions:
+        raise CatalogError("no region given; name at least one, or leave regions out for all")
+    chosen = {catalog.resolve_region(r) for r in regions}
+    for region in sorted(chosen, key=lambda r: r.id):
+        if region.added > day:
+            raise CatalogError(f"region {region.id} ({region.name}) was first listed on "
+                               f"{region.added}, after {day}")
+    return {r.id for r in chosen}
+
+
+def choose(
+    catalog: Catalog,
+    *,
+    regions: Sequence[str] | None = None,
+    include: Collection[str] = DEFAULT_INCLUDE,
+    params: Mapping[str, str] | None = None,
+    wildcards: bool = False,
+    as_of: str | None = None,
+) -> Selection:
+    """The names to allow on day `as_of` (default today), in catalog order,
+    without repeats, and the retired names left out.
+
+    `regions` None means every region; entries without a region tag (IBM's
+    global delivery hosts, registries without regions) come with any choice.
+    A name not yet listed on the day is never in; one retired by then carries
+    the tag `retired`. An entry carrying opt-in tags is kept only when all of
+    them are in `include`. Templates take their values from `params`
+    (comma-separated for several), else the catalog's covering wildcard, else
+    CatalogError.
+    """
+    day = check_day(as_of) if as_of is not None else today()
+    chosen = _chosen_regions(catalog, regions, day)
+    included = _include(include)
+    values = _params(catalog, params or {})
+    out: dict[str, CatalogEntry] = {}
+    selection = Selection(day)
+    for entry in catalog.entries:
+        if chosen is not None and entry.regions and chosen.isdisjoint(entry.regions):
+            continue
+        if entry.as_of > day:
+            continue
+        view = _on_day(entry, day)
+        wanted = {t for t in view.tags if t in OPT_IN_TAGS}
+        if not included.issuperset(wanted):
+            # A retired name under a wildcard the user asked for is not missed.
+            covered = wildcards and catalog.covering_wildcard(entry.name) is not None
+            if RETIRED in wanted and included.issuperset(wanted - {RETIRED}) and not covered:
+                selection.left_out.append(view)
+            continue
+        for item in _expand(catalog, view, values, wildcards):
+            out.setdefault(item.name, item)
+    selection.entries.extend(out.values())
+    return selection
+
+
 def select(
     catalog: Catalog,
     *,
@@ -80,29 +185,11 @@ def select(
     include: Collection[str] = DEFAULT_INCLUDE,
     params: Mapping[str, str] | None = None,
     wildcards: bool = False,
+    as_of: str | None = None,
 ) -> list[CatalogEntry]:
-    """The names to allow, in catalog order, without repeats.
-
-    `regions` None means every region; entries without a region tag (IBM's
-    global delivery hosts, registries without regions) come with any choice.
-    An entry carrying opt-in tags is kept only when all of them are in
-    `include`. Templates take their values from `params` (comma-separated for
-    several), else the catalog's covering wildcard, else CatalogError.
-    """
-    if regions is not None and not regions:
-        raise CatalogError("no region given; name at least one, or leave regions out for all")
-    chosen = None if regions is None else {catalog.resolve_region(r).id for r in regions}
-    included = _include(include)
-    values = _params(catalog, params or {})
-    out: dict[str, CatalogEntry] = {}
-    for entry in catalog.entries:
-        if chosen is not None and entry.regions and chosen.isdisjoint(entry.regions):
-            continue
-        if not included.issuperset(t for t in entry.tags if t in OPT_IN_TAGS):
-            continue
-        for item in _expand(catalog, entry, values, wildcards):
-            out.setdefault(item.name, item)
-    return list(out.values())
+    """`choose`'s names only."""
+    return choose(catalog, regions=regions, include=include, params=params,
+                  wildcards=wildcards, as_of=as_of).entries
 
 
 class Reference(Protocol):

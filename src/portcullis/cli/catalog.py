@@ -57,14 +57,29 @@ def _export_renderer(fmt: str) -> Callable[[Sequence[catalog.CatalogEntry]], str
 DOMAIN_FORMATS.update({fmt: _export_renderer(fmt) for fmt in exporting.FORMATS})
 
 
+def _day_or_usage(as_of: str | None) -> str:
+    try:
+        return catalog.check_day(as_of) if as_of is not None else catalog.today()
+    except catalog.CatalogError as exc:
+        raise click.UsageError(f"--as-of: {exc}") from None
+
+
+_AS_OF_HELP = "Answer as the vendor's lists stood on this day (YYYY-MM-DD; default today)."
+
+
 @main.command()
 @click.option("--registry", default="ibm", show_default=True, help="Catalog id or alias.")
+@click.option("--as-of", "as_of", metavar="DATE", help=_AS_OF_HELP)
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
-def regions(registry: str, fmt: str) -> None:
-    """List a registry's regions: id, name in the doc, registry and deprecated address."""
+def regions(registry: str, as_of: str | None, fmt: str) -> None:
+    """List a registry's regions: id, name in the doc, registry, deprecated address
+    and the day it was first listed."""
     cat = _catalog_or_usage(registry)
+    day = _day_or_usage(as_of)
+    listed, later = catalog.regions_on(cat, day)
+    retired = [e for e in cat.entries if e.retired_on(day)]
     if fmt == "json":
         rows = [
             {
@@ -73,15 +88,17 @@ def regions(registry: str, fmt: str) -> None:
                 "aliases": list(r.aliases),
                 "registry": list(r.addresses),
                 "deprecated": list(r.deprecated),
-                "later": r.later,
+                "added": r.added,
             }
-            for r in cat.regions
+            for r in listed
         ]
         click.echo(json.dumps(rows, indent=2))
     elif not cat.regions:
         click.echo(f"{cat.id} has no regions", err=True)
     else:
-        click.echo(render.regions_text(cat.regions), nl=False)
+        click.echo(render.regions_text(listed), nl=False)
+    click.echo(render.left_out_text(day, retired, later, "`portcullis domains --include retired`"),
+               nl=False, err=True)
 
 
 def _parse_params(raw: Sequence[str]) -> dict[str, str]:
@@ -106,6 +123,14 @@ def _parse_params(raw: Sequence[str]) -> dict[str, str]:
 @click.option("--no-delivery", is_flag=True, help="Leave out delivery (blob redirect) hosts.")
 @click.option("--china", is_flag=True, help="Add the hosts for users located in China.")
 @click.option("--private", is_flag=True, help="Add private-network endpoints.")
+@click.option(
+    "--include",
+    "include_list",
+    multiple=True,
+    type=click.Choice(catalog.OPT_IN_TAGS),
+    help="Add the names with this tag (repeatable): retired brings back removed names.",
+)
+@click.option("--as-of", "as_of", metavar="DATE", help=_AS_OF_HELP)
 @click.option("--wildcards", is_flag=True, help="Use the vendor's recommended wildcards.")
 @click.option(
     "--param",
@@ -125,6 +150,8 @@ def domains(
     no_delivery: bool,
     china: bool,
     private: bool,
+    include_list: tuple[str, ...],
+    as_of: str | None,
     wildcards: bool,
     param_list: tuple[str, ...],
     fmt: str,
@@ -150,14 +177,18 @@ def domains(
         )
         if wanted
     ]
+    include += [tag for tag in include_list if tag not in include]
+    day = _day_or_usage(as_of)
     try:
-        entries = catalog.select(
+        chosen = catalog.choose(
             cat,
             regions=list(region_list) or None,
             include=include,
             params=_parse_params(param_list),
             wildcards=wildcards,
+            as_of=day,
         )
     except catalog.CatalogError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(DOMAIN_FORMATS[fmt](entries), nl=False)
+    click.echo(DOMAIN_FORMATS[fmt](chosen.entries), nl=False)
+    click.echo(render.left_out_text(day, chosen.left_out, []), nl=False, err=True)

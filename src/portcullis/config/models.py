@@ -28,6 +28,12 @@ from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, p
 from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import check_reference
 from portcullis.config.access import Auth, IdentityGroup, Quota, check_access
+from portcullis.config.chaining import (
+    ProxyProtocolListeners,
+    RuleUpstream,
+    UpstreamProxy,
+    check_parent_rules,
+)
 
 # --- field types -----------------------------------------------------------
 
@@ -54,7 +60,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-IncludeTag = Literal["deprecated", "delivery", "china", "private", "unconfirmed"]
+IncludeTag = Literal["deprecated", "delivery", "china", "private", "retired", "unconfirmed"]
 _LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
@@ -99,6 +105,15 @@ class Listen(_Model):
     transparent: HostPort | None = None
     admin: HostPort | None = "127.0.0.1:9090"
     explicit_tls: HostPort | None = None  # the explicit listener over TLS (auth.tls)
+    # Load balancers in front of a listener that send the PROXY protocol header.
+    proxy_protocol: ProxyProtocolListeners = Field(default_factory=ProxyProtocolListeners)
+
+    @model_validator(mode="after")
+    def _proxy_protocol_has_listeners(self) -> Listen:
+        for mode in ("explicit", "transparent"):
+            if getattr(self.proxy_protocol, mode) is not None and getattr(self, mode) is None:
+                raise ValueError(f"proxy_protocol.{mode}: there is no `{mode}` listener")
+        return self
 
 
 class Rule(_Model):
@@ -113,6 +128,8 @@ class Rule(_Model):
     # may carry other bytes: an unchecked tunnel reaches whatever the upstream
     # address serves, with any Host or name the client likes.
     raw: bool = False
+    # Overrides the policy's `upstream_proxy` for what this rule allows ("direct": none).
+    upstream_proxy: RuleUpstream | None = None
 
 
 class Resolver(_Model):
@@ -173,9 +190,12 @@ class Policy(_Model):
     auth: Auth = Field(default_factory=Auth)
     identities: dict[str, IdentityGroup] = Field(default_factory=dict)
     quotas: dict[str, Quota] = Field(default_factory=dict)
+    # A parent proxy every allowed connection goes through (rules may override it).
+    upstream_proxy: UpstreamProxy | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
+        check_parent_rules(self.rules, self.upstream_proxy)
         names: set[str] = set()
         for index, rule in enumerate(self.rules):
             if rule.name in names:

@@ -160,6 +160,12 @@ class DecisionLog:
         rec["original_dst"] = ev.original_dst
         if ev.identity is not None:
             rec["identity"] = _cap(ev.identity, "identity", cut)
+        # Only where they apply, so other lines stay as they were.
+        if ev.parent is not None:
+            rec["parent"] = ev.parent
+            rec["parent_status"] = ev.parent_status
+        if ev.balancer is not None:
+            rec["balancer"] = ev.balancer
         if cut:
             rec["truncated"] = cut
         self._write(rec)

@@ -31,6 +31,13 @@ def policy_summary(policy: Policy, engine: Engine, listening: Mapping[str, str])
         hint = hints.get(mode, "")
         lines.append(f"  {mode:<12} {address}{hint}")
     lines.append(f"mode {policy.mode}, default {policy.default}")
+    for mode in ("explicit", "transparent"):
+        balancers = getattr(policy.listen.proxy_protocol, mode)
+        if balancers is not None:
+            lines.append(f"{mode} behind PROXY protocol balancers:"
+                         f" {', '.join(str(n) for n in balancers.from_)}")
+    if policy.upstream_proxy is not None:
+        lines.append(f"parent proxy {policy.upstream_proxy} (rules may override it)")
     for group, networks in policy.sources.items():
         lines.append(f"source {group}: {', '.join(str(n) for n in networks)}")
     for group, identities in policy.identities.items():

@@ -50,6 +50,8 @@ class Explanation:
     traces: list[tuple[CompiledRule, RuleTrace, str]]
     # Filled by the proxy layer: the resolution and a verdict per address.
     resolution: dict[str, Any] | None = field(default=None)
+    # The parent proxy the connection would be chained to (upstream_proxy), if any.
+    parent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -68,6 +70,8 @@ class Explanation:
         }
         if self.resolution is not None:
             out["resolution"] = self.resolution
+        if self.parent is not None:
+            out["parent"] = self.parent
         return out
 
     def to_text(self) -> str:
@@ -81,6 +85,10 @@ class Explanation:
             lines.append(f"{mark} rule {rule.name!r} ({rule.action.value}): {text}")
         if self.resolution is not None:
             lines.extend(_resolution_lines(self.resolution))
+        if self.parent is not None:
+            lines.append(f"via      parent proxy {self.parent}: CONNECT "
+                         f"{format_hostport(self.host, self.port)} through it; the parent"
+                         " resolves and dials the name")
         rule_text = f" by rule {self.verdict.rule_name!r}" if self.verdict.rule else ""
         lines.append(
             f"decision {self.verdict.decision.value.upper()}{rule_text}"

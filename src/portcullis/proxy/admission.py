@@ -1,10 +1,11 @@
 """Admission: the one path from a name to a dialled socket (docs/architecture.md).
 
 decide -> check the ClientHello -> resolve -> check every address -> order by
-the original destination -> dial. Every listener (explicit CONNECT, plain HTTP,
-transparent TLS and port 80) goes through `admit`; `explain` goes through the
-same `prepare` and stops before the dial, so it cannot tell an operator
-anything the proxy would not do.
+the original destination -> dial (or, with a parent proxy, skip the lookup of
+a name and CONNECT through the parent: proxy/parent.py). Every listener
+(explicit CONNECT, plain HTTP, transparent TLS and port 80) goes through
+`admit`; `explain` goes through the same `prepare` and stops before the dial,
+so it cannot tell an operator anything the proxy would not do.
 
 Report mode is applied here and nowhere else: `refuse` turns a refusal into
 `report` exactly when the policy runs in `mode: report`, the reason is in
@@ -30,6 +31,7 @@ from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.dialer import dial
 from portcullis.proxy.gate import Gate
 from portcullis.proxy.identify import identify
+from portcullis.proxy.parent import dial_parent, parent_for
 from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import RequestHead
 
@@ -262,6 +264,14 @@ async def prepare(
         raise refused(attempt)
     if charge:
         charge_quotas(gate, attempt)
+    parent = parent_for(gate, attempt.matched)
+    if parent is not None:
+        attempt.parent = str(parent)
+        # The parent resolves the name (docs/decisions.md, "A parent proxy resolves
+        # the name"); an IP literal is still checked, which needs no lookup, and
+        # strict transparent mode needs the addresses to compare with.
+        if not target.is_ip and not (original is not None and gate.policy.transparent.strict):
+            return []
     if not resolve:
         return []
     checked = attempt.checked = await resolve_and_check(gate, attempt)
@@ -284,7 +294,8 @@ async def admit(
     hello: tuple[str | None, bool] | None = None,
     original: IPAddress | None = None,
 ) -> socket.socket:
-    """`prepare`, then dial: a connected upstream socket, or Refusal (recorded on `attempt`)."""
+    """`prepare`, then dial (or open a tunnel through the parent proxy): a connected
+    upstream socket, or Refusal (recorded on `attempt`)."""
     try:
         addresses = await prepare(gate, attempt, target, hello=hello, original=original,
                                   charge=True)
@@ -294,7 +305,10 @@ async def admit(
     finally:
         if attempt.dns_ms is not None:
             metrics.observe_dns(attempt.dns_ms / 1000)
+    parent = parent_for(gate, attempt.matched)
     try:
+        if parent is not None:
+            return await dial_parent(gate, metrics, attempt, parent, target)
         return await dial(gate.policy.limits.connect_timeout, metrics, attempt, addresses,
                           target.port)
     except Refusal as refusal:

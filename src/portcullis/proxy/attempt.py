@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
 from portcullis.policy.engine import CompiledRule
+from portcullis.proxy.balanced import balancer_of_this_connection
 
 if TYPE_CHECKING:
     from portcullis.policy.limiter import Lease
@@ -39,6 +40,10 @@ class Attempt:
     dns_ms: float | None = None
     connect_ms: float | None = None
     original_dst: str | None = None
+    parent: str | None = None  # the parent proxy's URL (no credentials), when chained
+    parent_status: int | None = None  # the parent's answer to CONNECT
+    # "ip:port" of the load balancer that sent the PROXY protocol header, if any.
+    balancer: str | None = field(default_factory=balancer_of_this_connection)
     logged: bool = False
     # Who the client proved to be (or tried to be, when refused), and the
     # identity of its client certificate (the whole connection's).
@@ -59,8 +64,8 @@ class Attempt:
     def next_request(self, id: str) -> Attempt:
         """The attempt for the next request on the same kept-alive connection."""
         return Attempt(self.mode, self.client, self.client_port, id,
-                       original_dst=self.original_dst, certified=self.certified,
-                       leases=self.leases)
+                       original_dst=self.original_dst, balancer=self.balancer,
+                       certified=self.certified, leases=self.leases)
 
     def release(self) -> None:
         """Give back the connection's quota tunnels (idempotent)."""
@@ -86,6 +91,9 @@ class Attempt:
             connect_ms=self.connect_ms,
             original_dst=self.original_dst,
             identity=self.identity,
+            parent=self.parent,
+            parent_status=self.parent_status,
+            balancer=self.balancer,
         )
 
     def close_event(self, bytes_up: int, bytes_down: int, reason: CloseReason) -> CloseEvent:

@@ -36,6 +36,8 @@ async def explain_target(
     with contextlib.suppress(Refusal):  # the refusal is on `attempt`
         await prepare(gate, attempt, authority, hello=hello, resolve=resolve)
     result.verdict = Verdict(attempt.decision, attempt.reason, attempt.matched)
+    if attempt.allowed:
+        result.parent = attempt.parent
     checked = attempt.checked
     if checked is None:
         return result

@@ -112,6 +112,7 @@ class Upstream:
         # Where it went, for the records of later requests that reuse it.
         self.resolved = attempt.resolved
         self.dialed = attempt.dialed
+        self.parent = attempt.parent
 
 
 async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) -> Any:

@@ -161,6 +161,7 @@ async def _upstream_for(
     if refusal is None and upstream is not None and upstream.key == key:
         if decide(gate, attempt, authority):
             attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
+            attempt.parent = upstream.parent
             return upstream
         refusal = refused(attempt)
     elif refusal is None:

@@ -11,7 +11,6 @@ for the life of the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import signal
@@ -38,7 +37,7 @@ from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explaining import explain_for_admin
 from portcullis.proxy.explicit import handle_explicit
 from portcullis.proxy.listeners import bind_or_explain, cannot_listen
-from portcullis.proxy.responses import error_response
+from portcullis.proxy.proxied import balancers_for, behind_balancer, refuse_early
 from portcullis.proxy.state import FirewallState
 from portcullis.proxy.tls_listener import handle_explicit_tls, server_context
 
@@ -63,6 +62,9 @@ class Server:
         self.state = FirewallState(policy, log, self.metrics)
         self.reuse_port = reuse_port
         self.listeners: dict[Mode, socket.socket] = {}
+        # PROXY protocol balancers per listener, fixed at start like the listen addresses.
+        self.balancers = {mode: b for mode in (Mode.EXPLICIT, Mode.TRANSPARENT)
+                          if (b := balancers_for(policy, mode)) is not None}
         self.admin: AdminServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
@@ -206,7 +208,15 @@ class Server:
                handler: Handler, mode: Mode, max_connections: int) -> None:
         conn.setblocking(False)
         client = peer_address(str(peer[0]))
-        if stranger(self.state.gate, client) and not (
+        balancers = self.balancers.get(mode)
+        if balancers is not None and balancers.trusts(client):
+            # The real client is known only after the header: the stranger check waits for it.
+            handler = behind_balancer(handler, mode)
+        elif balancers is not None and balancers.required:
+            self._refuse_at_accept(conn, peer, mode, Reason.BALANCER_UNKNOWN, 403,
+                                   "this listener takes connections from its load balancers only")
+            return
+        elif stranger(self.state.gate, client) and not (
             # A redirected connection from this very host may be our own upstream
             # looping back: the handler tells, once its SNI is read.
             mode is Mode.TRANSPARENT and is_local_address(client)
@@ -237,15 +247,7 @@ class Server:
                           status: int, detail: str) -> None:
         """Record and answer without starting a task: no slot, no read."""
         attempt = Attempt(mode, str(peer[0]), int(peer[1]), new_connection_id())
-        if mode is Mode.TRANSPARENT:
-            transparent.refuse_at_accept(self.state, conn, attempt, reason)
-        elif mode is Mode.EXPLICIT_TLS:
-            self.state.refuse_and_record(attempt, reason)  # no TLS yet: nothing to answer in
-        else:
-            self.state.refuse_and_record(attempt, reason)
-            with contextlib.suppress(OSError):
-                conn.send(error_response(status, attempt, detail))
-        conn.close()
+        refuse_early(self.state, conn, attempt, reason, status, detail)
 
     # -- reloading ----------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from portcullis.net.sockets import (
 from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, hello_problem
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.balanced import BALANCED
 from portcullis.proxy.reading import ClientGone, read_client_hello
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority, parse_authority
@@ -60,10 +61,7 @@ async def handle_transparent(
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
     here = local_endpoint(conn)
-    try:
-        original: Endpoint | None = original_dst(conn)
-    except NoOriginalDestination:
-        original = None
+    original = _original_of(conn)
     if original is None or original == here:
         # Not redirected: someone dialled the listener itself. There is no
         # destination to decide on, and the listener is not an open relay.
@@ -162,13 +160,16 @@ async def _serve_tls(
     except Refusal:
         await _deny(state, conn, attempt)
         return
-    ours = local_endpoint(upstream)
-    _our_ends.add(ours)
+    # A tunnel through an https:// parent is a local socket pair: no IP end to loop back.
+    ours = local_endpoint(upstream) if upstream.family != socket.AF_UNIX else None
+    if ours is not None:
+        _our_ends.add(ours)
     try:
         await state.relay_tunnel(attempt, conn, upstream, peeked,
                                  gate.policy.limits.idle_timeout)
     finally:
-        _our_ends.discard(ours)
+        if ours is not None:
+            _our_ends.discard(ours)
 
 
 def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt,
@@ -176,10 +177,7 @@ def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt
     """A redirected connection refused before its first byte is read (a stranger,
     or over the limit): recorded with where it was going, and on a TLS port
     answered with a TLS alert. Our own looping connection is called that."""
-    try:
-        original = original_dst(conn)
-    except NoOriginalDestination:
-        original = local_endpoint(conn)
+    original = _original_of(conn) or local_endpoint(conn)
     attempt.original_dst = format_endpoint(original)
     attempt.port = original[1]
     if _is_our_own(attempt):
@@ -189,6 +187,18 @@ def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt
     if original[1] in state.policy.tls_ports:
         with contextlib.suppress(OSError):
             conn.send(ACCESS_DENIED_ALERT)
+
+
+def _original_of(conn: socket.socket) -> Endpoint | None:
+    """Where the client was going: the PROXY protocol header's destination when a
+    balancer in front sent one, else the redirect record (None without one)."""
+    balanced = BALANCED.get()
+    if balanced is not None and balanced.destination is not None:
+        return balanced.destination
+    try:
+        return original_dst(conn)
+    except NoOriginalDestination:
+        return None
 
 
 def _log_loop(state: FirewallState, attempt: Attempt) -> None:

@@ -60,6 +60,8 @@ class NameReport:
     steps: list[Step] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)
     cert: CertInfo | None = None
+    via: str | None = None  # "proxy" or "direct"
+    bypass: str | None = None  # why it went direct with a proxy set: the NO_PROXY entry
 
     @property
     def label(self) -> str:
@@ -76,8 +78,10 @@ class NameReport:
         out: dict[str, Any] = {
             "name": self.name, "port": self.port, "roles": self.roles,
             "ok": self.failure is None, "addresses": self.addresses,
-            "steps": [s.to_dict() for s in self.steps],
+            "via": self.via, "steps": [s.to_dict() for s in self.steps],
         }
+        if self.bypass is not None:
+            out["no_proxy_match"] = self.bypass
         if self.cert is not None:
             out["certificate"] = {"subject": self.cert.subject, "issuer": self.cert.issuer,
                                   "not_after": self.cert.not_after.isoformat(),
@@ -131,6 +135,13 @@ class Report:
     image: str | None = None
     pull: list[PullStep] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    no_proxy: str | None = None  # the NO_PROXY in effect when a proxy is set
+
+    @property
+    def mixed(self) -> bool:
+        """A proxy is set and some names went direct (or NO_PROXY could send them)."""
+        return self.proxy is not None and (
+            bool(self.no_proxy) or any(n.via == "direct" for n in self.names))
 
     @property
     def ok(self) -> bool:
@@ -141,6 +152,7 @@ class Report:
         return {
             "ok": self.ok,
             "proxy": self.proxy,
+            "no_proxy": self.no_proxy,
             "names": [n.to_dict() for n in self.names],
             "image": self.image,
             "pull": [p.to_dict() for p in self.pull],

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portcullis.tools.check_report import STEPS, Report, Status, Step
+from portcullis.tools.check_report import STEPS, NameReport, Report, Status, Step
 from portcullis.tools.doctor import Observer
 
 MARKS = {Status.OK: "[green]✓[/]", Status.WARN: "[yellow]![/]", Status.FAIL: "[red]✗[/]",
@@ -32,16 +32,32 @@ def _cell(step: Step | None) -> str:
     return f"{MARKS[step.status]} {text}".rstrip()
 
 
+def _via(row: NameReport) -> str:
+    if row.via != "direct":
+        return "proxy"
+    return f"direct (NO_PROXY {row.bypass})" if row.bypass not in ("localhost", "loopback") \
+        else f"direct ({row.bypass})"
+
+
 def names_table(report: Report) -> Table:
     via = f" through {report.proxy}" if report.proxy else ""
+    if report.no_proxy:
+        via += f", NO_PROXY={report.no_proxy}".replace("[", r"\[")
     table = Table(title=f"names{via}", title_justify="left", show_lines=False)
     table.add_column("NAME", no_wrap=True)
     table.add_column("ROLE")
+    if report.mixed:
+        table.add_column("VIA")
     for step in STEPS:
-        heading = "TCP 443" if step == "connect" and report.proxy is None else HEADINGS[step]
+        heading = HEADINGS[step]
+        if step == "connect" and report.proxy is None:
+            heading = "TCP 443"
+        elif step == "connect" and report.mixed:
+            heading = "CONNECT / TCP 443"
         table.add_column(heading, overflow="fold")
     for row in sorted(report.names, key=lambda r: (r.failure is None, r.label)):
-        table.add_row(row.label, ",".join(row.roles), *(_cell(row.step(s)) for s in STEPS))
+        path = [_via(row).replace("[", r"\[")] if report.mixed else []
+        table.add_row(row.label, ",".join(row.roles), *path, *(_cell(row.step(s)) for s in STEPS))
     return table
 
 

@@ -62,9 +62,18 @@ def explain(name: str, port: int, step: Step | PullStep, proxy: str | None) -> s
     if kind is Kind.PROXY_UNREACHABLE:
         return (f"cannot reach the proxy {proxy} ({detail}): check --proxy / HTTPS_PROXY "
                 "and that this node may connect to the proxy")
+    if kind is Kind.PROXY_TLS:
+        return (f"{detail}: pass --proxy-ca FILE with the CA that signs the proxy's "
+                f"certificate, and check that {proxy} serves TLS")
     if kind is Kind.PROXY_REFUSED:
         return _proxy_refusal(target, name, port, step)
     if kind is Kind.PROXY_UPSTREAM:
+        if step.reason == Reason.PARENT_REFUSED:
+            return (f"the parent proxy behind the proxy refused {target} ({detail}): allow "
+                    f"{hint} in the parent's ACL, or check `upstream_proxy.credentials`")
+        if step.reason == Reason.PARENT_FAILED:
+            return (f"the proxy cannot use its parent proxy for {target} ({detail}): check "
+                    "`upstream_proxy` and that the parent is up")
         if step.reason == Reason.DNS_FAILURE:
             return f"the proxy cannot resolve {name} ({detail}): fix the proxy's DNS"
         return (f"the proxy could not reach {target} ({detail}): a firewall between the "
@@ -102,13 +111,15 @@ def _name_lines(report: Report) -> list[Diagnosis]:
     for row in report.names:
         failed = row.failure
         if failed is not None:
-            if failed.kind is Kind.PROXY_UNREACHABLE:
+            if failed.kind in (Kind.PROXY_UNREACHABLE, Kind.PROXY_TLS):
                 if proxy_down:
                     continue  # one line for the proxy, not one per name
                 proxy_down = True
-            out.append(Diagnosis("error", row.name, failed.kind,
-                                 explain(row.name, row.port, failed, report.proxy),
-                                 failed.reason))
+            message = explain(row.name, row.port, failed, report.proxy)
+            if row.bypass is not None:
+                # The usual surprise: a registry name that NO_PROXY sends around the proxy.
+                message += f" ({row.name} went direct: NO_PROXY entry {row.bypass!r})"
+            out.append(Diagnosis("error", row.name, failed.kind, message, failed.reason))
         tls = row.step("tls")
         if tls is not None and tls.status is Status.WARN and row.cert is not None:
             out.append(Diagnosis("warning", row.name, None,

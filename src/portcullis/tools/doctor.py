@@ -97,8 +97,10 @@ def probe_name(route: Route, report: NameReport, warn_days: int = EXPIRY_WARNING
     def elapsed() -> float:
         return (time.monotonic() - started) * 1000
 
+    proxy, report.bypass = route.proxy_for(name, port)
+    report.via = "proxy" if proxy is not None else "direct"
     try:
-        if route.proxy is not None:
+        if proxy is not None:
             report.steps.append(Step("dns", Status.SKIP, "by the proxy"))
             step = "connect"
             sock = connect_via_proxy(route, name, port)
@@ -198,7 +200,8 @@ def run_check(route: Route, targets: Sequence[Target], image: ImageRef | None, *
     pull = checker.pull(image, credentials).steps if image is not None else []
     names = checker.wait()
     report = Report(route.proxy.url if route.proxy else None, names,
-                    str(image) if image else None, pull)
+                    str(image) if image else None, pull,
+                    no_proxy=route.no_proxy.text if route.proxy else None)
     report.diagnoses = diagnose(report, patterns)
     return report
 

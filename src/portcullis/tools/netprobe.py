@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 from portcullis.basics.errors import ToolError
 from portcullis.basics.hostport import format_hostport
+from portcullis.tools.noproxy import NoProxy
+from portcullis.tools.tlsbridge import bridge
 
 # Connect failures that mean "a router or firewall answered that it will not".
 _UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EACCES,
@@ -45,6 +47,7 @@ class Kind(StrEnum):
     PROXY_REFUSED = "proxy_refused"  # the proxy's policy said no
     PROXY_UPSTREAM = "proxy_upstream"  # the proxy tried and could not reach the name
     PROXY_UNREACHABLE = "proxy_unreachable"  # the proxy itself cannot be reached
+    PROXY_TLS = "proxy_tls"  # TLS to an https:// proxy failed (its certificate, mostly)
 
 
 class Problem(ToolError):
@@ -67,24 +70,35 @@ class Proxy:
     host: str
     port: int
     authorization: str | None = None  # "Basic ..." from user:password in the URL
+    scheme: str = "http"  # https: TLS to the proxy, the CONNECT inside it
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{format_hostport(self.host, self.port)}"
+
+
+# A proxy URL without a port means what it means to containerd and CRI-O (Go's
+# net/http: the scheme's port), since `check` answers for them.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def parse_proxy(text: str) -> Proxy:
-    """`http://[user:pass@]host[:port]`, or a bare `host:port` as curl accepts."""
+    """`http[s]://[user:pass@]host[:port]`, or a bare `host:port` as curl accepts."""
     url = urlsplit(text if "://" in text else f"http://{text}")
-    if url.scheme != "http":
-        raise ValueError(f"proxy {text!r}: only http:// proxies are supported (CONNECT over TCP)")
+    if url.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"proxy {text!r}: write http://HOST:PORT or https://HOST:PORT "
+                         "(CONNECT over TCP or over TLS)")
     if not url.hostname:
-        raise ValueError(f"proxy {text!r} names no host; write http://HOST:PORT")
+        raise ValueError(f"proxy {text!r} names no host; write {url.scheme}://HOST:PORT")
+    try:
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+    except ValueError:
+        raise ValueError(f"proxy {text!r}: the port is not a number from 1 to 65535") from None
     authorization = None
     if url.username is not None:
         pair = f"{unquote(url.username)}:{unquote(url.password or '')}"
         authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-    return Proxy(url.hostname, url.port or 3128, authorization)
+    return Proxy(url.hostname, port, authorization, url.scheme)
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,16 @@ class Route:
     overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # --resolve
     timeout: float = 5.0
     dns_timeout: float = 5.0
+    no_proxy: NoProxy = field(default_factory=lambda: NoProxy.parse(""))
+    proxy_context: ssl.SSLContext | None = None  # verifies an https:// proxy
+
+    def proxy_for(self, name: str, port: int) -> tuple[Proxy | None, str | None]:
+        """The proxy `name:port` goes through, or None and why it goes direct
+        (the NO_PROXY entry that matched; None when there is no proxy at all)."""
+        if self.proxy is None:
+            return None, None
+        why = self.no_proxy.bypass(name, port)
+        return (None, why) if why is not None else (self.proxy, None)
 
 
 def _getaddrinfo(name: str, port: int, out: list[object]) -> None:
@@ -185,11 +209,15 @@ def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
     """`CONNECT name:port` through the proxy; the tunnel, or a Problem saying who said no."""
     proxy = route.proxy
     assert proxy is not None
+    where = format_hostport(proxy.host, proxy.port)
     try:
-        sock = socket.create_connection((proxy.host, proxy.port), timeout=route.timeout)
+        sock: socket.socket = socket.create_connection((proxy.host, proxy.port),
+                                                       timeout=route.timeout)
     except OSError as exc:
-        inner = classify_error(exc, f"TCP to the proxy {proxy.host}:{proxy.port}", route.timeout)
+        inner = classify_error(exc, f"TCP to the proxy {where}", route.timeout)
         raise Problem(Kind.PROXY_UNREACHABLE, inner.message) from None
+    if proxy.scheme == "https":
+        sock = _tls_to_proxy(route, sock, proxy)
     try:
         request = f"CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n"
         if proxy.authorization:
@@ -211,7 +239,7 @@ def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
                       classify_error(exc, "waiting for the proxy's answer", route.timeout).message
                       ) from None
     if status == 200:
-        return sock
+        return bridge(sock) if isinstance(sock, ssl.SSLSocket) else sock
     sock.close()
     reason, rule = headers.get("x-portcullis-reason"), headers.get("x-portcullis-rule")
     if rule == "-":
@@ -226,8 +254,25 @@ def connect_via_proxy(route: Route, name: str, port: int) -> socket.socket:
     raise Problem(kind, message, status=status, reason=reason, rule=rule)
 
 
+def _tls_to_proxy(route: Route, sock: socket.socket, proxy: Proxy) -> ssl.SSLSocket:
+    context = route.proxy_context or ssl.create_default_context()
+    what = f"TLS to the proxy {format_hostport(proxy.host, proxy.port)}"
+    try:
+        return context.wrap_socket(sock, server_hostname=proxy.host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise Problem(Kind.PROXY_TLS, f"{what}: {exc.verify_message or exc}") from None
+    except ssl.SSLError as exc:
+        sock.close()
+        raise Problem(Kind.PROXY_TLS, f"{what}: handshake failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise Problem(Kind.PROXY_TLS, classify_error(exc, what, route.timeout).message) from None
+
+
 def open_tunnel(route: Route, name: str, port: int) -> tuple[socket.socket, str | None]:
     """A TCP stream to name:port the way this node reaches it; (socket, address dialled)."""
-    if route.proxy is not None:
+    proxy, _ = route.proxy_for(name, port)
+    if proxy is not None:
         return connect_via_proxy(route, name, port), None
     return connect_direct(route, resolve(route, name, port), port)

@@ -1,0 +1,139 @@
+"""The policy's links to the network around Portcullis (docs/semantics.md §5):
+a parent proxy it chains to (`upstream_proxy`, globally or per rule) and the
+load balancers in front of its listeners (`listen.proxy_protocol`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from portcullis.basics.hostport import format_hostport
+from portcullis.basics.ip import IPNetwork, parse_network
+
+if TYPE_CHECKING:
+    from portcullis.config.models import Rule
+
+Network = Annotated[IPNetwork, BeforeValidator(parse_network)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def read_credentials(path: str) -> str:
+    """The `Proxy-Authorization` value for a file holding one `user:password` line.
+
+    ValueError names the file and the problem, never the secret.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read the credentials file {path}: {reason}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1 or ":" not in lines[0] or lines[0].startswith(":"):
+        raise ValueError(f"the credentials file {path} must hold one line 'user:password'")
+    return "Basic " + base64.b64encode(lines[0].strip().encode("utf-8")).decode("ascii")
+
+
+class UpstreamProxy(_Model):
+    """A parent proxy: Portcullis decides, then asks it to `CONNECT name:port`."""
+
+    url: str
+    # A file holding `user:password` for Basic authentication; read when the
+    # policy loads (and on every reload), never logged.
+    credentials: str | None = None
+    # https:// parents: the CA bundle to verify the parent's certificate with,
+    # instead of the system's.
+    ca: str | None = None
+    _authorization: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _usable(self) -> UpstreamProxy:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{self.url!r}: write http://HOST:PORT or"
+                             " https://HOST:PORT")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL, where they"
+                             " would be logged; put 'user:password' in a file and name it"
+                             " under `credentials:`")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None or parts.path not in ("", "/") \
+                or parts.query or parts.fragment:
+            raise ValueError(f"{self.url!r}: write {parts.scheme}://HOST:PORT,"
+                             " with the port and nothing after it")
+        if self.ca is not None and parts.scheme != "https":
+            raise ValueError("`ca` applies to an https:// parent only")
+        if self.ca is not None and not os.access(self.ca, os.R_OK):
+            raise ValueError(f"cannot read the CA bundle {self.ca}")
+        if self.credentials is not None:
+            self._authorization = read_credentials(self.credentials)
+        return self
+
+    @property
+    def host(self) -> str:
+        return str(urlsplit(self.url).hostname)
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.url).port or 0)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("https:")
+
+    @property
+    def authorization(self) -> str | None:
+        """The `Proxy-Authorization` value, when credentials are configured."""
+        return self._authorization
+
+    def __str__(self) -> str:
+        # What logs and `explain` show: never the credentials.
+        return f"{'https' if self.tls else 'http'}://{format_hostport(self.host, self.port)}"
+
+
+# A rule's own parent, or "direct": dial, whatever the policy's parent.
+RuleUpstream = UpstreamProxy | Literal["direct"]
+
+
+class ProxyProtocol(_Model):
+    """A listener behind load balancers that send the PROXY protocol header."""
+
+    from_: list[Network] = Field(alias="from", min_length=1)
+    # true: every connection must come from `from` and carry the header.
+    # false: connections from elsewhere are served as they come (their peer is the client).
+    required: bool = True
+
+
+class ProxyProtocolListeners(_Model):
+    explicit: ProxyProtocol | None = None
+    transparent: ProxyProtocol | None = None
+
+
+def check_parent_rules(rules: Sequence[Rule], default: UpstreamProxy | None) -> None:
+    """Refuse an allow rule that says `resolves_to` and goes through a parent:
+    the parent resolves the name itself, so the check could not be kept."""
+    for rule in rules:
+        parent = rule.upstream_proxy if rule.upstream_proxy is not None else default
+        if rule.action == "allow" and rule.resolves_to is not None and \
+                isinstance(parent, UpstreamProxy):
+            raise ValueError(
+                f"rule {rule.name!r}: `resolves_to` cannot be enforced through the parent"
+                f" proxy {parent}, which resolves the name itself; drop `resolves_to`, or"
+                " say `upstream_proxy: direct` on the rule")
