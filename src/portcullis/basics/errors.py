@@ -7,6 +7,7 @@
     │   │   └── ExportRefused  a policy another firewall's format cannot express
     │   ├── CatalogError       a catalog, region, tag or parameter
     │   ├── ListenError        a listen address that cannot be bound
+    │   ├── PasswordFileError  a password file that cannot be read or written
     │   └── NftablesError      a policy that cannot become a redirect
     ├── InvalidInput           a value refused before it means anything (ValueError)
     │   ├── InvalidName        a host name that cannot be normalized
@@ -21,6 +22,8 @@
     │   ├── ClientHelloError   the first bytes of a TLS connection (ValueError)
     │   │   ├── NotTLS
     │   │   └── MalformedClientHello
+    │   ├── AuthError          407: missing or wrong proxy credentials (`identity` tried)
+    │   ├── QuotaExceeded      429 / 503: a group over its rate or its tunnels
     │   ├── ProxyHeaderError   a PROXY protocol header (ValueError)
     │   └── ParentAnswerError  a parent proxy's answer to CONNECT that is not HTTP (ValueError)
     ├── DnsFailure             a name that did not resolve: `kind` says how
@@ -93,6 +96,11 @@ class ExportRefused(ProblemsError):
 
     def __str__(self) -> str:
         return "\n".join([f"cannot export to {self.fmt}:", *(f"  {p}" for p in self.problems)])
+
+
+class PasswordFileError(ConfigError):
+    """A password file (`auth.passwords`) that cannot be read, parsed or written;
+    the message names the file, the line and the problem."""
 
 
 class NftablesError(ConfigError):
@@ -182,6 +190,33 @@ class MalformedClientHello(ClientHelloError):
     reason = Reason.BAD_REQUEST
 
 
+class AuthError(Refusal):
+    """Proxy credentials missing or wrong: answer 407 with `Proxy-Authenticate`.
+
+    `identity` is the user name the client tried (never the secret), for the log.
+    """
+
+    status = 407
+    reason = Reason.AUTH_FAILED
+
+    def __init__(self, message: str, *, identity: str | None = None,
+                 reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.identity = identity
+
+
+class QuotaExceeded(Refusal):
+    """A group over its quota: 429 for its rate, 503 for its concurrent tunnels."""
+
+    status = 503
+    reason = Reason.OVER_CAPACITY
+
+    def __init__(self, message: str, *, group: str, limit: str) -> None:
+        rate = limit == "rate"
+        super().__init__(message, reason=Reason.RATE_LIMITED if rate else Reason.OVER_CAPACITY,
+                         status=429 if rate else 503)
+        self.group = group
+        self.limit = limit  # "rate" or "tunnels": the metric's label
 class ProxyHeaderError(Refusal, ValueError):
     """A PROXY protocol header (v1 or v2) that is missing, malformed or not TCP."""
 
@@ -222,10 +257,10 @@ class ToolError(PortcullisError):
 
 
 __all__ = [
-    "AuthorityError", "BadRequest", "CatalogError", "ClientHelloError", "ConfigError",
-    "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge", "HttpError",
-    "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
+    "AuthError", "AuthorityError", "BadRequest", "CatalogError", "ClientHelloError",
+    "ConfigError", "DnsFailure", "DnsFailureKind", "ExportRefused", "HeaderTooLarge",
+    "HttpError", "InvalidInput", "InvalidName", "InvalidPattern", "LearnError", "ListenError",
     "MalformedClientHello", "NftablesError", "NoOriginalDestination", "NotImplementedMethod",
-    "NotTLS", "ParentAnswerError", "PolicyError", "PortcullisError", "ProblemsError",
-    "ProxyHeaderError", "Refusal", "ToolError",
+    "NotTLS", "ParentAnswerError", "PasswordFileError", "PolicyError", "PortcullisError",
+    "ProblemsError", "ProxyHeaderError", "QuotaExceeded", "Refusal", "ToolError",
 ]

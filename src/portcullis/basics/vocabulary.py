@@ -40,6 +40,10 @@ class Reason(StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     OVER_CAPACITY = "over_capacity"
     DRAINING = "draining"
+    # Identities and quotas (docs/semantics.md §11, §12).
+    AUTH_REQUIRED = "auth_required"
+    AUTH_FAILED = "auth_failed"
+    RATE_LIMITED = "rate_limited"
     # A parent proxy (`upstream_proxy`) answered the CONNECT with a non-2xx status.
     PARENT_REFUSED = "parent_refused"
     # A parent proxy could not be reached, timed out, or did not answer in HTTP.
@@ -83,6 +87,9 @@ REPORTABLE: Final = frozenset(
         Reason.METHOD_DENIED,
         Reason.SCOPE_DENIED,
         Reason.PATH_DENIED,
+        # No credentials where an identity would let the request through: what
+        # `source_unknown` is for addresses. Wrong credentials are a deny.
+        Reason.AUTH_REQUIRED,
     }
 )
 
@@ -107,3 +114,5 @@ class Mode(StrEnum):
     EXPLICIT = "explicit"
     TRANSPARENT = "transparent"
     HTTP = "http"
+    # The explicit listener served over TLS (`listen.explicit_tls`).
+    EXPLICIT_TLS = "explicit_tls"

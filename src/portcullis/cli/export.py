@@ -72,8 +72,8 @@ def export(path: str, fmt: str, output: str | None, option_list: tuple[str, ...]
         if not sep or not key.strip():
             raise click.UsageError(f"--option {item!r}: write --option key=value")
         options[key.strip()] = value.strip()
-    spec = exporting.spec_from_file(path, policy)
     try:
+        spec = exporting.spec_from_file(path, policy)
         text = exporting.render(fmt, spec, options)
     except exporting.ExportRefused as exc:
         click.echo(str(exc), err=True)

@@ -27,6 +27,7 @@ from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress, IPNetwork, is_cidr, parse_address, parse_network
 from portcullis.basics.names import normalize_name, parse_pattern
 from portcullis.catalog import check_reference
+from portcullis.config.access import Auth, IdentityGroup, Quota, check_access
 from portcullis.config.chaining import (
     ProxyProtocolListeners,
     RuleUpstream,
@@ -104,6 +105,7 @@ class Listen(_Model):
     explicit: HostPort | None = "127.0.0.1:3128"
     transparent: HostPort | None = None
     admin: HostPort | None = "127.0.0.1:9090"
+    explicit_tls: HostPort | None = None  # the explicit listener over TLS (auth.tls)
     # Load balancers in front of a listener that send the PROXY protocol header.
     proxy_protocol: ProxyProtocolListeners = Field(default_factory=ProxyProtocolListeners)
 
@@ -208,6 +210,9 @@ class Policy(_Model):
         default_factory=lambda: [ipaddress.ip_network(n) for n in _LOOPBACK]
     )
     log: Log = Field(default_factory=Log)
+    auth: Auth = Field(default_factory=Auth)
+    identities: dict[str, IdentityGroup] = Field(default_factory=dict)
+    quotas: dict[str, Quota] = Field(default_factory=dict)
     # A parent proxy every allowed connection goes through (rules may override it).
     upstream_proxy: UpstreamProxy | None = None
     tls_inspection: TlsInspection | None = None
@@ -221,8 +226,9 @@ class Policy(_Model):
                 raise ValueError(f"rules[{index}]: the rule name {rule.name!r} is used twice")
             names.add(rule.name)
             for group in rule.from_:
-                if group not in self.sources and not is_cidr(group):
-                    known = ", ".join(sorted(self.sources)) or "none defined"
+                if group not in self.sources and group not in self.identities \
+                        and not is_cidr(group):
+                    known = ", ".join(sorted([*self.sources, *self.identities])) or "none defined"
                     raise ValueError(
                         f"rule {rule.name!r}: unknown source group {group!r} "
                         f"(known: {known}); define it under `sources:` or write a CIDR"
@@ -232,4 +238,6 @@ class Policy(_Model):
                     f"rule {rule.name!r} inspects, which needs a `tls_inspection:` section"
                     " with ca_cert and ca_key (create them with `portcullis ca init`)"
                 )
+        check_access(self.sources, self.identities, self.quotas, self.auth,
+                     self.listen.explicit_tls)
         return self

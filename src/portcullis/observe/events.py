@@ -31,6 +31,7 @@ class DecisionEvent:
     dns_ms: float | None = None
     connect_ms: float | None = None
     original_dst: str | None = None  # "ip:port" from SO_ORIGINAL_DST
+    identity: str | None = None  # proven (or, refused, tried): never a secret
     parent: str | None = None  # the parent proxy chained to (its URL, never credentials)
     parent_status: int | None = None  # the parent's answer to CONNECT
     balancer: str | None = None  # "ip:port" of the load balancer that sent a PROXY header

@@ -159,6 +159,8 @@ class DecisionLog:
         rec["dns_ms"] = _ms(ev.dns_ms)
         rec["connect_ms"] = _ms(ev.connect_ms)
         rec["original_dst"] = ev.original_dst
+        if ev.identity is not None:
+            rec["identity"] = _cap(ev.identity, "identity", cut)
         # Only where they apply, so other lines stay as they were.
         if ev.parent is not None:
             rec["parent"] = ev.parent

@@ -108,6 +108,20 @@ class Metrics:
             ["registry", "decision", "reason"],
             registry=r,
         )
+        self._quota_refusals = Counter(
+            "portcullis_quota_refusals",
+            "Connections refused by a group's quota, by group and limit (rate: 429,"
+            " tunnels: 503).",
+            ["group", "limit"],
+            registry=r,
+        )
+        self._logins = Counter(
+            "portcullis_logins",
+            "Proxy-Authorization logins, by result: cached (a verified login seen"
+            " again), hashed (verified by running the hash), failed.",
+            ["result"],
+            registry=r,
+        )
         self._info = Info("portcullis", "Portcullis build information.", registry=r)
         self._info.info({"version": version})
 
@@ -162,6 +176,13 @@ class Metrics:
         # cannot grow the label set.
         child = self._error_children.get(kind) or self._error_children["other"]
         child.inc()
+
+    def quota_refused(self, group: str, limit: str) -> None:
+        # Groups are the policy's names, so the label set stays bounded.
+        self._quota_refusals.labels(group=group, limit=limit).inc()
+
+    def login(self, result: str) -> None:
+        self._logins.labels(result=result).inc()
 
     def reload(self, ok: bool) -> None:
         (self._reload_ok if ok else self._reload_error).inc()

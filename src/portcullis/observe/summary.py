@@ -7,9 +7,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from portcullis.config import Policy
+from portcullis.config.access import Quota
 from portcullis.policy.engine import Engine
 
 _SHOWN = 8
+
+
+def quota_text(quota: Quota) -> str:
+    parts = []
+    if quota.max_tunnels is not None:
+        parts.append(f"{quota.max_tunnels} tunnels")
+    if quota.rate is not None:
+        burst = f" (burst {quota.burst})" if quota.burst is not None else ""
+        parts.append(f"{quota.rate:g} new/s{burst}")
+    return ", ".join(parts) + (" each member" if quota.per == "member" else "")
 
 
 def policy_summary(policy: Policy, engine: Engine, listening: Mapping[str, str]) -> str:
@@ -29,6 +40,11 @@ def policy_summary(policy: Policy, engine: Engine, listening: Mapping[str, str])
         lines.append(f"parent proxy {policy.upstream_proxy} (rules may override it)")
     for group, networks in policy.sources.items():
         lines.append(f"source {group}: {', '.join(str(n) for n in networks)}")
+    for group, identities in policy.identities.items():
+        where = f" from {', '.join(identities.from_)}" if identities.from_ else ""
+        lines.append(f"identities {group}: {', '.join(identities.names)}{where}")
+    for group, quota in policy.quotas.items():
+        lines.append(f"quota {group}: {quota_text(quota)}")
     for rule in engine.rules:
         ports = ",".join(str(p) for p in sorted(rule.ports))
         shown = ", ".join(rule.destinations[:_SHOWN])

@@ -17,6 +17,7 @@ from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
 from portcullis.basics.names import parent_suffixes, parse_pattern
 from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import Policy, Rule
+from portcullis.policy.identities import IdentityIndex
 from portcullis.policy.inspection import Inspection
 
 _CLIENT_CACHE_MAX = 65536
@@ -133,12 +134,16 @@ class Engine:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         groups: dict[str, list[IPNetwork]] = {k: list(v) for k, v in policy.sources.items()}
+        for identity_group in policy.identities.values():
+            for ref in identity_group.from_ or ():  # an inline CIDR: an anonymous group
+                if ref not in groups:
+                    groups[ref] = [parse_network(ref)]
         rules: list[CompiledRule] = []
         index = _Index()
         for position, rule in enumerate(policy.rules):
             rule_groups = set()
             for ref in rule.from_:
-                if ref in groups:
+                if ref in groups or ref in policy.identities:
                     rule_groups.add(ref)
                 else:  # an inline CIDR: an anonymous group of its own
                     groups.setdefault(ref, [parse_network(ref)])
@@ -169,6 +174,7 @@ class Engine:
             )
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.sources = SourceIndex(groups)
+        self.identities = IdentityIndex(policy.identities)
         self._exact = {k: tuple(v) for k, v in index.exact.items()}
         self._wildcard = {k: tuple(v) for k, v in index.wildcard.items()}
         self._cidr = tuple(index.cidr)
@@ -201,9 +207,32 @@ class Engine:
             found.sort()
         return found
 
-    def decide(self, client: IPAddress, host: str, port: int, *, is_ip: bool = False) -> Verdict:
-        """Decide for a normalized `host` (or an IP literal when `is_ip`)."""
+    def groups_of(self, client: IPAddress, identity: str | None = None) -> frozenset[str]:
+        """The client's source groups: by its address, and by its proven identity."""
         groups = self.sources.groups_of(client)
+        if identity is None or not self.identities:
+            return groups
+        return groups | self.identities.groups_of(identity, groups)
+
+    def could_identify(self, client: IPAddress, host: str, port: int, *,
+                       is_ip: bool = False) -> bool:
+        """Whether some identity would get `client` an allow the address alone does not:
+        then missing credentials are what stands in the way (407, not 403)."""
+        if not self.identities:
+            return False
+        groups = self.sources.groups_of(client)
+        reachable = self.identities.reachable(groups)
+        return bool(reachable) and self.decide_for(groups | reachable, host, port,
+                                                   is_ip=is_ip).allowed
+
+    def decide(self, client: IPAddress, host: str, port: int, *, is_ip: bool = False,
+               identity: str | None = None) -> Verdict:
+        """Decide for a normalized `host` (or an IP literal when `is_ip`)."""
+        return self.decide_for(self.groups_of(client, identity), host, port, is_ip=is_ip)
+
+    def decide_for(self, groups: frozenset[str], host: str, port: int, *,
+                   is_ip: bool = False) -> Verdict:
+        """Decide for a client in `groups`."""
         if not groups:
             return self._default[Reason.SOURCE_UNKNOWN]
         if is_ip:

@@ -118,10 +118,11 @@ def _matching_destination(rule: CompiledRule, host: str, is_ip: bool) -> str | N
 
 
 def explain(
-    engine: Engine, client: IPAddress, host: str, port: int, *, is_ip: bool = False
+    engine: Engine, client: IPAddress, host: str, port: int, *, is_ip: bool = False,
+    identity: str | None = None,
 ) -> Explanation:
-    groups = engine.sources.groups_of(client)
-    verdict = engine.decide(client, host, port, is_ip=is_ip)
+    groups = engine.groups_of(client, identity)
+    verdict = engine.decide(client, host, port, is_ip=is_ip, identity=identity)
     traces: list[tuple[CompiledRule, RuleTrace, str]] = []
     if groups:
         for rule in engine.rules:

@@ -20,18 +20,20 @@ import socket
 import time
 from dataclasses import dataclass
 
-from portcullis.basics.errors import DnsFailure, InvalidName, Refusal
+from portcullis.basics.errors import DnsFailure, InvalidName, QuotaExceeded, Refusal
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
 from portcullis.basics.names import normalize_name
-from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
+from portcullis.basics.vocabulary import REPORTABLE, Decision, Mode, Reason
 from portcullis.net.addresses import AddressVerdict, check_addresses
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.dialer import dial
 from portcullis.proxy.gate import Gate
+from portcullis.proxy.identify import identify
 from portcullis.proxy.parent import dial_parent, parent_for
 from portcullis.wire.authority import Authority
+from portcullis.wire.http1 import RequestHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +56,11 @@ class Checked:
 def stranger(gate: Gate, client: IPAddress) -> bool:
     """True for a client that no request can get through: in no source group,
     with `default: deny`, in enforce mode. Refused at accept, it holds no slot."""
-    return (
-        not gate.report_mode
-        and gate.policy.default == "deny"
-        and not gate.engine.sources.groups_of(client)
-    )
+    if gate.report_mode or gate.policy.default != "deny":
+        return False
+    groups = gate.engine.sources.groups_of(client)
+    # An identity may yet make a member of a client in no address group.
+    return not groups and not gate.engine.identities.reachable(groups)
 
 
 def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
@@ -72,14 +74,33 @@ def refuse(gate: Gate, attempt: Attempt, reason: Reason) -> bool:
     return report
 
 
+async def authenticate(gate: Gate, metrics: Metrics, attempt: Attempt, head: RequestHead,
+                       target: Authority) -> None:
+    """Who the client is (proxy/identify.py); Refusal (407 for bad credentials,
+    recorded on `attempt`) when it says it is someone it cannot prove."""
+    try:
+        login = await identify(gate.authenticator, attempt, head, target)
+    except Refusal as refusal:
+        if refusal.reason is Reason.AUTH_FAILED:
+            metrics.login("failed")
+        refuse(gate, attempt, refusal.reason)
+        raise
+    if login is not None:
+        metrics.login(login)
+
+
 def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
     """Decide on the rules; True when the connection may go on."""
     attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
-    verdict = gate.engine.decide(
-        peer_address(attempt.client), target.host, target.port, is_ip=target.is_ip
-    )
+    client = peer_address(attempt.client)
+    verdict = gate.engine.decide(client, target.host, target.port, is_ip=target.is_ip,
+                                 identity=attempt.identity)
     attempt.matched = verdict.rule
     if verdict.decision is Decision.DENY:
+        # A redirected client cannot log in: asking it to would only mislabel the deny.
+        if attempt.identity is None and attempt.mode is not Mode.TRANSPARENT and \
+                gate.engine.could_identify(client, target.host, target.port, is_ip=target.is_ip):
+            return refuse(gate, attempt, Reason.AUTH_REQUIRED)  # answered 407
         return refuse(gate, attempt, verdict.reason)
     attempt.decision, attempt.reason = verdict.decision, verdict.reason
     return True
@@ -198,10 +219,27 @@ def order_by_original(gate: Gate, attempt: Attempt, addresses: list[IPAddress],
 # --- the path ------------------------------------------------------------------------
 
 
+_LOGIN = frozenset({Reason.AUTH_REQUIRED, Reason.AUTH_FAILED})
+
+
 def refused(attempt: Attempt) -> Refusal:
-    """The refusal of a decision recorded on `attempt` (403, no message: the
-    answer's first line already names decision, reason and rule)."""
-    return Refusal("", reason=attempt.reason, status=403)
+    """The refusal of a decision recorded on `attempt` (403, or 407 when credentials
+    would change it; no message: the answer's first line names decision, reason
+    and rule)."""
+    return Refusal("", reason=attempt.reason, status=407 if attempt.reason in _LOGIN else 403)
+
+
+def charge_quotas(gate: Gate, attempt: Attempt) -> None:
+    """Take a tunnel (and a token) from every limited group of the client, once per
+    connection; QuotaExceeded (429 or 503, recorded on `attempt`) when over."""
+    if attempt.leases or not gate.quotas:
+        return
+    groups = gate.engine.groups_of(peer_address(attempt.client), attempt.identity)
+    try:
+        attempt.leases.append(gate.quotas.admit(groups, attempt.identity or attempt.client))
+    except QuotaExceeded as exc:
+        refuse(gate, attempt, exc.reason)
+        raise
 
 
 async def prepare(
@@ -212,16 +250,20 @@ async def prepare(
     hello: tuple[str | None, bool] | None = None,
     original: IPAddress | None = None,
     resolve: bool = True,
+    charge: bool = False,
 ) -> list[IPAddress]:
     """Every step before the dial; the addresses to dial, in order.
 
-    `hello` is the ClientHello's (SNI, ECH present) when it is already known.
+    `hello` is the ClientHello's (SNI, ECH present) when it is already known;
+    `charge` takes the client's quotas (the proxy does, `explain` does not).
     Raises Refusal, with the refusal recorded on `attempt`.
     """
     if not decide(gate, attempt, target):
         raise refused(attempt)
     if hello is not None and not check_hello(gate, attempt, *hello):
         raise refused(attempt)
+    if charge:
+        charge_quotas(gate, attempt)
     parent = parent_for(gate, attempt.matched)
     if parent is not None:
         attempt.parent = str(parent)
@@ -255,7 +297,11 @@ async def admit(
     """`prepare`, then dial (or open a tunnel through the parent proxy): a connected
     upstream socket, or Refusal (recorded on `attempt`)."""
     try:
-        addresses = await prepare(gate, attempt, target, hello=hello, original=original)
+        addresses = await prepare(gate, attempt, target, hello=hello, original=original,
+                                  charge=True)
+    except QuotaExceeded as exc:
+        metrics.quota_refused(exc.group, exc.limit)
+        raise
     finally:
         if attempt.dns_ms is not None:
             metrics.observe_dns(attempt.dns_ms / 1000)

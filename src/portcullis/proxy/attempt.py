@@ -15,6 +15,7 @@ from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.balanced import balancer_of_this_connection
 
 if TYPE_CHECKING:
+    from portcullis.policy.limiter import Lease
     from portcullis.proxy.admission import Checked
 
 
@@ -44,6 +45,13 @@ class Attempt:
     # "ip:port" of the load balancer that sent the PROXY protocol header, if any.
     balancer: str | None = field(default_factory=balancer_of_this_connection)
     logged: bool = False
+    # Who the client proved to be (or tried to be, when refused), and the
+    # identity of its client certificate (the whole connection's).
+    identity: str | None = None
+    certified: str | None = None
+    # Quota leases held by the connection, shared by its requests (released
+    # when its tunnel ends: FirewallState.relay_tunnel, serve_connection).
+    leases: list[Lease] = field(default_factory=list)
 
     @property
     def rule(self) -> str | None:
@@ -56,7 +64,13 @@ class Attempt:
     def next_request(self, id: str) -> Attempt:
         """The attempt for the next request on the same kept-alive connection."""
         return Attempt(self.mode, self.client, self.client_port, id,
-                       original_dst=self.original_dst, balancer=self.balancer)
+                       original_dst=self.original_dst, balancer=self.balancer,
+                       certified=self.certified, leases=self.leases)
+
+    def release(self) -> None:
+        """Give back the connection's quota tunnels (idempotent)."""
+        for lease in self.leases:
+            lease.release()
 
     def decision_event(self) -> DecisionEvent:
         return DecisionEvent(
@@ -76,6 +90,7 @@ class Attempt:
             dns_ms=self.dns_ms,
             connect_ms=self.connect_ms,
             original_dst=self.original_dst,
+            identity=self.identity,
             parent=self.parent,
             parent_status=self.parent_status,
             balancer=self.balancer,

@@ -23,12 +23,15 @@ from portcullis.wire.authority import parse_authority
 
 
 async def explain_target(
-    gate: Gate, client: IPAddress, target: str, *, sni: str | None = None, resolve: bool = True
+    gate: Gate, client: IPAddress, target: str, *, sni: str | None = None, resolve: bool = True,
+    identity: str | None = None,
 ) -> Explanation:
-    """Raises AuthorityError for a target that is not `host[:port]`."""
+    """Raises AuthorityError for a target that is not `host[:port]`. `identity`: as
+    if the client had proven it."""
     authority = parse_authority(target, 443, "target")
-    result = explain(gate.engine, client, authority.host, authority.port, is_ip=authority.is_ip)
-    attempt = Attempt(Mode.EXPLICIT, str(client), 0, "explain")
+    result = explain(gate.engine, client, authority.host, authority.port, is_ip=authority.is_ip,
+                     identity=identity)
+    attempt = Attempt(Mode.EXPLICIT, str(client), 0, "explain", identity=identity)
     hello = (sni, False) if sni is not None else None
     with contextlib.suppress(Refusal):  # the refusal is on `attempt`
         await prepare(gate, attempt, authority, hello=hello, resolve=resolve)

@@ -16,21 +16,23 @@ import socket
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.proxy import plain
-from portcullis.proxy.admission import admit, check_hello, refuse
+from portcullis.proxy.admission import admit, authenticate, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.inspecting import inspects, serve_inspected
 from portcullis.proxy.reading import ClientGone, read_client_hello, read_head, send_quietly
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority
-from portcullis.wire.http1 import check_request
+from portcullis.wire.http1 import RequestHead, check_request
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int]) -> None:
-    """Serve one client connection of the explicit listener; always closes `conn`."""
-    await serve_connection(state, conn, peer, Mode.EXPLICIT, _serve)
+async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int],
+                          *, mode: Mode = Mode.EXPLICIT, certified: str | None = None) -> None:
+    """Serve one client connection of the explicit listener; always closes `conn`.
+    (`certified`: the client certificate's identity, on the TLS listener.)"""
+    await serve_connection(state, conn, peer, mode, _serve, certified=certified)
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
@@ -53,7 +55,7 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
         await send_quietly(conn, error_response(exc.status, attempt, exc.message))
         return
     if head.method == "CONNECT":
-        await _connect(state, conn, attempt, authority, rest)
+        await _connect(state, conn, attempt, head, authority, rest)
     else:
         attempt.mode = Mode.HTTP
         await plain.serve(state, conn, attempt, bytes(buffer))
@@ -66,15 +68,16 @@ def _raw_allowed(attempt: Attempt) -> bool:
     return rule is not None and rule.raw and rule.action is Decision.ALLOW
 
 
-async def _connect(
-    state: FirewallState, conn: socket.socket, attempt: Attempt, authority: Authority, rest: bytes
-) -> None:
+async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
+                   head: RequestHead, authority: Authority, rest: bytes) -> None:
     gate = state.gate
     try:
+        await authenticate(gate, state.metrics, attempt, head, authority)
         upstream = await admit(gate, state.metrics, attempt, authority)
     except Refusal as refusal:
         state.record(attempt)
-        await send_quietly(conn, error_response(refusal.status, attempt, refusal.message))
+        await send_quietly(conn, error_response(refusal.status, attempt, refusal.message,
+                                                realm=gate.policy.auth.realm))
         return
     try:
         await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)

@@ -11,6 +11,8 @@ from portcullis.basics.ip import IPAddress
 from portcullis.config import Policy
 from portcullis.net.resolver import Resolver
 from portcullis.policy.engine import Engine
+from portcullis.policy.limiter import Quotas
+from portcullis.proxy.identify import Authenticator
 
 
 class Gate:
@@ -21,18 +23,28 @@ class Gate:
     """
 
     def __init__(self, policy: Policy, engine: Engine | None = None,
-                 resolver: Resolver | None = None) -> None:
+                 resolver: Resolver | None = None, *, quotas: Quotas | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.policy = policy
         self.engine = engine if engine is not None else Engine(policy)
         self.resolver = resolver if resolver is not None else build_resolver(policy)
         self.report_mode = policy.mode == "report"
         self.allow_ranges = tuple(policy.resolver.allow_ranges)
         self.own = frozenset(listen_addresses(policy))
+        # Raises PasswordFileError for a bad password file: a reload keeps the old gate.
+        self.authenticator = authenticator or Authenticator(policy.auth)
+        # Open tunnels are counted across reloads: the limiter outlives the gate.
+        self.quotas = quotas if quotas is not None else Quotas(policy.quotas)
 
     def replaced_by(self, policy: Policy, engine: Engine) -> Gate:
-        """The gate for a reloaded policy; the resolver (and its cache) stays when it can."""
+        """The gate for a reloaded policy; the resolver (and its cache) stays when it
+        can, so do the verified logins, and the quotas keep counting."""
         same = policy.resolver == self.policy.resolver
-        return Gate(policy, engine, self.resolver if same else None)
+        authenticator = self.authenticator if policy.auth == self.policy.auth else None
+        gate = Gate(policy, engine, self.resolver if same else None, quotas=self.quotas,
+                    authenticator=authenticator)
+        self.quotas.configure(policy.quotas)
+        return gate
 
 
 def build_resolver(policy: Policy) -> Resolver:

@@ -22,7 +22,7 @@ from portcullis.basics.errors import BadRequest, HttpError, Refusal
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import CloseReason, Reason
 from portcullis.observe.events import new_connection_id
-from portcullis.proxy.admission import admit, decide, refused
+from portcullis.proxy.admission import admit, authenticate, decide, refused
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange, send
 from portcullis.proxy.reading import ClientGone, read_head
@@ -69,10 +69,10 @@ async def serve(
     sent_up = sent_down = 0
     try:
         while True:
-            authority = await _next_head(state, conn, attempt, pending, head_timeout,
-                                         authority_of)
-            if authority is None:
+            found = await _next_head(state, conn, attempt, pending, head_timeout, authority_of)
+            if found is None:
                 return
+            authority, head = found
             head_timeout = limits.header_timeout
             try:
                 client, request = client_request(bytes(pending), limits.header_bytes)
@@ -81,7 +81,8 @@ async def serve(
                 await send(conn, error_response(400, attempt, str(exc)))
                 return
             pending.clear()
-            upstream = await _upstream_for(state, conn, attempt, authority, upstream, original)
+            upstream = await _upstream_for(state, conn, attempt, head, authority, upstream,
+                                           original)
             if upstream is None:
                 return
             state.record(attempt)
@@ -117,12 +118,12 @@ async def serve(
 async def _next_head(
     state: FirewallState, conn: socket.socket, attempt: Attempt, pending: bytearray,
     timeout: float, authority_of: AuthorityOf,
-) -> Authority | None:
+) -> tuple[Authority, RequestHead] | None:
     """Read and check the next request head into `pending`; None when the
     connection ends here (the client left, went quiet, or was refused)."""
     try:
         head, _ = await read_head(conn, pending, timeout, state.policy.limits.header_bytes)
-        return authority_of(head)
+        return authority_of(head), head
     except ClientGone:
         return None
     except TimeoutError:
@@ -141,6 +142,7 @@ async def _upstream_for(
     state: FirewallState,
     conn: socket.socket,
     attempt: Attempt,
+    head: RequestHead,
     authority: Authority,
     upstream: Upstream | None,
     original: IPAddress | None,
@@ -150,13 +152,19 @@ async def _upstream_for(
     the request was refused (answered and recorded)."""
     gate = state.gate
     key = (authority.host, authority.port)
-    if upstream is not None and upstream.key == key:
+    refusal: Refusal | None = None
+    try:
+        # Each request carries its own Proxy-Authorization (never forwarded).
+        await authenticate(gate, state.metrics, attempt, head, authority)
+    except Refusal as exc:
+        refusal = exc
+    if refusal is None and upstream is not None and upstream.key == key:
         if decide(gate, attempt, authority):
             attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
             attempt.parent = upstream.parent
             return upstream
         refusal = refused(attempt)
-    else:
+    elif refusal is None:
         if upstream is not None:
             upstream.sock.close()
             upstream = None
@@ -165,8 +173,10 @@ async def _upstream_for(
             return Upstream(key, sock, attempt)
         except Refusal as exc:
             refusal = exc
+    assert refusal is not None
     if upstream is not None:
         upstream.sock.close()
     state.record(attempt)
-    await send(conn, error_response(refusal.status, attempt, refusal.message))
+    await send(conn, error_response(refusal.status, attempt, refusal.message,
+                                    realm=gate.policy.auth.realm))
     return None

@@ -91,6 +91,8 @@ def refuse_early(state: FirewallState, conn: socket.socket, attempt: Attempt, re
     or after a PROXY protocol header); close."""
     if attempt.mode is Mode.TRANSPARENT:
         transparent.refuse_at_accept(state, conn, attempt, reason)
+    elif attempt.mode is Mode.EXPLICIT_TLS:
+        state.refuse_and_record(attempt, reason)  # no TLS yet: nothing to answer in
     else:
         state.refuse_and_record(attempt, reason)
         with contextlib.suppress(OSError):

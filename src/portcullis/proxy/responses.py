@@ -13,7 +13,9 @@ from portcullis.proxy.attempt import Attempt
 ERROR_STATUS = {
     400: "Bad Request",
     403: "Forbidden",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
@@ -27,7 +29,8 @@ def _safe(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:300]
 
 
-def error_response(status: int, attempt: Attempt, detail: str | None = None) -> bytes:
+def error_response(status: int, attempt: Attempt, detail: str | None = None, *,
+                   realm: str = "portcullis") -> bytes:
     target = format_hostport(attempt.host, attempt.port) if attempt.host else "the request"
     rule = attempt.rule or "-"
     lines = [
@@ -43,6 +46,9 @@ def error_response(status: int, attempt: Attempt, detail: str | None = None) -> 
         f"Content-Length: {len(body)}\r\n"
         f"X-Portcullis-Reason: {attempt.reason.value}\r\n"
         f"X-Portcullis-Rule: {_safe(rule)}\r\n"
-        "Connection: close\r\n\r\n"
+        # 407 must name the scheme (RFC 9110 §11.7.1); clients retry with credentials.
+        + (f'Proxy-Authenticate: Basic realm="{realm}"\r\n' if status == 407 else "")
+        + ("Retry-After: 1\r\n" if status == 429 else "")
+        + "Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body

@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 
-from portcullis.basics.errors import ListenError
+from portcullis.basics.errors import ConfigError
 from portcullis.basics.hostport import format_hostport, parse_hostport
 from portcullis.config import Policy
 from portcullis.observe.log import DecisionLog
@@ -46,7 +46,7 @@ def _serve_one(policy: Policy, path: str | None, log_path: str | None, use_uvloo
 
     try:
         run(main(), use_uvloop=use_uvloop)
-    except ListenError as exc:
+    except ConfigError as exc:  # a listen address, a certificate, a password file
         log.log_error(str(exc))
         print(f"portcullis: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ for the life of the process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from portcullis.basics.errors import ListenError, PolicyError
+from portcullis.basics.errors import ConfigError, ListenError, PolicyError
 from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import peer_address
 from portcullis.basics.vocabulary import Mode, Reason
@@ -39,6 +40,7 @@ from portcullis.proxy.inspector import inspector_for
 from portcullis.proxy.listeners import bind_or_explain, cannot_listen
 from portcullis.proxy.proxied import balancers_for, behind_balancer, refuse_early
 from portcullis.proxy.state import FirewallState
+from portcullis.proxy.tls_listener import handle_explicit_tls, server_context
 
 Handler = Callable[[FirewallState, socket.socket, tuple[str, int]], Awaitable[None]]
 WATCH_INTERVAL = 2.0
@@ -77,8 +79,11 @@ class Server:
         handlers: dict[Mode, Handler] = {
             Mode.EXPLICIT: handle_explicit, Mode.TRANSPARENT: transparent.handle_transparent
         }
+        if policy.auth.tls is not None:
+            handlers[Mode.EXPLICIT_TLS] = functools.partial(
+                handle_explicit_tls, context=server_context(policy.auth.tls))
         for mode, handler in handlers.items():
-            address = getattr(policy.listen, mode)
+            address = getattr(policy.listen, mode.value)
             if address is None:
                 continue
             sock = bind_or_explain(address, mode, reuse_port=self.reuse_port)
@@ -281,7 +286,12 @@ class Server:
             return False
         if policy.listen != self.state.policy.listen:
             log.log_info("listen addresses changed; they apply after a restart")
-        self.state.install(policy, engine)
+        try:
+            self.state.install(policy, engine)
+        except ConfigError as exc:  # a password file that cannot be read
+            self.metrics.reload(False)
+            log.log_error("reload rejected; the previous policy stays", problems=[str(exc)])
+            return False
         self.metrics.reload(True)
         log.reopen()
         log.log_info("policy reloaded", rules=len(engine.rules))

@@ -78,6 +78,7 @@ class FirewallState:
                                  idle_timeout=idle_timeout)
         finally:
             self.metrics.connection_closed(attempt.mode)
+            attempt.release()
         self.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
 
 
@@ -85,18 +86,21 @@ ServeFn = Callable[[FirewallState, socket.socket, Attempt], Awaitable[None]]
 
 
 async def serve_connection(
-    state: FirewallState, conn: socket.socket, peer: tuple[str, int], mode: Mode, serve: ServeFn
+    state: FirewallState, conn: socket.socket, peer: tuple[str, int], mode: Mode, serve: ServeFn,
+    *, certified: str | None = None,
 ) -> None:
-    """Run `serve` on one accepted connection with a fresh Attempt.
+    """Run `serve` on one accepted connection with a fresh Attempt (`certified`: the
+    identity of its client certificate).
 
-    Whatever happens `conn` is closed, and a connection cancelled mid-decision
-    (a drain) still leaves its one decision record.
+    Whatever happens `conn` is closed, its quota tunnels are given back, and a
+    connection cancelled mid-decision (a drain) still leaves its one decision record.
     """
-    attempt = Attempt(mode, peer[0], peer[1], new_connection_id())
+    attempt = Attempt(mode, peer[0], peer[1], new_connection_id(), certified=certified)
     try:
         await serve(state, conn, attempt)
     except asyncio.CancelledError:
         state.abandon(attempt)
         raise
     finally:
+        attempt.release()
         conn.close()

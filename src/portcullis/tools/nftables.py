@@ -46,6 +46,8 @@ def worker_sources(policy: Policy) -> list[IPNetwork]:
     out: list[IPNetwork] = []
     for rule in policy.rules:
         for ref in rule.from_:
+            if ref in policy.identities:
+                continue  # a redirected client proves no identity: no rule of it applies
             out.extend(policy.sources[ref] if ref in policy.sources else [parse_network(ref)])
     return out
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from portcullis.basics.errors import ExportRefused
 from portcullis.basics.ip import IPNetwork, parse_network
 from portcullis.basics.names import parse_pattern
 from portcullis.config import Policy
@@ -55,6 +56,12 @@ def spec_from_policy(
     groups: dict[str, tuple[IPNetwork, ...]] = {
         name: tuple(networks) for name, networks in policy.sources.items()
     }
+    by_identity = [r.name for r in policy.rules if any(g in policy.identities for g in r.from_)]
+    if by_identity:
+        raise ExportRefused("another firewall", [
+            f"rule {name!r} names an identity group; a login or a client certificate is"
+            " checked by Portcullis alone, so no export can decide the same way"
+            for name in by_identity])
     rules: list[ExportRule] = []
     for compiled in Engine(policy).rules:
         for ref in compiled.groups:
