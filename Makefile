@@ -55,12 +55,14 @@ bench: setup
 # Coverage-guided fuzzing of the wire parsers and the keep-alive loop (atheris;
 # not in `make test`):
 # FUZZ_SECONDS per harness, or FUZZ_RUNS inputs each with FUZZ_SECONDS as a cap;
+# FUZZ_HARNESSES="oci proxy_auth" runs only those (tests/fuzz/run_atheris.py);
 # the figures go into docs/security.md.
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
+FUZZ_HARNESSES ?=
 fuzz: setup
 	$(BIN)/pip install -q atheris
-	$(BIN)/python tests/fuzz/run_atheris.py --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS)
+	$(BIN)/python tests/fuzz/run_atheris.py --seconds $(FUZZ_SECONDS) --runs $(FUZZ_RUNS) $(FUZZ_HARNESSES)
 
 bench-policy: setup
 	$(BIN)/python bench/policy_bench.py

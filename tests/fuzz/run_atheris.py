@@ -4,7 +4,8 @@ Each harness runs in its own process (libFuzzer owns the process and exits on
 the first crash). The corpus is kept under build/fuzz/ between runs, so a later
 run starts where the last one stopped. The figures (inputs tried, coverage,
 crashes) replace the block between the markers in docs/security.md, so the
-document always shows the last run; the exit status is 1 when anything crashed.
+document always shows each harness's last run (naming harnesses runs only those,
+and the others' rows stay); the exit status is 1 when anything crashed.
 
     python tests/fuzz/run_atheris.py --seconds 60
     python tests/fuzz/run_atheris.py --runs 1000000 --seconds 1800   # a count, time as a cap
@@ -28,6 +29,11 @@ HARNESSES = {
     "tls": ("tests/fuzz/atheris_tls.py", "parse_client_hello (single record and reassembly)"),
     "keepalive": ("tests/fuzz/atheris_keepalive.py",
                   "the plain-HTTP keep-alive loop: heads, bodies, trailers, forwarding"),
+    "proxy_protocol": ("tests/fuzz/atheris_proxy_protocol.py",
+                       "parse_proxy_header (PROXY protocol v1 and v2)"),
+    "proxy_auth": ("tests/fuzz/atheris_proxy_auth.py",
+                   "parse_proxy_authorization, the parent's credentials file"),
+    "oci": ("tests/fuzz/atheris_oci.py", "classify (OCI requests) and judge"),
 }
 BEGIN = "<!-- atheris:begin -->"
 END = "<!-- atheris:end -->"
@@ -85,27 +91,48 @@ def run_one(name: str, seconds: int, work: Path, runs: int = 0) -> Run:
     )
 
 
-def report(runs: list[Run]) -> str:
+def _kept_rows(old_block: str, ran: set[str]) -> list[str]:
+    """The table rows of harnesses not run this time, with the day they were run:
+    running one harness must not erase the others' figures."""
+    found = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d) UTC", old_block)
+    old_when = found.group(1) if found else "?"
+    rows = []
+    for line in old_block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] not in HARNESSES or cells[0] in ran:
+            continue
+        if len(cells) == 8:  # a row from before the `run` column
+            cells.insert(2, old_when)
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def report(runs: list[Run], old_block: str = "") -> str:
     atheris_version = subprocess.run(
         [sys.executable, "-c", "import importlib.metadata as m; print(m.version('atheris'))"],
         capture_output=True, text=True, check=False,
     ).stdout.strip()
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC)
+    when, day = now.strftime("%Y-%m-%d %H:%M UTC"), now.strftime("%Y-%m-%d %H:%M")
     lines = [
         BEGIN,
-        f"Last `make fuzz`: {when}, atheris {atheris_version}, Python "
-        f"{platform.python_version()}, {platform.machine()}.",
+        f"Last `make fuzz`: {when} ({', '.join(r.name for r in runs)}), atheris"
+        f" {atheris_version}, Python {platform.python_version()}, {platform.machine()}.",
         "",
-        "| harness | code under test | seconds | inputs tried | inputs/s | coverage edges "
-        "| corpus | crashes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| harness | code under test | run (UTC) | seconds | inputs tried | inputs/s "
+        "| coverage edges | corpus | crashes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = {}
     for r in runs:
         crashes = ", ".join(str(p.relative_to(ROOT)) for p in r.crashes) or "0"
-        lines.append(
-            f"| {r.name} | {r.target} | {r.seconds} | {r.executed:,} | {r.per_second} "
+        rows[r.name] = (
+            f"| {r.name} | {r.target} | {day} | {r.seconds} | {r.executed:,} | {r.per_second} "
             f"| {r.coverage} | {r.corpus} | {crashes} |"
         )
+    for row in _kept_rows(old_block, set(rows)):
+        rows[row.split("|")[1].strip()] = row
+    lines.extend(rows[name] for name in HARNESSES if name in rows)
     lines.append(END)
     return "\n".join(lines)
 
@@ -121,6 +148,11 @@ def write_report(doc: Path, block: str) -> None:
     doc.write_text(text)
 
 
+def old_report(doc: Path) -> str:
+    text = doc.read_text() if doc.exists() else ""
+    return text.partition(BEGIN)[2].partition(END)[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=60, help="per harness (a cap with --runs)")
@@ -131,7 +163,7 @@ def main() -> int:
     parser.add_argument("harness", nargs="*", default=list(HARNESSES))
     args = parser.parse_args()
     runs = [run_one(name, args.seconds, args.work, args.runs) for name in args.harness]
-    block = report(runs)
+    block = report(runs, old_report(args.doc))
     write_report(args.doc, block)
     print(block)
     failed = [r for r in runs if r.crashes or r.exit_code != 0]

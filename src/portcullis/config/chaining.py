@@ -37,10 +37,11 @@ def read_credentials(path: str) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ValueError(f"cannot read the credentials file {path}: {reason}") from None
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Checked after the strip: ` :x` would otherwise send an empty user name.
     if len(lines) != 1 or ":" not in lines[0] or lines[0].startswith(":"):
         raise ValueError(f"the credentials file {path} must hold one line 'user:password'")
-    return "Basic " + base64.b64encode(lines[0].strip().encode("utf-8")).decode("ascii")
+    return "Basic " + base64.b64encode(lines[0].encode("utf-8")).decode("ascii")
 
 
 class UpstreamProxy(_Model):
