@@ -10,6 +10,9 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +292,40 @@ def test_a_client_that_speaks_no_http_is_refused_not_http1(
     assert answer.startswith(b"HTTP/1.1 400 ") and b"not_http1" in answer
     refusals = [a for a in audits(proxy) if a["reason"] == "not_http1"]
     assert len(refusals) >= 2
+
+
+def test_admin_explain_and_the_cli_judge_a_request_as_the_proxy_does(
+    proxy: RunningPortcullis, ca: InspectionCA
+) -> None:
+    """`/explain?...&path=&method=` on the running proxy, `portcullis explain
+    --path --method` on its policy file and the inspected connection itself give
+    the same verdict for each request; a bad value is a 400 naming it."""
+    admin = f"http://{proxy.admin[0]}:{proxy.admin[1]}/explain?"
+    cases = [("GET", "/v2/ns/small/tags/list", 200, "rule_allow"),
+             ("GET", "/v2/ns/app/tags/list", 403, "repository_denied"),
+             ("POST", "/v2/ns/small/blobs/uploads/", 403, "method_denied")]
+    context = client_context(ca.cert)
+    with inspected_tls(proxy.explicit, context) as tls:
+        for method, path, status, reason in cases:
+            query = {"from": "127.0.0.1", "to": "us.icr.io", "path": path, "method": method}
+            with urllib.request.urlopen(admin + urllib.parse.urlencode(query),
+                                        timeout=10) as answer:
+                served = json.loads(answer.read())
+            explained = subprocess.run(
+                [*PORTCULLIS, "explain", "-c", str(proxy.policy_path), "--json", "--from",
+                 "127.0.0.1", "--to", "us.icr.io", "--path", path, "--method", method],
+                capture_output=True, text=True, timeout=30, check=False)
+            assert explained.returncode == (0 if status == 200 else 1), explained.stderr
+            assert json.loads(explained.stdout) == served
+            assert (served["request"]["reason"], served["request"]["allowed"]) == (
+                reason, status == 200)
+            got, head, _ = request(tls, method, path, extra="Content-Length: 0\r\n"
+                                   if method == "POST" else "")
+            assert got == status, head
+            if status != 200:
+                assert f"x-portcullis-reason: {reason}".encode() in head.lower()
+    bad = {"from": "127.0.0.1", "to": "us.icr.io", "path": "/v2/ns/../app/tags/list"}
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(admin + urllib.parse.urlencode(bad), timeout=10)
+    assert caught.value.code == 400
+    assert json.loads(caught.value.read())["error"].startswith("query parameter 'path' ")

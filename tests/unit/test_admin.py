@@ -18,6 +18,7 @@ from portcullis.basics.ip import IPNetwork
 from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.observe.admin import AdminServer, ExplainResult, client_address
 from portcullis.observe.events import DecisionEvent
+from portcullis.observe.explain_query import ExplainQuery
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 
@@ -32,7 +33,8 @@ class State:
         self.metrics = Metrics()
         self.logbuf = io.StringIO()
 
-    def explain(self, src: str, dst: str, sni: str | None) -> ExplainResult:
+    def explain(self, query: ExplainQuery) -> ExplainResult:
+        src, dst, sni = str(query.source), query.target, query.sni
         self.calls.append((src, dst) if sni is None else (src, dst, sni))
         if dst.startswith("denied"):
             return 403, {"decision": "deny", "reason": "no_rule", "to": dst}
@@ -42,7 +44,7 @@ class State:
 @asynccontextmanager
 async def admin(
     host: str = "127.0.0.1",
-    explain: Callable[[str, str], ExplainResult | Awaitable[ExplainResult]] | None = None,
+    explain: Callable[[ExplainQuery], ExplainResult | Awaitable[ExplainResult]] | None = None,
     allowed: tuple[IPNetwork, ...] | None = None,
     **kw: Any,
 ) -> AsyncIterator[tuple[AdminServer, State]]:
@@ -126,7 +128,7 @@ def test_readyz_callback_error_is_not_ready() -> None:
         raise RuntimeError("boom")
 
     async def main() -> None:
-        srv = AdminServer(metrics=Metrics(), ready=broken, explain=lambda a, b, c: (200, {}))
+        srv = AdminServer(metrics=Metrics(), ready=broken, explain=lambda q: (200, {}))
         await srv.start("127.0.0.1", 0)
         try:
             assert (await get(srv.bound_port, "/readyz"))[::2] == (503, b"not ready\n")
@@ -215,7 +217,8 @@ def test_explain_bad_parameters_are_400_json(query: str, needle: str) -> None:
 
 
 def test_explain_async_callable_errors_and_timeouts() -> None:
-    async def slow_or_bad(src: str, dst: str, sni: str | None) -> ExplainResult:
+    async def slow_or_bad(query: ExplainQuery) -> ExplainResult:
+        dst = query.target
         if dst == "slow.example":
             await asyncio.sleep(5)
         if dst == "raise.example":
@@ -353,7 +356,7 @@ def test_dual_stack_socket_sees_mapped_v4_and_admits_it() -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::ffff:127.0.0.1", 0))
         sock.listen()
-        srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b, c: (200, {}))
+        srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda q: (200, {}))
         await srv.start_socket(sock)
         try:
             # The peer address here is ::ffff:127.0.0.1, admitted by 127.0.0.0/8.
@@ -398,6 +401,6 @@ def test_connection_limit_and_close_with_idle_clients() -> None:
 
 
 def test_bound_port_before_start_raises() -> None:
-    srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda a, b, c: (200, {}))
+    srv = AdminServer(metrics=Metrics(), ready=lambda: True, explain=lambda q: (200, {}))
     with pytest.raises(RuntimeError):
         _ = srv.bound_port

@@ -13,7 +13,8 @@
     │   ├── InvalidName        a host name that cannot be normalized
     │   ├── InvalidPattern     a rule pattern; the message says what to write
     │   ├── AuthorityError     a host[:port] that is not one
-    │   └── LearnError         logs that give `learn` nothing to learn from
+    │   ├── LearnError         logs that give `learn` nothing to learn from
+    │   └── BadParameter       an `explain` parameter (`parameter` names it)
     ├── Refusal                a request that ends at the proxy: `reason`, `status`
     │   ├── HttpError          a request head refused before any decision (ValueError)
     │   │   ├── BadRequest           400
@@ -128,6 +129,16 @@ class AuthorityError(InvalidInput):
 
 class LearnError(InvalidInput):
     """Logs that give nothing to learn from; the message says why."""
+
+
+class BadParameter(InvalidInput):
+    """An `explain` parameter that is refused; `parameter` is its name (`path`,
+    `identity`), which `portcullis explain` prints as `--path` and admin
+    `/explain` as `query parameter 'path'`."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        super().__init__(message)
 
 
 # --- refusals ------------------------------------------------------------------

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 
 import click
 
-from portcullis.basics.errors import AuthorityError, BadRequest, PasswordFileError
+from portcullis.basics.errors import BadParameter, PasswordFileError
 from portcullis.cli.common import EXIT_DENIED, EXIT_OK, EXIT_USAGE, load_or_exit, main
 from portcullis.policy import passwords
 from portcullis.policy.engine import Engine
-from portcullis.policy.inspection import explain_request
 
 
 @main.command()
@@ -51,48 +49,30 @@ def validate(path: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--path", "request_path",
               help="A registry request (/v2/...) to judge as an inspecting rule would.")
-@click.option("--method", default="GET", show_default=True, help="The method for --path.")
+@click.option("--method", help="The method for --path.  [default: GET]")
 def explain(source: str, target: str, path: str | None, sni: str | None,
             identity: str | None, no_resolve: bool,
-            as_json: bool, request_path: str | None, method: str) -> None:
+            as_json: bool, request_path: str | None, method: str | None) -> None:
     """Show the rule that decides, why earlier rules did not, and the address checks.
 
     Exit 0 when the connection would go on (allowed, or reported in report mode),
     1 when denied, 2 on bad input.
     """
     from portcullis.config.access import Auth
-    from portcullis.proxy.explaining import explain_target
+    from portcullis.observe.explain_query import ExplainQuery
+    from portcullis.proxy.explaining import answer
     from portcullis.proxy.gate import Gate
     from portcullis.proxy.identify import Authenticator
 
     policy = load_or_exit(path)
     try:
-        client = ipaddress.ip_address(source)
-    except ValueError:
-        click.echo(f"--from {source!r} is not an IP address", err=True)
+        query = ExplainQuery.of(source, target, sni=sni, identity=identity,
+                                path=request_path, method=method)
+        # Nothing is logged in here: the password file need not be readable.
+        result = asyncio.run(answer(Gate(policy, authenticator=Authenticator(Auth())), query,
+                                    resolve=not no_resolve))
+    except BadParameter as exc:
+        click.echo(f"--{exc.parameter} {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
-    try:
-        result = asyncio.run(
-            # Nothing is logged in here: the password file need not be readable.
-            explain_target(Gate(policy, authenticator=Authenticator(Auth())), client, target,
-                           sni=sni, resolve=not no_resolve, identity=identity)
-        )
-    except AuthorityError as exc:
-        click.echo(str(exc), err=True)
-        raise SystemExit(EXIT_USAGE) from None
-    allowed = result.verdict.allowed
-    out = result.to_dict()
-    text = result.to_text()
-    if request_path is not None:
-        rule = result.verdict.rule
-        try:
-            judged = explain_request(rule.inspect if rule and allowed else None, method,
-                                     request_path)
-        except BadRequest as exc:
-            click.echo(f"--path {request_path!r}: {exc}", err=True)
-            raise SystemExit(EXIT_USAGE) from None
-        out["request"] = judged.to_dict()
-        text += "\n" + judged.to_text()
-        allowed = allowed and (judged.judgement is None or judged.judgement.allowed)
-    click.echo(json.dumps(out, indent=2) if as_json else text)
-    raise SystemExit(EXIT_OK if allowed else EXIT_DENIED)
+    click.echo(json.dumps(result.payload, indent=2) if as_json else result.text)
+    raise SystemExit(EXIT_OK if result.allowed else EXIT_DENIED)

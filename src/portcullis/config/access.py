@@ -19,7 +19,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _check_identity(value: str) -> str:
+def check_identity(value: str) -> str:
     # A password-file user or a certificate's SAN/CN: printable, no spaces, so a
     # log line or a 407 body never carries a control byte from a policy either.
     if not value or len(value) > 253 or not all("!" <= c <= "~" for c in value):
@@ -29,7 +29,7 @@ def _check_identity(value: str) -> str:
     return value
 
 
-IdentityName = Annotated[str, AfterValidator(_check_identity)]
+IdentityName = Annotated[str, AfterValidator(check_identity)]
 
 
 class IdentityGroup(_Model):

@@ -23,14 +23,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from portcullis.basics.errors import BadParameter
 from portcullis.basics.ip import IPAddress, IPNetwork, peer_address
 from portcullis.observe.admin_answers import Response, error, json_answer
+from portcullis.observe.explain_query import ExplainQuery, parse_explain_query, query_error
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 
 ExplainResult = tuple[int, dict[str, object]]
-# (from, to, sni or None): the status and JSON body to answer.
-Explain = Callable[[str, str, str | None], ExplainResult | Awaitable[ExplainResult]]
+# The checked query: the status and JSON body to answer.
+Explain = Callable[[ExplainQuery], ExplainResult | Awaitable[ExplainResult]]
 
 LOOPBACK: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
@@ -245,27 +247,17 @@ class AdminServer:
             return Response(503, "not ready\n")
         return Response(503, "draining\n" if draining else "not ready\n")
 
-    async def _explain_route(self, query: str) -> Response:
+    async def _explain_route(self, text: str) -> Response:
         try:
-            params = parse_qs(query, keep_blank_values=True, max_num_fields=8)
+            params = parse_qs(text, keep_blank_values=True, max_num_fields=8)
         except ValueError:
             return error(400, "too many query parameters")
-        args: dict[str, str] = {}
-        for name in ("from", "to"):
-            values = params.get(name, [])
-            if len(values) != 1 or not values[0]:
-                what = "repeated" if len(values) > 1 else "missing"
-                return error(400, f"query parameter '{name}' {what}; use ?from=IP&to=HOST[:PORT]")
-            args[name] = values[0]
-        snis = params.get("sni", [])
-        if len(snis) > 1 or (snis and not snis[0]):
-            return error(400, "query parameter 'sni' is repeated or empty; give one name")
         try:
-            ip_address(args["from"])
-        except ValueError:
-            return error(400, "query parameter 'from' is not an IP address")
+            query = parse_explain_query(params)
+        except BadParameter as exc:
+            return error(400, query_error(exc))
         try:
-            result = self._explain(args["from"], args["to"], snis[0] if snis else None)
+            result = self._explain(query)
             if inspect.isawaitable(result):
                 async with asyncio.timeout(self._explain_timeout):
                     result = await result

@@ -2,20 +2,24 @@
 
 It runs `admission.prepare` (decide, the SNI check when an SNI is given,
 resolve, check each address) on a throwaway Attempt and stops before the
-dial, so what it answers is what a connection would meet.
+dial, so what it answers is what a connection would meet; with `path`, the
+deciding rule's inspection judges that one registry request. `answer` is the
+one path both fronts take (observe/explain_query.py checks their parameters).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
-from portcullis.basics.errors import AuthorityError, Refusal
+from portcullis.basics.errors import AuthorityError, BadParameter, Refusal
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import Mode
+from portcullis.observe.explain_query import ExplainQuery, query_error
 from portcullis.policy.engine import Verdict
 from portcullis.policy.explain import Explanation, explain
+from portcullis.policy.inspection import explain_request
 from portcullis.proxy.admission import prepare
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.gate import Gate
@@ -59,14 +63,38 @@ async def explain_target(
     return result
 
 
-async def explain_for_admin(
-    gate: Gate, source: str, target: str, sni: str | None = None
-) -> tuple[int, Any]:
+@dataclass(frozen=True, slots=True)
+class ExplainAnswer:
+    """One answer for both fronts: whether the connection (and the request, with
+    `path`) would go on, the JSON form and the text form."""
+
+    allowed: bool
+    payload: dict[str, Any]
+    text: str
+
+
+async def answer(gate: Gate, query: ExplainQuery, *, resolve: bool = True) -> ExplainAnswer:
+    """`explain_target`, then the request judged as the deciding rule's inspection
+    would; BadParameter for a target that is not `host[:port]`."""
     try:
-        client = ipaddress.ip_address(source)
-        result = await explain_target(gate, client, target, sni=sni)
-    except (ValueError, AuthorityError) as exc:
-        return 400, {"error": str(exc)}
-    return 200, result.to_dict()
+        result = await explain_target(gate, query.source, query.target, sni=query.sni,
+                                      resolve=resolve, identity=query.identity)
+    except AuthorityError as exc:
+        raise BadParameter("to", f"is refused: {exc}") from None
+    allowed, payload, text = result.verdict.allowed, result.to_dict(), result.to_text()
+    if query.path is not None:
+        rule = result.verdict.rule
+        # `ExplainQuery.of` classified the path already: no BadRequest here.
+        judged = explain_request(rule.inspect if rule is not None and allowed else None,
+                                 query.method, query.path)
+        payload["request"] = judged.to_dict()
+        text += "\n" + judged.to_text()
+        allowed = allowed and (judged.judgement is None or judged.judgement.allowed)
+    return ExplainAnswer(allowed, payload, text)
 
 
+async def explain_for_admin(gate: Gate, query: ExplainQuery) -> tuple[int, Any]:
+    try:
+        return 200, (await answer(gate, query)).payload
+    except BadParameter as exc:
+        return 400, {"error": query_error(exc)}

@@ -95,7 +95,7 @@ class Server:
                 metrics=self.metrics,
                 ready=lambda: not self.state.draining,
                 draining=lambda: self.state.draining,
-                explain=lambda src, dst, sni: explain_for_admin(self.state.gate, src, dst, sni),
+                explain=lambda query: explain_for_admin(self.state.gate, query),
                 allowed_clients=policy.admin_allow,
                 log=self.state.log,
             )
