@@ -78,6 +78,8 @@ def export(path: str, fmt: str, output: str | None, option_list: tuple[str, ...]
     except exporting.ExportRefused as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(EXIT_USAGE) from None
+    for warning in exporting.warnings(fmt, spec):
+        click.echo(f"portcullis export: {warning}", err=True)
     if output is None:
         click.echo(text, nl=False)
         return

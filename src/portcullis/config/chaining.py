@@ -127,13 +127,20 @@ class ProxyProtocolListeners(_Model):
     transparent: ProxyProtocol | None = None
 
 
+def rule_parent(own: RuleUpstream | None, default: UpstreamProxy | None) -> UpstreamProxy | None:
+    """The parent what a rule allows goes through: its own (`direct`: none), else the
+    policy's; None to dial directly."""
+    if own is None:
+        return default
+    return own if isinstance(own, UpstreamProxy) else None
+
+
 def check_parent_rules(rules: Sequence[Rule], default: UpstreamProxy | None) -> None:
     """Refuse an allow rule that says `resolves_to` and goes through a parent:
     the parent resolves the name itself, so the check could not be kept."""
     for rule in rules:
-        parent = rule.upstream_proxy if rule.upstream_proxy is not None else default
-        if rule.action == "allow" and rule.resolves_to is not None and \
-                isinstance(parent, UpstreamProxy):
+        parent = rule_parent(rule.upstream_proxy, default)
+        if rule.action == "allow" and rule.resolves_to is not None and parent is not None:
             raise ValueError(
                 f"rule {rule.name!r}: `resolves_to` cannot be enforced through the parent"
                 f" proxy {parent}, which resolves the name itself; drop `resolves_to`, or"

@@ -25,7 +25,7 @@ from portcullis.basics.errors import DnsFailure, ParentAnswerError, Refusal
 from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPAddress
 from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.config.chaining import UpstreamProxy
+from portcullis.config.chaining import UpstreamProxy, rule_parent
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
@@ -44,9 +44,8 @@ def parent_for(gate: Gate, rule: CompiledRule | None) -> UpstreamProxy | None:
     (the default, report mode's would-denies) takes the policy's.
     """
     if rule is not None and rule.action is Decision.ALLOW:
-        own = gate.policy.rules[rule.index].upstream_proxy
-        if own is not None:
-            return own if isinstance(own, UpstreamProxy) else None  # `direct`
+        return rule_parent(gate.policy.rules[rule.index].upstream_proxy,
+                           gate.policy.upstream_proxy)
     return gate.policy.upstream_proxy
 
 

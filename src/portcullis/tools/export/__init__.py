@@ -1,7 +1,9 @@
 """Export a policy to other firewalls' configurations, one module per format.
 
 Each module has `render(spec, options) -> str`, raising ExportRefused for
-what the target cannot express (see refusals.py). `FORMATS` names them for the
+what the target cannot express (see refusals.py); `render` also refuses what
+Portcullis does at run time that the format would silently drop, and `warnings`
+lists what it leaves out without changing a decision (runtime.py). `FORMATS` names them for the
 command line; `OPTIONS` lists the `--option KEY=VALUE` each one accepts.
 """
 
@@ -22,6 +24,7 @@ from portcullis.tools.export import (
 )
 from portcullis.tools.export.build import spec_from_file, spec_from_names, spec_from_policy
 from portcullis.tools.export.model import ExportSpec
+from portcullis.tools.export.runtime import refuse_runtime, runtime_warnings
 
 Renderer = Callable[[ExportSpec, Mapping[str, str]], str]
 
@@ -54,7 +57,13 @@ def render(fmt: str, spec: ExportSpec, options: Mapping[str, str] | None = None)
     if unknown:
         known = ", ".join(f"{k} ({v})" for k, v in OPTIONS[fmt].items()) or "none"
         raise ExportRefused(fmt, [f"unknown option {', '.join(unknown)}; {fmt} takes: {known}"])
+    refuse_runtime(fmt, spec.runtime)
     return FORMATS[fmt](spec, options)
+
+
+def warnings(fmt: str, spec: ExportSpec) -> list[str]:
+    """What an export of `spec` leaves out without changing a decision (for stderr)."""
+    return runtime_warnings(fmt, spec.runtime)
 
 
 __all__ = [
@@ -74,4 +83,5 @@ __all__ = [
     "spec_from_names",
     "spec_from_policy",
     "squid",
+    "warnings",
 ]

@@ -16,6 +16,7 @@ from portcullis.config import Policy
 from portcullis.net.resolver import parse_server
 from portcullis.policy.engine import Engine
 from portcullis.tools.export.model import ExportRule, ExportSpec
+from portcullis.tools.export.runtime import features_of
 
 ANY_SOURCE = "any"
 _ANY_NETWORKS: tuple[IPNetwork, ...] = (
@@ -104,6 +105,7 @@ def spec_from_policy(
         resolver_servers=tuple(_server_text(s) for s in policy.resolver.servers),
         connect_timeout=policy.limits.connect_timeout,
         idle_timeout=policy.limits.idle_timeout,
+        runtime=features_of(policy),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from portcullis.basics.ip import IPNetwork
+from portcullis.tools.export.runtime import RuntimeFeature
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class ExportSpec:
     resolver_servers: tuple[str, ...] = ()  # "ip:port" / "[v6]:port"
     connect_timeout: float = 10.0
     idle_timeout: float = 600.0
+    # What Portcullis does at run time that no export writes (runtime.py).
+    runtime: tuple[RuntimeFeature, ...] = ()
 
     @property
     def default(self) -> str:
