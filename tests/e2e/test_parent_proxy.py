@@ -238,3 +238,39 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def test_a_changed_credentials_file_takes_effect_without_a_reload(
+    tmp_path: Path, squid: ReferenceProxy, dns: DnsServer
+) -> None:
+    """The credentials file is looked at once a second at most: a rotated
+    password reaches the parent with no SIGHUP and no policy change, and a file
+    broken mid-rotation keeps the last good credentials (the 407 then says why)."""
+    credentials = tmp_path / "parent.cred"
+    credentials.write_text("portcullis:not-the-password\n")
+    parent = {"url": squid.url, "credentials": str(credentials)}
+
+    def status_after(text: str) -> tuple[int, bytes]:
+        credentials.write_text(text)
+        time.sleep(1.2)  # past the once-a-second look
+        answer = running.ask("us.icr.io:443", to_close=True)
+        return answer.status, answer.rest
+
+    with run_portcullis(tmp_path / "p", chained_policy(parent, dns, [443])) as running:
+        first = running.ask("us.icr.io:443", to_close=True)
+        assert first.status == 502 and b": 407 " in first.rest
+        assert status_after(f"portcullis:{PASSWORD}\n")[0] == 200
+        assert status_after("no colon, no user\n")[0] == 200  # the last good credentials
+        status, body = status_after("portcullis:rotated-away\n")
+        assert status == 502 and b": 407 " in body and b"last good" not in body
+        status, body = status_after("  \n")
+        assert status == 502 and b": 407 " in body  # still the last good (wrong) value
+        assert f"the credentials file {credentials} must hold one line".encode() in body
+        records = running.records()
+        assert not [r for r in records if r.get("msg") == "policy reloaded"]
+        assert [r["parent_status"] for r in running.decisions("us.icr.io")] == \
+            [407, 200, 200, 407, 407]
+        for path in running.log_path.parent.iterdir():
+            if path.is_file() and path.name != "policy.yaml":
+                assert PASSWORD not in path.read_text() and "rotated-away" not in \
+                    path.read_text(), path

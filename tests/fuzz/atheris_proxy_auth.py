@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of the credentials parsers: the
 client's `Proxy-Authorization` (wire/proxy_auth.py) and the parent proxy's
-credentials file (config/chaining.py `read_credentials`); run by `make fuzz`,
+credentials file (config/credentials.py `read_credentials`); run by `make fuzz`,
 never by pytest.
 
 The input is split on NUL into the request's field values, parsed as sent and
@@ -29,7 +29,7 @@ from tests.support.fuzzing import fuzz_main
 
 with atheris.instrument_imports():
     from portcullis.basics.errors import AuthError
-    from portcullis.config.chaining import read_credentials
+    from portcullis.config.credentials import read_credentials
     from portcullis.wire.proxy_auth import BasicCredentials, parse_proxy_authorization
 
 SEEDS = [

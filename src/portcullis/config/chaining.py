@@ -5,10 +5,8 @@ load balancers in front of its listeners (`listen.proxy_protocol`).
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPNetwork, parse_network
+from portcullis.config.credentials import CredentialsFile
 
 if TYPE_CHECKING:
     from portcullis.config.models import Rule
@@ -27,34 +26,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def read_credentials(path: str) -> str:
-    """The `Proxy-Authorization` value for a file holding one `user:password` line.
-
-    ValueError names the file and the problem, never the secret.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValueError(f"cannot read the credentials file {path}: {reason}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # Checked after the strip: ` :x` would otherwise send an empty user name.
-    if len(lines) != 1 or ":" not in lines[0] or lines[0].startswith(":"):
-        raise ValueError(f"the credentials file {path} must hold one line 'user:password'")
-    return "Basic " + base64.b64encode(lines[0].encode("utf-8")).decode("ascii")
-
-
 class UpstreamProxy(_Model):
     """A parent proxy: Portcullis decides, then asks it to `CONNECT name:port`."""
 
     url: str
     # A file holding `user:password` for Basic authentication; read when the
-    # policy loads (and on every reload), never logged.
+    # policy loads and again when it changes (config/credentials.py), never logged.
     credentials: str | None = None
     # https:// parents: the CA bundle to verify the parent's certificate with,
     # instead of the system's.
     ca: str | None = None
-    _authorization: str | None = PrivateAttr(default=None)
+    _credentials: CredentialsFile | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -84,7 +66,7 @@ class UpstreamProxy(_Model):
         if self.ca is not None and not os.access(self.ca, os.R_OK):
             raise ValueError(f"cannot read the CA bundle {self.ca}")
         if self.credentials is not None:
-            self._authorization = read_credentials(self.credentials)
+            self._credentials = CredentialsFile(self.credentials)
         return self
 
     @property
@@ -101,8 +83,14 @@ class UpstreamProxy(_Model):
 
     @property
     def authorization(self) -> str | None:
-        """The `Proxy-Authorization` value, when credentials are configured."""
-        return self._authorization
+        """The `Proxy-Authorization` value, when credentials are configured; the
+        file's current content (a stat at most once a second)."""
+        return self._credentials.value() if self._credentials is not None else None
+
+    @property
+    def credentials_problem(self) -> str | None:
+        """Why the credentials file's current content is not the one sent, if so."""
+        return self._credentials.problem if self._credentials is not None else None
 
     def __str__(self) -> str:
         # What logs and `explain` show: never the credentials.

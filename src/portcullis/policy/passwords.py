@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import argon2
 import bcrypt
 
 from portcullis.basics.errors import PasswordFileError
+from portcullis.basics.filewatch import FileWatch
 
 _BCRYPT = ("$2a$", "$2b$", "$2y$")
 _ARGON2 = ("$argon2id$", "$argon2i$", "$argon2d$")
@@ -127,13 +126,6 @@ class VerifiedCache:
         self._until[key] = self._clock() + self._ttl
 
 
-@dataclass(frozen=True, slots=True)
-class _Stamp:
-    inode: int
-    size: int
-    mtime_ns: int
-
-
 class PasswordFile:
     """The file's entries, read again when it changes (looked at once a second at most).
 
@@ -144,29 +136,15 @@ class PasswordFile:
 
     def __init__(self, path: str, clock: Callable[[], float] = time.monotonic,
                  recheck: float = 1.0) -> None:
-        self.path, self._clock, self._recheck = path, clock, recheck
+        self.path = path
+        self._watch = FileWatch(path, clock, recheck)
         self.entries: Mapping[str, str] = load(path)  # at start: a bad file is a ConfigError
-        self._stamp = self._stat()
-        self._checked = clock()
         self.problem: str | None = None
-
-    def _stat(self) -> _Stamp | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return _Stamp(st.st_ino, st.st_size, st.st_mtime_ns)
 
     def refresh(self) -> bool:
         """Re-read the file if it changed; True when it was re-read."""
-        now = self._clock()
-        if now - self._checked < self._recheck:
+        if not self._watch.changed():
             return False
-        self._checked = now
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
         try:
             self.entries, self.problem = load(self.path), None
         except PasswordFileError as exc:

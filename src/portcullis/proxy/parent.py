@@ -145,5 +145,9 @@ def _check(parent: UpstreamProxy, reply: ConnectReply, attempt: Attempt) -> None
     attempt.parent_status = reply.status
     if not reply.established:
         target = format_hostport(attempt.host or "", attempt.port)
+        # A 407 after a bad edit of the credentials file: say so, or the operator
+        # looks for the fault at the parent.
+        problem = parent.credentials_problem if reply.status == 407 else None
         raise Refusal(f"parent proxy {parent} refused CONNECT {target}: {reply.status}"
-                      f" {reply.reason}", reason=Reason.PARENT_REFUSED, status=502)
+                      f" {reply.reason}" + (f" ({problem})" if problem else ""),
+                      reason=Reason.PARENT_REFUSED, status=502)
