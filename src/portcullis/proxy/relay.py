@@ -24,13 +24,14 @@ direction.py drives each way, splicing.py and copying.py move the bytes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import sys
 from dataclasses import dataclass
 
 from portcullis.basics.vocabulary import CloseReason
-from portcullis.proxy.tunnel import Tunnel
+from portcullis.proxy.flow import Flow
 
 # Process-wide switch; relay(use_splice=...) overrides it per call (tests cover both).
 USE_SPLICE: bool = sys.platform == "linux" and hasattr(os, "splice")
@@ -64,25 +65,42 @@ async def relay(
     """
     loop = asyncio.get_running_loop()
     splice = USE_SPLICE if use_splice is None else (use_splice and USE_SPLICE)
-    tunnel: Tunnel | None = None
+    if client.fileno() < 0 or upstream.fileno() < 0:  # a caller's bug
+        client.close()
+        upstream.close()
+        raise OSError(errno.EBADF, "relay of a closed socket")
+    flow = Flow(loop, idle_timeout, splice)
     try:
-        client.setblocking(False)
-        upstream.setblocking(False)
-        tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, splice)
-        tunnel.start()
         try:
-            await tunnel.future
+            await flow.start(client, upstream, initial_up)
+            if await flow.future is None:
+                assert flow.tunnel is not None
+                await flow.tunnel.future
         except asyncio.CancelledError:
-            tunnel.finish(CloseReason.CANCELLED)
+            _end(flow, CloseReason.CANCELLED)
     except BaseException:
-        if tunnel is not None:
-            tunnel.finish(CloseReason.ERROR)
-            tunnel.close()
-        else:
-            client.close()
-            upstream.close()
+        _end(flow, CloseReason.ERROR)
+        # Sockets no transport took yet (closing one a transport holds only marks it).
+        client.close()
+        upstream.close()
+        await flow.closed
         raise
-    reason = tunnel.reason
+    tunnel = flow.tunnel
+    if tunnel is not None:
+        tunnel.close()
+    await flow.closed  # the transports' own fds are closed too
+    up, down = flow.final
+    if tunnel is None:
+        reason = flow.reason
+    else:
+        reason = tunnel.reason
+        up, down = up + tunnel.up.nbytes, down + tunnel.down.nbytes
     assert reason is not None
-    tunnel.close()
-    return RelayResult(tunnel.up.nbytes, tunnel.down.nbytes, reason)
+    return RelayResult(up, down, reason)
+
+
+def _end(flow: Flow, reason: CloseReason) -> None:
+    if flow.tunnel is not None:
+        flow.tunnel.finish(reason)
+    else:
+        flow.finish(reason)

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import socket
 import struct
+from typing import Any
 
 from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy.direction import Direction
@@ -81,11 +82,7 @@ class Tunnel:
             self.finish(CloseReason.DONE)
 
     def fail(self, sock: socket.socket, exc: OSError) -> None:
-        if exc.errno in _RESET_ERRNOS:
-            reset = CloseReason.CLIENT_RESET if sock is self.client else CloseReason.UPSTREAM_RESET
-            self.finish(reset)
-        else:
-            self.finish(CloseReason.ERROR)
+        self.finish(close_reason_of(exc, sock is self.client))
 
     def finish(self, reason: CloseReason) -> None:
         if self.reason is not None:
@@ -103,13 +100,21 @@ class Tunnel:
         # A reset on one side is passed on as a reset, so the other peer does
         # not mistake a cut-off stream for a complete one.
         if self.reason is CloseReason.CLIENT_RESET:
-            _set_linger_reset(self.upstream)
+            set_linger_reset(self.upstream)
         elif self.reason is CloseReason.UPSTREAM_RESET:
-            _set_linger_reset(self.client)
+            set_linger_reset(self.client)
         self.client.close()
         self.upstream.close()
 
 
-def _set_linger_reset(sock: socket.socket) -> None:
+def close_reason_of(exc: BaseException, on_client: bool) -> CloseReason:
+    """The close reason for an error on the client's socket or the upstream's."""
+    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
+        return CloseReason.CLIENT_RESET if on_client else CloseReason.UPSTREAM_RESET
+    return CloseReason.ERROR
+
+
+def set_linger_reset(sock: socket.socket | Any) -> None:
+    """Make the socket's close a reset (RST), not an orderly FIN."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
