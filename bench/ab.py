@@ -5,6 +5,11 @@ alike.
 
     .venv/bin/python -m bench.ab --tree base=/tmp/base/src --tree new=src [--rounds 4]
     .venv/bin/python -m bench.ab --tree new=src --profile /tmp/new.prof --rounds 1
+    .venv/bin/python -m bench.ab --light --tree base=/tmp/base/src --tree new=src --rounds 6
+
+`--light` swaps the TLS rate scenario for bench/setupcost.py (CONNECT, a real
+ClientHello, 1 KiB back, no crypto in the load), which leaves the proxy the CPU
+and repeats within a few percent where the TLS scenario swings by a quarter.
 
 A tree is a directory holding the `portcullis` package; it goes first on
 PYTHONPATH, so the venv's own (editable) install is shadowed. `--profile` runs
@@ -21,7 +26,7 @@ import pstats
 import sys
 from pathlib import Path
 
-from bench import connrate, servers
+from bench import connrate, servers, setupcost
 
 _PROFILED = """\
 import cProfile, runpy, sys, time
@@ -63,11 +68,12 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--profile", help="path prefix for cProfile output (CPU clock)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--light", action="store_true", help="bench/setupcost.py's load")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     servers.raise_nofile()
     with servers.Workdir.create() as work:
-        origin = servers.start_nginx(work)
+        origin = None if args.light else servers.start_nginx(work)
         running: dict[str, servers.Server] = {}
         try:
             if not args.no_floor:
@@ -77,11 +83,14 @@ def main() -> None:
             slices: dict[str, list[connrate.RateResult]] = {n: [] for n in running}
             for _ in range(args.rounds):
                 for name, proxy in running.items():
-                    slices[name].append(connrate.measure(str(work.ca_pem), proxy, args.duration))
+                    slices[name].append(
+                        setupcost.measure(proxy, args.duration) if args.light
+                        else connrate.measure(str(work.ca_pem), proxy, args.duration))
         finally:
             for proxy in running.values():
                 proxy.stop()
-            origin.stop()
+            if origin is not None:
+                origin.stop()
     print(f"{'target':<12} {'conn/s':>7} {'us/conn':>8}  slices (us/conn)  errors")
     for name, parts in slices.items():
         r = connrate.combine(parts)
