@@ -10,7 +10,6 @@ to the plain-HTTP path.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
@@ -18,7 +17,13 @@ from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.reading import ClientGone, read_client_hello, read_head, send_quietly
+from portcullis.proxy.reading import (
+    ClientGone,
+    read_client_hello,
+    read_head,
+    send_all,
+    send_quietly,
+)
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority
@@ -76,7 +81,7 @@ async def _connect(
         await send_quietly(conn, error_response(refusal.status, attempt, refusal.message))
         return
     try:
-        await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
+        await send_all(conn, ESTABLISHED)
         peeked = rest
         if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
             try:
