@@ -110,11 +110,6 @@ class Flow:
     """A tunnel on transports until it ends (`future` says why) or is handed
     to the splice relay (`future` says None, `tunnel` is running)."""
 
-    # Ten thousand idle tunnels hold ten thousand of these.
-    __slots__ = ("carried", "client", "closed", "final", "future", "handing_over",
-                 "idle_timeout", "last_activity", "loop", "ready", "reason", "sockets",
-                 "splice", "timer", "tunnel", "upstream")
-
     def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float, splice: bool
                  ) -> None:
         self.loop = loop
