@@ -7,7 +7,6 @@ the tests, which run the relay on both loops) speak plain asyncio.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -31,21 +30,8 @@ def new_event_loop(*, use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
             pass
         else:
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            loop.run_until_complete(_first_stream(loop))
             return loop
     return asyncio.new_event_loop()
-
-
-async def _first_stream(loop: asyncio.AbstractEventLoop) -> None:
-    # libuv opens one fd per loop with its first stream handle and keeps it
-    # (its reserve for running out of fds at accept). Made here, it is there
-    # before fds run short and is part of the constant the fd counts allow,
-    # not of the first tunnel.
-    a, b = socket.socketpair()
-    with b:
-        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
-        transport.abort()
-        await asyncio.sleep(0)
 
 
 def loop_factory(*, use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -24,14 +24,13 @@ direction.py drives each way, splicing.py and copying.py move the bytes.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
 import sys
 from dataclasses import dataclass
 
 from portcullis.basics.vocabulary import CloseReason
-from portcullis.proxy.flow import Flow
+from portcullis.proxy.tunnel import Tunnel
 
 # Process-wide switch; relay(use_splice=...) overrides it per call (tests cover both).
 USE_SPLICE: bool = sys.platform == "linux" and hasattr(os, "splice")
@@ -65,42 +64,25 @@ async def relay(
     """
     loop = asyncio.get_running_loop()
     splice = USE_SPLICE if use_splice is None else (use_splice and USE_SPLICE)
-    if client.fileno() < 0 or upstream.fileno() < 0:  # a caller's bug
-        client.close()
-        upstream.close()
-        raise OSError(errno.EBADF, "relay of a closed socket")
-    flow = Flow(loop, idle_timeout, splice)
+    tunnel: Tunnel | None = None
     try:
+        client.setblocking(False)
+        upstream.setblocking(False)
+        tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, splice)
+        tunnel.start()
         try:
-            await flow.start(client, upstream, initial_up)
-            if await flow.future is None:
-                assert flow.tunnel is not None
-                await flow.tunnel.future
+            await tunnel.future
         except asyncio.CancelledError:
-            _end(flow, CloseReason.CANCELLED)
+            tunnel.finish(CloseReason.CANCELLED)
     except BaseException:
-        _end(flow, CloseReason.ERROR)
-        # Sockets no transport took yet (closing one a transport holds only marks it).
-        client.close()
-        upstream.close()
-        await flow.closed
+        if tunnel is not None:
+            tunnel.finish(CloseReason.ERROR)
+            tunnel.close()
+        else:
+            client.close()
+            upstream.close()
         raise
-    tunnel = flow.tunnel
-    if tunnel is not None:
-        tunnel.close()
-    await flow.closed  # the transports' own fds are closed too
-    up, down = flow.final
-    if tunnel is None:
-        reason = flow.reason
-    else:
-        reason = tunnel.reason
-        up, down = up + tunnel.up.nbytes, down + tunnel.down.nbytes
+    reason = tunnel.reason
     assert reason is not None
-    return RelayResult(up, down, reason)
-
-
-def _end(flow: Flow, reason: CloseReason) -> None:
-    if flow.tunnel is not None:
-        flow.tunnel.finish(reason)
-    else:
-        flow.finish(reason)
+    tunnel.close()
+    return RelayResult(tunnel.up.nbytes, tunnel.down.nbytes, reason)

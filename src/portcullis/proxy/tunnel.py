@@ -8,7 +8,6 @@ import contextlib
 import errno
 import socket
 import struct
-from typing import Any
 
 from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy.direction import Direction
@@ -82,7 +81,11 @@ class Tunnel:
             self.finish(CloseReason.DONE)
 
     def fail(self, sock: socket.socket, exc: OSError) -> None:
-        self.finish(close_reason_of(exc, sock is self.client))
+        if exc.errno in _RESET_ERRNOS:
+            reset = CloseReason.CLIENT_RESET if sock is self.client else CloseReason.UPSTREAM_RESET
+            self.finish(reset)
+        else:
+            self.finish(CloseReason.ERROR)
 
     def finish(self, reason: CloseReason) -> None:
         if self.reason is not None:
@@ -100,21 +103,13 @@ class Tunnel:
         # A reset on one side is passed on as a reset, so the other peer does
         # not mistake a cut-off stream for a complete one.
         if self.reason is CloseReason.CLIENT_RESET:
-            set_linger_reset(self.upstream)
+            _set_linger_reset(self.upstream)
         elif self.reason is CloseReason.UPSTREAM_RESET:
-            set_linger_reset(self.client)
+            _set_linger_reset(self.client)
         self.client.close()
         self.upstream.close()
 
 
-def close_reason_of(exc: BaseException, on_client: bool) -> CloseReason:
-    """The close reason for an error on the client's socket or the upstream's."""
-    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
-        return CloseReason.CLIENT_RESET if on_client else CloseReason.UPSTREAM_RESET
-    return CloseReason.ERROR
-
-
-def set_linger_reset(sock: socket.socket | Any) -> None:
-    """Make the socket's close a reset (RST), not an orderly FIN."""
+def _set_linger_reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
