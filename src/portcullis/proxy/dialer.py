@@ -20,6 +20,7 @@ from portcullis.basics.vocabulary import Reason
 from portcullis.net.sockets import SOCKET_MARK
 from portcullis.observe.metrics import Metrics
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.reading import wait_ready
 
 
 def _error_kind(exc: OSError) -> str:
@@ -32,16 +33,6 @@ def _error_kind(exc: OSError) -> str:
     return "other"
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 async def connect_socket(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int],
     deadline: float | None = None,
@@ -51,21 +42,10 @@ async def connect_socket(
 
     Not loop.sock_connect: uvloop's passes every address, numeric or not,
     through getaddrinfo on its thread pool, a thread hand-off per connection.
-    And a timer on the waiter, not asyncio.timeout: that costs a Timeout
-    object and the task's cancel machinery per dial.
     """
     err = sock.connect_ex(address)
     if err in (errno.EINPROGRESS, errno.EAGAIN):
-        waiter: asyncio.Future[None] = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _wake, waiter)
-        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            loop.remove_writer(fd)
+        await wait_ready(loop, sock.fileno(), deadline, write=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))  # OSError() picks the errno's subclass

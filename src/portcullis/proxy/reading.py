@@ -50,7 +50,7 @@ async def read_until(
             except BlockingIOError:
                 if loop.time() >= deadline:
                     raise TimeoutError from None
-                await wait_readable(loop, conn, deadline)
+                await wait_ready(loop, conn.fileno(), deadline)
             except OSError as exc:
                 raise ClientGone from exc
         if not data:
@@ -68,22 +68,26 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-async def wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float
-                        ) -> None:
-    """Until `sock` is readable, or TimeoutError at `deadline` (loop time).
+async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, deadline: float | None, *,
+                     write: bool = False) -> None:
+    """Until `fd` is readable (writable with `write`), or TimeoutError at
+    `deadline` (loop time; None for no deadline).
 
-    A reader and a timer on one future: asyncio.timeout_at with sock_recv
-    costs a Timeout object, a coroutine and the task's cancel machinery.
+    A reader (or writer) and a timer on one future: asyncio.timeout_at around
+    sock_recv costs a Timeout object, a coroutine and the task's cancel
+    machinery on every wait.
     """
     waiter = loop.create_future()
-    fd = sock.fileno()
-    loop.add_reader(fd, _wake, waiter)
-    timer = loop.call_at(deadline, _expire, waiter)
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (
+        loop.add_reader, loop.remove_reader)
+    add(fd, _wake, waiter)
+    timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
     try:
         await waiter
     finally:
-        timer.cancel()
-        loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+        remove(fd)
 
 
 async def read_head(
