@@ -3,9 +3,9 @@
 One object per line: the decision and close lines, two per connection, are
 formatted straight into a string (lines.py), the rarer operational ones built
 as a dict and serialized with one encoder. The logging module's per-record
-formatting is too slow for the hot path, and a line
-written with one write() call is not interleaved with another process's line
-when several workers append to the same file (O_APPEND).
+formatting is too slow for the hot path, and a line written with one write()
+call is not interleaved with another process's line when several workers
+append to the same file (O_APPEND).
 
 Hosts and SNIs come from clients. ensure_ascii=True escapes every control
 character, newline, ESC and non-ASCII code point, so no client-supplied string
