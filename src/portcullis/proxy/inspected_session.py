@@ -278,6 +278,7 @@ class Session:
             media_type=_header(headers, b"content-type"),
             size=len(served) if served is not None else None,
             message=judgement.message or None,
+            identity=self.attempt.identity, balancer=self.attempt.balancer,
         )
         self.state.log.audit(event)
         self.state.metrics.record_inspected(self.host, decision, judgement.reason)

@@ -54,7 +54,10 @@ def summarise(lines: Iterable[str], source: str = "<log>") -> dict[str, ClientSu
 
 
 def _fold(clients: dict[str, ClientSummary], record: dict[str, Any]) -> None:
+    # A login is its own client: two runners behind one address pulled apart.
     client = str(record.get("client"))
+    if record.get("identity"):
+        client = f"{client} ({record['identity']})"
     summary = clients.setdefault(client, ClientSummary(client))
     if record.get("decision") == "deny":
         reason = str(record.get("reason"))
