@@ -9,10 +9,11 @@ import json
 import click
 
 from portcullis.basics.errors import AuthorityError, BadRequest, PasswordFileError
+from portcullis.basics.vocabulary import Decision
 from portcullis.cli.common import EXIT_DENIED, EXIT_OK, EXIT_USAGE, load_or_exit, main
 from portcullis.policy import passwords
 from portcullis.policy.engine import Engine
-from portcullis.policy.inspection import explain_request
+from portcullis.policy.inspection import explain_request, inspection_for
 
 
 @main.command()
@@ -86,13 +87,14 @@ def explain(source: str, target: str, path: str | None, sni: str | None,
     if request_path is not None:
         rule = result.verdict.rule
         try:
-            judged = explain_request(rule.inspect if rule and allowed else None, method,
-                                     request_path)
+            judged = explain_request(
+                inspection_for(rule.inspect if rule else None, result.verdict.decision),
+                method, request_path, report_mode=policy.mode == "report")
         except BadRequest as exc:
             click.echo(f"--path {request_path!r}: {exc}", err=True)
             raise SystemExit(EXIT_USAGE) from None
         out["request"] = judged.to_dict()
         text += "\n" + judged.to_text()
-        allowed = allowed and (judged.judgement is None or judged.judgement.allowed)
+        allowed = allowed and judged.decision is not Decision.DENY
     click.echo(json.dumps(out, indent=2) if as_json else text)
     raise SystemExit(EXIT_OK if allowed else EXIT_DENIED)
