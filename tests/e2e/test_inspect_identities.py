@@ -302,3 +302,42 @@ def test_report_mode_refuses_what_it_cannot_report(reporting: RunningPortcullis)
     finally:
         for held_sock, _ in held:
             held_sock.close()
+
+
+def explain_request_json(proxy: RunningPortcullis, path: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run([*PORTCULLIS, "explain", "-c", str(proxy.policy_path), "--from",
+                           "127.0.0.1", "--to", "us.icr.io:443", "--identity", USER, "--json",
+                           "--path", path, *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr)  # report mode lets both through
+    return dict(json.loads(done.stdout)["request"])
+
+
+def test_report_mode_proxy_and_explain_agree_on_requests(
+    reporting: RunningPortcullis, ca: InspectionCA, testbed: Testbed
+) -> None:
+    path = "/v2/ns/app/manifests/1"
+    # A login's inspected connection: the refused repository is reported, and served.
+    sock, answer = login_connect(reporting, "127.0.0.1", f"{USER}:{SECRET}")
+    assert answer.status == 200, answer.data
+    with client_context(ca.cert).wrap_socket(sock, server_hostname="us.icr.io") as tls:
+        assert request(tls, "GET", path, extra=MANIFEST)[0] == 200
+    audit = reporting.wait_for_log(lambda r: r.get("event") == "audit" and r.get("path") == path)
+    assert (audit["decision"], audit["reason"], audit["identity"]) == (
+        "report", "repository_denied", USER)
+    explained = explain_request_json(reporting, path)
+    assert (explained["decision"], explained["reason"]) == ("report", "repository_denied")
+
+    # A reported SNI mismatch is relayed as the name decides: nothing is judged,
+    # and explain says it is not inspected.
+    sock, answer = login_connect(reporting, "127.0.0.1", f"{USER}:{SECRET}")
+    port = sock.getsockname()[1]
+    blind = ssl.create_default_context(cafile=str(testbed.ca_pem))
+    blind.check_hostname = False  # the registry's certificate names us.icr.io
+    with blind.wrap_socket(sock, server_hostname="dd0.icr.io") as tls:
+        assert request(tls, "GET", path, extra=MANIFEST)[0] == 200
+    record = reporting.wait_for_log(lambda r: r.get("event") == "decision"
+                                    and r.get("client_port") == port)
+    assert essence(record) == ("report", "sni_mismatch", "registry-images")
+    assert not [a for a in reporting.records("audit") if a["id"] == record["id"]]
+    assert explain_request_json(reporting, path, "--sni", "dd0.icr.io")["inspected"] is False
