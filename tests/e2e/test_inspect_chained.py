@@ -7,19 +7,24 @@ what was served, to whom, through what."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.balancer import Front, free_port, haproxy
 from tests.support.inspection import InspectionCA, inspect_policy, make_ca
 from tests.support.parent import https_port, parent_pki, squid_logged
-from tests.support.portcullis_proc import RunningPortcullis, run_portcullis
+from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
 from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
 from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
 
@@ -186,3 +191,41 @@ def test_behind_a_balancer_the_audit_names_the_real_client(
     assert served and all(a["digest"] == testbed.small_image.manifest_digest for a in served)
     record = proxy.decisions("us.icr.io")[-1]
     assert (record["client"], record["rule"]) == ("127.0.0.1", "registry-images")
+
+
+def test_report_mode_explain_names_the_rule_and_parent_the_proxy_used(
+    through_parent: tuple[RunningPortcullis, str], testbed: Testbed, ca: InspectionCA,
+    parent_dir: Path,
+) -> None:
+    """A parent's refusal is a deny in report mode too (it is the parent's, not
+    the policy's). explain stops before the dial, so it cannot know what the
+    parent will answer: it says which rule and which parent, and those agree."""
+    proxy, parent = through_parent
+    before = yaml.safe_load(proxy.policy_path.read_text())
+    proxy.use_policy({**before, "mode": "report"})
+    try:
+        answer = proxy.ask("de.icr.io:443", to_close=True)
+        assert answer.status == 502 and answer.header("X-Portcullis-Reason") == "parent_refused"
+        record = proxy.wait_for_log(lambda r: r.get("host") == "de.icr.io"
+                                    and r["ts"] > answer_time(proxy))
+        assert (record["decision"], record["reason"], record["parent"]) == (
+            "deny", "parent_refused", parent)
+        done = subprocess.run([*PORTCULLIS, "explain", "-c", str(proxy.policy_path), "--from",
+                               "127.0.0.1", "--to", "de.icr.io", "--json"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        explained = json.loads(done.stdout)
+        query = urllib.parse.urlencode({"from": "127.0.0.1", "to": "de.icr.io:443"})
+        with urllib.request.urlopen(f"http://{proxy.admin[0]}:{proxy.admin[1]}/explain?{query}",
+                                    timeout=10) as reply:
+            admin = json.loads(reply.read())
+        for result in (explained, admin):
+            assert (result["rule"], result["parent"]) == (record["rule"], parent)
+            assert (result["decision"], result["reason"]) == ("allow", "rule_allow")
+    finally:
+        proxy.use_policy(before)
+
+
+def answer_time(proxy: RunningPortcullis) -> float:
+    """When the last reload was logged: records after it belong to this test."""
+    return float(next(r["ts"] for r in reversed(proxy.records())
+                      if r.get("msg") == "policy reloaded"))
