@@ -71,13 +71,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def identities_policy(testbed: Testbed, ca: InspectionCA, pki: dict[str, Path],
                       mode: str = "enforce") -> dict[str, Any]:
     """runners (a login) may pull ns/small, builders (a certificate) ns/app, the
-    LIMITED address ns/small with two tunnels at once; 127.0.0.1 is in no group."""
+    LIMITED address ns/small with two tunnels at once, the builders one;
+    127.0.0.1 is in no group."""
     policy = inspect_policy(testbed, ca, ["ns/small"], mode=mode, extra={
         "auth": {"passwords": str(pki["passwd"]),
                  "tls": {"certificate": str(pki["server"]), "key": str(pki["server"]),
                          "client_ca": str(pki["client_ca"])}},
         "identities": {"runners": {"names": [USER]}, "builders": {"names": [BUILDER]}},
-        "quotas": {"limited": {"max_tunnels": 2}},
+        # One tunnel for the builders: each curl through the TLS listener must
+        # give it back for the next to get in.
+        "quotas": {"limited": {"max_tunnels": 2}, "builders": {"max_tunnels": 1}},
     })
     policy["sources"] = {"workers": ["127.0.0.2/32"], "limited": [f"{LIMITED}/32"]}
     policy["listen"]["explicit_tls"] = "127.0.0.1:0"
@@ -149,6 +152,11 @@ def test_a_client_certificate_is_inspected_by_its_groups_rule(
 ) -> None:
     done = curl_manifest(proxy, pki, ca, "ns/app")
     assert done.stdout.endswith("\n200"), (done.stdout, done.stderr)
+    # The tunnel is given back as the close is recorded (no await between them):
+    # after that, the builders' one tunnel is free for the next curl.
+    served = proxy.wait_for_log(lambda r: r.get("identity") == BUILDER
+                                and r.get("event") == "audit")
+    proxy.wait_for_log(lambda r: r.get("event") == "close" and r["id"] == served["id"])
     done = curl_manifest(proxy, pki, ca, "ns/small")
     assert done.stdout.endswith("\n403"), (done.stdout, done.stderr)
     assert '"code":"DENIED"' in done.stdout and "rule: builder-images" in done.stdout
