@@ -26,12 +26,14 @@ from tests.support.inspection import InspectionCA, inspect_policy, make_ca
 from tests.support.parent import https_port, parent_pki, squid_logged
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
 from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
+from tests.support.testbed.procs import require_free
 from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 PARENT_IP = "127.0.0.1"
 BALANCER_IP = "127.0.0.9"
+FRONT_IP = "127.0.0.42"  # where redirected workers think us.icr.io is: HAProxy
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +165,22 @@ def balanced(testbed: Testbed, ca: InspectionCA, tmp_path_factory: pytest.TempPa
     only the real client, 127.0.0.1, is a worker."""
     policy = inspect_policy(testbed, ca, ["ns/small"])
     policy["sources"]["workers"] = ["127.0.0.1/32"]
-    policy["listen"]["proxy_protocol"] = {"explicit": {"from": [f"{BALANCER_IP}/32"]}}
+    balancers = {"from": [f"{BALANCER_IP}/32"]}
+    policy["listen"].update({"transparent": "127.0.0.1:0",
+                             "proxy_protocol": {"explicit": balancers,
+                                                "transparent": balancers}})
+    require_free((FRONT_IP, 443), "HAProxy's transparent frontend")
     with run_portcullis(tmp_path_factory.mktemp("balanced-inspect"), policy) as running:
-        front = Front(("127.0.0.1", free_port()), running.explicit[1], "send-proxy-v2")
-        with haproxy({"v2": front}, BALANCER_IP, tmp_path_factory.mktemp("haproxy")):
-            yield running, f"http://{front.bind[0]}:{front.bind[1]}"
+        listening = running.wait_for_log(lambda r: r.get("msg") == "listening")
+        fronts = {
+            "explicit": Front(("127.0.0.1", free_port()), running.explicit[1], "send-proxy-v2"),
+            "transparent": Front((FRONT_IP, 443),
+                                 int(str(listening["transparent"]).rpartition(":")[2]),
+                                 "send-proxy-v2"),
+        }
+        with haproxy(fronts, BALANCER_IP, tmp_path_factory.mktemp("haproxy")):
+            bind = fronts["explicit"].bind
+            yield running, f"http://{bind[0]}:{bind[1]}"
 
 
 def test_behind_a_balancer_the_audit_names_the_real_client(
@@ -229,3 +242,25 @@ def answer_time(proxy: RunningPortcullis) -> float:
     """When the last reload was logged: records after it belong to this test."""
     return float(next(r["ts"] for r in reversed(proxy.records())
                       if r.get("msg") == "policy reloaded"))
+
+
+def test_a_redirected_inspected_connection_through_the_balancer(
+    balanced: tuple[RunningPortcullis, str], testbed: Testbed, ca: InspectionCA
+) -> None:
+    """curl believes us.icr.io is at HAProxy's address (transparent mode): the
+    name is the SNI, the client and the original destination the header's."""
+    proxy, _ = balanced
+    done = subprocess.run(
+        ["curl", "-sS", "--noproxy", "*", "--cacert", str(ca.cert), "--resolve",
+         f"us.icr.io:443:{FRONT_IP}", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+         "-o", "/dev/null", "-w", "%{http_code}", "https://us.icr.io/v2/ns/small/manifests/1"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout == "200", done.stderr
+    record = proxy.wait_for_log(lambda r: r.get("event") == "decision"
+                                and r.get("mode") == "transparent")
+    assert (record["decision"], record["rule"], record["client"]) == (
+        "allow", "registry-images", "127.0.0.1")
+    assert record["original_dst"] == f"{FRONT_IP}:443"
+    audit = proxy.wait_for_log(lambda r: r.get("event") == "audit" and r["id"] == record["id"])
+    assert (audit["client"], audit["digest"]) == ("127.0.0.1", testbed.small_image.manifest_digest)
+    assert audit["balancer"].startswith(f"{BALANCER_IP}:")
