@@ -24,7 +24,12 @@ import yaml
 from tests.support.balancer import Front, free_port, haproxy
 from tests.support.inspection import InspectionCA, inspect_policy, make_ca
 from tests.support.parent import https_port, parent_pki, squid_logged
-from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.portcullis_proc import (
+    PORTCULLIS,
+    RunningPortcullis,
+    run_portcullis,
+    wait_for_record,
+)
 from tests.support.testbed import Testbed, skopeo_pull, verify_pulled
 from tests.support.testbed.procs import require_free
 from tests.support.testbed.squid import ReferenceProxy, start_reference_proxy
@@ -244,23 +249,39 @@ def answer_time(proxy: RunningPortcullis) -> float:
                       if r.get("msg") == "policy reloaded"))
 
 
+@pytest.mark.parametrize("chain", [False, True], ids=["direct", "parent"])
 def test_a_redirected_inspected_connection_through_the_balancer(
-    balanced: tuple[RunningPortcullis, str], testbed: Testbed, ca: InspectionCA
+    balanced: tuple[RunningPortcullis, str], testbed: Testbed, ca: InspectionCA,
+    squid: tuple[ReferenceProxy, str], chain: bool,
 ) -> None:
     """curl believes us.icr.io is at HAProxy's address (transparent mode): the
-    name is the SNI, the client and the original destination the header's."""
+    name is the SNI, the client and the original destination the header's; and
+    all of it once more with the connection chained through the parent."""
     proxy, _ = balanced
+    before = yaml.safe_load(proxy.policy_path.read_text())
+    if chain:
+        proxy.use_policy({**before, "upstream_proxy": squid[0].url})
+    try:
+        record = redirected_manifest(proxy, ca)
+    finally:
+        proxy.use_policy(before)
+    assert (record["decision"], record["rule"], record["client"]) == (
+        "allow", "registry-images", "127.0.0.1")
+    assert record["original_dst"] == f"{FRONT_IP}:443"
+    assert record.get("parent") == (squid[0].url if chain else None)
+    audit = proxy.wait_for_log(lambda r: r.get("event") == "audit" and r["id"] == record["id"])
+    assert (audit["client"], audit["digest"]) == ("127.0.0.1", testbed.small_image.manifest_digest)
+    assert audit["balancer"].startswith(f"{BALANCER_IP}:")
+
+
+def redirected_manifest(proxy: RunningPortcullis, ca: InspectionCA) -> dict[str, Any]:
+    """Fetch ns/small's manifest as a redirected worker; the connection's decision."""
+    seen = len(proxy.decisions())
     done = subprocess.run(
         ["curl", "-sS", "--noproxy", "*", "--cacert", str(ca.cert), "--resolve",
          f"us.icr.io:443:{FRONT_IP}", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
          "-o", "/dev/null", "-w", "%{http_code}", "https://us.icr.io/v2/ns/small/manifests/1"],
         capture_output=True, text=True, timeout=30, check=False)
     assert done.stdout == "200", done.stderr
-    record = proxy.wait_for_log(lambda r: r.get("event") == "decision"
-                                and r.get("mode") == "transparent")
-    assert (record["decision"], record["rule"], record["client"]) == (
-        "allow", "registry-images", "127.0.0.1")
-    assert record["original_dst"] == f"{FRONT_IP}:443"
-    audit = proxy.wait_for_log(lambda r: r.get("event") == "audit" and r["id"] == record["id"])
-    assert (audit["client"], audit["digest"]) == ("127.0.0.1", testbed.small_image.manifest_digest)
-    assert audit["balancer"].startswith(f"{BALANCER_IP}:")
+    return wait_for_record(lambda: proxy.decisions()[seen:],
+                           lambda r: r.get("mode") == "transparent")
