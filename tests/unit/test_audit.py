@@ -68,3 +68,6 @@ def test_two_logins_behind_one_address_are_summarised_apart(tmp_path: Path) -> N
     assert text.exit_code == 0, text.output
     assert f"client 10.0.0.5 (runner-1)\n  us.icr.io/ns/a@{D1}" in text.output
     assert f"client 10.0.0.5 (runner-2)\n  us.icr.io/ns/b@{D2}" in text.output
+    data = json.loads(CliRunner().invoke(main, ["audit", "--json", str(path)]).output)
+    assert [(c["client"], c["identity"]) for c in data] == [
+        ("10.0.0.5", "runner-1"), ("10.0.0.5", "runner-2")]
