@@ -351,14 +351,16 @@ def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
 
 
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
-                      uvloop: bool = True, label: str = "portcullis") -> PortcullisServer:
+                      uvloop: bool = True, label: str = "portcullis",
+                      python: list[str] | None = None) -> PortcullisServer:
     """`portcullis serve` on `policy` with its files in `d`; returns once every
-    worker listens. The address is the one the log reports (the policy may say :0)."""
+    worker listens. The address is the one the log reports (the policy may say :0).
+    `python` replaces `python -m portcullis.cli` (bench/ab.py's profiler)."""
     policy_path = d / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy))
     log = d / "decisions.jsonl"
     log.write_text("")
-    cmd = [sys.executable, "-m", "portcullis.cli", "serve", "-c", str(policy_path),
+    cmd = [*(python or [sys.executable, "-m", "portcullis.cli"]), "serve", "-c", str(policy_path),
            "--log", str(log), "--workers", str(workers)]
     if not uvloop:
         cmd.append("--no-uvloop")

@@ -136,16 +136,7 @@ class Net:
 
 
 def _topology(ns: Namespaces) -> None:
-    ns.link("firewall", "fw-w", "worker", "wk0")
-    ns.link("firewall", "fw-u", "upstream", "up0")
-    ns.address("worker", "wk0", f"{WORKER_IP}/24")
-    ns.address("worker", "wk0", f"{STRANGER_IP}/24")
-    ns.address("firewall", "fw-w", f"{FW_WORKER_IP}/24")
-    ns.address("firewall", "fw-u", f"{FW_UPSTREAM_IP}/24")
-    ns.address("upstream", "up0", f"{UPSTREAM_IP}/24")
-    ns.exec("worker", ["ip", "route", "add", "default", "via", FW_WORKER_IP])
-    ns.exec("upstream", ["ip", "route", "add", "default", "via", FW_UPSTREAM_IP])
-    ns.exec("firewall", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    ns.routed([WORKER_IP, STRANGER_IP], (FW_WORKER_IP, FW_UPSTREAM_IP), "upstream", [UPSTREAM_IP])
 
 
 @pytest.fixture(scope="module")

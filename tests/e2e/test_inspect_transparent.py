@@ -46,16 +46,7 @@ class Net:
 
 
 def _topology(ns: Namespaces) -> None:
-    ns.link("firewall", "fw-w", "worker", "wk0")
-    ns.link("firewall", "fw-r", "registry", "rg0")
-    ns.address("worker", "wk0", f"{WORKER_IP}/24")
-    ns.address("firewall", "fw-w", f"{FW_WORKER_IP}/24")
-    ns.address("firewall", "fw-r", f"{FW_REGISTRY_IP}/24")
-    for ip in (REGISTRY_IP, CDN_IP):
-        ns.address("registry", "rg0", f"{ip}/24")
-    ns.exec("worker", ["ip", "route", "add", "default", "via", FW_WORKER_IP])
-    ns.exec("registry", ["ip", "route", "add", "default", "via", FW_REGISTRY_IP])
-    ns.exec("firewall", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    ns.routed([WORKER_IP], (FW_WORKER_IP, FW_REGISTRY_IP), "registry", [REGISTRY_IP, CDN_IP])
     ns.etc("worker", {
         "hosts": f"127.0.0.1 localhost\n{REGISTRY_IP} us.icr.io\n{CDN_IP} dd0.icr.io\n",
         "resolv.conf": "nameserver 127.0.0.1\n",

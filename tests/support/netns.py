@@ -104,6 +104,24 @@ class Namespaces:
         for file, text in files.items():
             (directory / file).write_text(text)
 
+    def routed(self, worker_ips: Sequence[str], firewall_ips: tuple[str, str],
+               upstream: str, upstream_ips: Sequence[str]) -> None:
+        """worker <-> firewall <-> `upstream` on two /24 links, the firewall forwarding
+        and each side's default route through it: a node whose traffic the
+        firewall sees (firewall_ips: its address towards the worker, towards upstream)."""
+        to_worker, to_upstream = firewall_ips
+        self.link("firewall", "fw-w", "worker", "wk0")
+        self.link("firewall", "fw-u", upstream, "up0")
+        for ip in worker_ips:
+            self.address("worker", "wk0", f"{ip}/24")
+        self.address("firewall", "fw-w", f"{to_worker}/24")
+        self.address("firewall", "fw-u", f"{to_upstream}/24")
+        for ip in upstream_ips:
+            self.address(upstream, "up0", f"{ip}/24")
+        self.exec("worker", ["ip", "route", "add", "default", "via", to_worker])
+        self.exec(upstream, ["ip", "route", "add", "default", "via", to_upstream])
+        self.exec("firewall", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
     def delete(self) -> None:
         errors = []
         for name in self.names.values():

@@ -1,9 +1,11 @@
 """JSON-lines log of decisions, closes and operational events.
 
-One object per line, built as a dict and serialized with one json.dumps: the
-logging module's per-record formatting is too slow for the hot path, and a line
-written with one write() call is not interleaved with another process's line
-when several workers append to the same file (O_APPEND).
+One object per line: the decision and close lines, two per connection, are
+formatted straight into a string (lines.py), the rarer operational ones built
+as a dict and serialized with one encoder. The logging module's per-record
+formatting is too slow for the hot path, and a line written with one write()
+call is not interleaved with another process's line when several workers
+append to the same file (O_APPEND).
 
 Hosts and SNIs come from clients. ensure_ascii=True escapes every control
 character, newline, ESC and non-ASCII code point, so no client-supplied string
@@ -21,14 +23,13 @@ from typing import IO, Any
 
 from portcullis.observe.audit import AuditEvent
 from portcullis.observe.events import CloseEvent, DecisionEvent
-
-# Longer client strings are cut so that one request cannot make a huge line; the
-# cut is flagged in "truncated" so a reader knows the value is not the whole name.
-MAX_STRING = 512
+from portcullis.observe.lines import MAX_STRING, cap, close_line, decision_line
 
 # One encoder for every line: json.dumps() with options builds a new
 # JSONEncoder on each call, a cost paid twice per connection.
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
+
+__all__ = ["MAX_STRING", "DecisionLog"]
 
 _RESERVED = frozenset({"event", "time", "ts", "msg", "truncated"})
 
@@ -49,17 +50,6 @@ class _Clock:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
             self._sec = sec
         return f"{self._prefix}.{ms:03d}Z"
-
-
-def _cap(value: str | None, name: str, cut: list[str]) -> str | None:
-    if value is not None and len(value) > MAX_STRING:
-        cut.append(name)
-        return value[:MAX_STRING]
-    return value
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
 
 
 class DecisionLog:
@@ -122,7 +112,13 @@ class DecisionLog:
     def _write(self, record: dict[str, Any]) -> None:
         try:
             line = _encode(record)
-            line += "\n"
+        except ValueError:  # a circular field
+            self.dropped += 1
+            return
+        self._write_line(line + "\n")
+
+    def _write_line(self, line: str) -> None:
+        try:
             if self._stream is not None:
                 self._stream.write(line)
                 self._stream.flush()
@@ -134,7 +130,7 @@ class DecisionLog:
                     return
                 os.write(self._fd, data)
         except (OSError, ValueError):
-            # ValueError: a closed stream or a circular field. A full disk or a closed stdout must
+            # ValueError: a closed stream. A full disk or a closed stdout must
             # not take connections down with it.
             self.dropped += 1
 
@@ -142,55 +138,17 @@ class DecisionLog:
         return {"event": event, "time": self._clock.format(ts), "ts": round(ts, 6)}
 
     def decision(self, ev: DecisionEvent) -> None:
-        cut: list[str] = []
-        rec = self._head("decision", ev.time)
-        rec["id"] = ev.id
-        rec["client"] = ev.client
-        rec["client_port"] = ev.client_port
-        rec["mode"] = ev.mode
-        rec["host"] = _cap(ev.host, "host", cut)
-        rec["port"] = ev.port
-        rec["sni"] = _cap(ev.sni, "sni", cut)
-        rec["rule"] = _cap(ev.rule, "rule", cut)
-        rec["decision"] = ev.decision.value
-        rec["reason"] = ev.reason.value
-        rec["resolved"] = list(ev.resolved)
-        rec["dialed"] = ev.dialed
-        rec["dns_ms"] = _ms(ev.dns_ms)
-        rec["connect_ms"] = _ms(ev.connect_ms)
-        rec["original_dst"] = ev.original_dst
-        if ev.identity is not None:
-            rec["identity"] = _cap(ev.identity, "identity", cut)
-        # Only where they apply, so other lines stay as they were.
-        if ev.parent is not None:
-            rec["parent"] = ev.parent
-            rec["parent_status"] = ev.parent_status
-        if ev.balancer is not None:
-            rec["balancer"] = ev.balancer
-        if cut:
-            rec["truncated"] = cut
-        self._write(rec)
+        self._write_line(decision_line(ev, self._clock.format(ev.time)))
 
     def close_event(self, ev: CloseEvent) -> None:
-        cut: list[str] = []
-        rec = self._head("close", ev.time)
-        rec["id"] = ev.id
-        rec["client"] = ev.client
-        rec["host"] = _cap(ev.host, "host", cut)
-        rec["bytes_up"] = ev.bytes_up
-        rec["bytes_down"] = ev.bytes_down
-        rec["duration_s"] = round(ev.duration_s, 6)
-        rec["close_reason"] = _cap(ev.close_reason, "close_reason", cut)
-        if cut:
-            rec["truncated"] = cut
-        self._write(rec)
+        self._write_line(close_line(ev, self._clock.format(ev.time)))
 
     def audit(self, ev: AuditEvent) -> None:
         """One inspected request (observe/audit.py)."""
         cut: list[str] = []
         rec = self._head("audit", ev.time)
         for key, value in ev.fields().items():
-            rec[key] = _cap(value, key, cut) if isinstance(value, str) else value
+            rec[key] = cap(value, key, cut) if isinstance(value, str) else value
         if cut:
             rec["truncated"] = cut
         self._write(rec)
@@ -198,11 +156,11 @@ class DecisionLog:
     def _operational(self, event: str, message: str, fields: dict[str, object]) -> None:
         cut: list[str] = []
         rec = self._head(event, time.time())
-        rec["msg"] = _cap(message, "msg", cut)
+        rec["msg"] = cap(message, "msg", cut)
         for key, value in fields.items():
             # A field may not overwrite the envelope, which readers rely on.
             name = f"_{key}" if key in _RESERVED else key
-            rec[name] = _cap(value, name, cut) if isinstance(value, str) else value
+            rec[name] = cap(value, name, cut) if isinstance(value, str) else value
         if cut:
             rec["truncated"] = cut
         self._write(rec)

@@ -20,6 +20,7 @@ from portcullis.basics.vocabulary import Reason
 from portcullis.net.sockets import SOCKET_MARK
 from portcullis.observe.metrics import Metrics
 from portcullis.proxy.attempt import Attempt
+from portcullis.proxy.reading import wait_ready
 
 
 def _error_kind(exc: OSError) -> str:
@@ -32,28 +33,19 @@ def _error_kind(exc: OSError) -> str:
     return "other"
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 async def connect_socket(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int]
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int],
+    deadline: float | None = None,
 ) -> None:
-    """Connect a non-blocking socket to a numeric address.
+    """Connect a non-blocking socket to a numeric address; TimeoutError at
+    `deadline` (loop time), if one is given.
 
     Not loop.sock_connect: uvloop's passes every address, numeric or not,
     through getaddrinfo on its thread pool, a thread hand-off per connection.
     """
     err = sock.connect_ex(address)
     if err in (errno.EINPROGRESS, errno.EAGAIN):
-        waiter: asyncio.Future[None] = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            loop.remove_writer(fd)
+        await wait_ready(loop, sock.fileno(), deadline, write=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))  # OSError() picks the errno's subclass
@@ -68,29 +60,26 @@ async def dial(
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    deadline = started + timeout
+    deadline = loop.time() + timeout
     last: Refusal | None = None
     for address in addresses:
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # Non-blocking from the start: no FIONBIO ioctl afterwards.
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             # EMFILE/ENFILE/ENOBUFS: the proxy is out of resources, not the
             # upstream unreachable. The client hears so (503) and may retry.
             message = f"cannot open a socket to {format_hostport(address, port)}: {exc.strerror}"
             raise Refusal(message, reason=Reason.OVER_CAPACITY, status=503) from None
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Needs CAP_NET_ADMIN; only a same-host transparent set-up relies on it.
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK)
-        remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 raise TimeoutError
-            # asyncio.timeout, not wait_for: on 3.11 wait_for costs a new Task per call.
-            async with asyncio.timeout(remaining):
-                await connect_socket(loop, sock, (str(address), port))
+            await connect_socket(loop, sock, (str(address), port), deadline)
         except asyncio.CancelledError:
             sock.close()
             raise

@@ -10,7 +10,6 @@ to the plain-HTTP path.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
@@ -19,7 +18,13 @@ from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, authenticate, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.inspecting import inspects, serve_inspected
-from portcullis.proxy.reading import ClientGone, read_client_hello, read_head, send_quietly
+from portcullis.proxy.reading import (
+    ClientGone,
+    read_client_hello,
+    read_head,
+    send_all,
+    send_quietly,
+)
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState, serve_connection
 from portcullis.wire.authority import Authority
@@ -80,7 +85,7 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
                                                 realm=gate.policy.auth.realm))
         return
     try:
-        await asyncio.get_running_loop().sock_sendall(conn, ESTABLISHED)
+        await send_all(conn, ESTABLISHED)
         peeked, alpn = rest, tuple[str, ...]()
         if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
             try:

@@ -41,27 +41,53 @@ async def read_until(
         result = parse(buffer) if buffer else None
         if result is not None:
             return result
-        try:
-            # The bytes are often in already: a plain recv() then saves a reader
-            # registration, a future and a loop round trip (bench/RESULTS.md).
-            data = conn.recv(_READ)
-        except BlockingIOError:
-            if loop.time() >= deadline:
-                raise TimeoutError from None
+        while True:
             try:
-                # asyncio.timeout_at, not wait_for: on 3.11 wait_for wraps the
-                # awaitable in a new Task on every call.
-                async with asyncio.timeout_at(deadline):
-                    data = await loop.sock_recv(conn, _READ)
-            except TimeoutError:
-                raise  # an OSError subclass, but it means "too slow", not "gone"
+                # The bytes are often in already: a plain recv() then saves a
+                # reader registration and a loop round trip (bench/RESULTS.md).
+                data = conn.recv(_READ)
+                break
+            except BlockingIOError:
+                if loop.time() >= deadline:
+                    raise TimeoutError from None
+                await wait_ready(loop, conn.fileno(), deadline)
             except OSError as exc:
                 raise ClientGone from exc
-        except OSError as exc:
-            raise ClientGone from exc
         if not data:
             raise ClientGone
         buffer += data
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, deadline: float | None, *,
+                     write: bool = False) -> None:
+    """Until `fd` is readable (writable with `write`), or TimeoutError at
+    `deadline` (loop time; None for no deadline).
+
+    A reader (or writer) and a timer on one future: asyncio.timeout_at around
+    sock_recv costs a Timeout object, a coroutine and the task's cancel
+    machinery on every wait.
+    """
+    waiter = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (
+        loop.add_reader, loop.remove_reader)
+    add(fd, _wake, waiter)
+    timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        remove(fd)
 
 
 async def read_head(
@@ -81,7 +107,19 @@ async def read_client_hello(
     return hello, bytes(buffer)
 
 
+async def send_all(conn: socket.socket, data: bytes) -> None:
+    """Send all of `data`; OSError as the socket's send gives it."""
+    try:
+        sent = conn.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        # A short answer fits a socket's buffer unless the client stopped
+        # reading: only then does this cost a registration and a coroutine.
+        await asyncio.get_running_loop().sock_sendall(conn, data[sent:])
+
+
 async def send_quietly(conn: socket.socket, data: bytes) -> None:
     """Send a last answer; a client that already left is no error."""
     with contextlib.suppress(OSError):
-        await asyncio.get_running_loop().sock_sendall(conn, data)
+        await send_all(conn, data)
