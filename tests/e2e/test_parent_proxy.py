@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from tests.support.dnsserver import DnsServer
 from tests.support.http import body_of, responses
+from tests.support.parent import https_port as https_port_line
+from tests.support.parent import parent_pki, squid_logged
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.servers import EchoServer
 from tests.support.testbed import Testbed, verify_pulled
@@ -45,13 +46,7 @@ def secrets() -> Iterator[Path]:
     (directory / "htpasswd").write_text(f"portcullis:{hashed}\n")
     (directory / "htpasswd").chmod(0o644)
     (directory / "credentials").write_text(f"portcullis:{PASSWORD}\n")
-    ca = trustme.CA(organization_name="Corporate parent")
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    issued = ca.issue_cert(HTTPS_PARENT_IP)
-    issued.cert_chain_pems[0].write_to_path(str(directory / "parent.pem"))
-    issued.private_key_pem.write_to_path(str(directory / "parent.key"))
-    for name in ("parent.pem", "parent.key"):
-        (directory / name).chmod(0o644)
+    parent_pki(directory, HTTPS_PARENT_IP)
     yield directory
     for path in directory.iterdir():
         path.unlink()
@@ -75,8 +70,7 @@ def squid(testbed: Testbed, secrets: Path, echo: EchoServer, https_port: int
     """The corporate parent: wants Basic credentials, refuses de.icr.io itself,
     and listens for TLS too (https_port)."""
     access = f"""\
-https_port {HTTPS_PARENT_IP}:{https_port} tls-cert={secrets / "parent.pem"} \
-tls-key={secrets / "parent.key"}
+{https_port_line(secrets, (HTTPS_PARENT_IP, https_port))}
 auth_param basic program /usr/lib/squid/basic_ncsa_auth {secrets / "htpasswd"}
 auth_param basic realm corporate-parent
 acl clients src 127.0.0.0/8
@@ -92,15 +86,6 @@ http_access deny all
     hosts = {**testbed.hosts, "de.icr.io": [testbed.registry_addr[0]], "echo.test": [ECHO_IP]}
     with start_reference_proxy(hosts, access=access, timeout=15) as proxy:
         yield proxy
-
-
-def squid_logged(squid: ReferenceProxy, *texts: str, after: int = 0) -> None:
-    """Wait until Squid's access log holds each of `texts` past offset `after`
-    (Squid writes a CONNECT's line when the tunnel ends)."""
-    deadline = time.monotonic() + 10
-    while not all(text in squid.access_log.read_text()[after:] for text in texts):
-        assert time.monotonic() < deadline, squid.access_log.read_text()[after:]
-        time.sleep(0.05)
 
 
 def chained_policy(parent: dict[str, Any] | str, dns: DnsServer, ports: list[int]

@@ -9,7 +9,6 @@ after it is read."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.balancer import Front, free_port
+from tests.support.balancer import haproxy as haproxy_running
 from tests.support.http import Answer, ask, dial, read_head
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
 from tests.support.testbed import Testbed, verify_pulled
-from tests.support.testbed.procs import ManagedProcess, clean_env, require_binary, require_free
+from tests.support.testbed.procs import require_free
 from tests.support.testbed.squid import ReferenceProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
@@ -29,13 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 BALANCER_IP = "127.0.0.9"
 # Where redirected workers think the registry is: HAProxy's transparent frontend.
 FRONT_IP = "127.0.0.41"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def balanced_policy(testbed: Testbed, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,37 +57,15 @@ def listening(proxy: RunningPortcullis, mode: str) -> int:
 def haproxy(proxy: RunningPortcullis, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, tuple[str, int]]]:
     """HAProxy in TCP mode: frontends -> Portcullis with the header, from BALANCER_IP."""
-    binary = require_binary("haproxy", "haproxy")
     require_free((FRONT_IP, 443), "HAProxy's transparent frontend")
-    fronts = {"v2": ("127.0.0.1", free_port()), "v1": ("127.0.0.1", free_port()),
-              "transparent": (FRONT_IP, 443)}
-    backends = {"v2": ("explicit", "send-proxy-v2"), "v1": ("explicit", "send-proxy"),
-                "transparent": ("transparent", "send-proxy-v2")}
-    sections = []
-    for name, (host, port) in fronts.items():
-        mode, option = backends[name]
-        sections.append(
-            f"listen {name}\n  bind {host}:{port}\n"
-            f"  server portcullis 127.0.0.1:{listening(proxy, mode)} {option}"
-            f" source {BALANCER_IP}\n")
-    workdir = tmp_path_factory.mktemp("haproxy")
-    config = workdir / "haproxy.cfg"
-    config.write_text(
-        "global\n  maxconn 256\n"
-        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
-        "  timeout server 60s\n" + "".join(sections))
-    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    proc = ManagedProcess("haproxy", [binary, "-db", "-f", str(config)],
-                          workdir / "haproxy.log", clean_env())
-    try:
-        def probe() -> bool:
-            with socket.create_connection(fronts["v2"], timeout=1):
-                return True
-        proc.wait_ready(probe, 15)
-        yield fronts
-    finally:
-        proc.stop()
+    fronts = {
+        "v2": Front(("127.0.0.1", free_port()), listening(proxy, "explicit"), "send-proxy-v2"),
+        "v1": Front(("127.0.0.1", free_port()), listening(proxy, "explicit"), "send-proxy"),
+        "transparent": Front((FRONT_IP, 443), listening(proxy, "transparent"),
+                             "send-proxy-v2"),
+    }
+    with haproxy_running(fronts, BALANCER_IP, tmp_path_factory.mktemp("haproxy")):
+        yield {name: front.bind for name, front in fronts.items()}
 
 
 @pytest.mark.parametrize("version", ["v2", "v1"])

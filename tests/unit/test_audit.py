@@ -52,3 +52,22 @@ def test_audit_names_a_bad_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and f"{path}:2: not a JSON line" in result.output
     missing = CliRunner().invoke(main, ["audit", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+def test_two_logins_behind_one_address_are_summarised_apart(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(str(path))
+    log.audit(_event("10.0.0.5", repository="ns/a", reference="1", digest=D1,
+                     identity="runner-1", balancer="10.0.0.9:4000"))
+    log.audit(_event("10.0.0.5", repository="ns/b", reference="2", digest=D2,
+                     identity="runner-2"))
+    log.close()
+    line = json.loads(path.read_text().splitlines()[0])
+    assert (line["identity"], line["balancer"]) == ("runner-1", "10.0.0.9:4000")
+    text = CliRunner().invoke(main, ["audit", str(path)])
+    assert text.exit_code == 0, text.output
+    assert f"client 10.0.0.5 (runner-1)\n  us.icr.io/ns/a@{D1}" in text.output
+    assert f"client 10.0.0.5 (runner-2)\n  us.icr.io/ns/b@{D2}" in text.output
+    data = json.loads(CliRunner().invoke(main, ["audit", "--json", str(path)]).output)
+    assert [(c["client"], c["identity"]) for c in data] == [
+        ("10.0.0.5", "runner-1"), ("10.0.0.5", "runner-2")]

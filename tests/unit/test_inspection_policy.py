@@ -6,10 +6,16 @@ import pytest
 
 from portcullis.basics.errors import BadRequest, InvalidPattern, PolicyError
 from portcullis.basics.repositories import is_repository_name, parse_repository_pattern
-from portcullis.basics.vocabulary import Reason
+from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import parse_policy
 from portcullis.policy.engine import Engine
-from portcullis.policy.inspection import Inspection, judge
+from portcullis.policy.inspection import (
+    Inspection,
+    explain_request,
+    inspection_for,
+    judge,
+    request_decision,
+)
 from portcullis.wire.oci import Endpoint, classify, parse_scope, scopes_of
 
 
@@ -181,3 +187,28 @@ def test_policy_errors_name_the_line(repositories: str, tls: str, says: str) -> 
     with pytest.raises(PolicyError) as caught:
         parse_policy(POLICY.format(repositories=repositories, tls=tls), "p.yaml")
     assert says in str(caught.value)
+
+
+def test_only_an_allowed_connection_is_inspected() -> None:
+    rule = Inspection.compile(["ns/small"], "pull")
+    assert inspection_for(rule, Decision.ALLOW) is rule
+    # Report mode's would-deny (an SNI for another name) is relayed as the name decides.
+    assert inspection_for(rule, Decision.REPORT) is None
+    assert inspection_for(None, Decision.ALLOW) is None
+
+
+@pytest.mark.parametrize(("target", "report_mode", "decision"), [
+    ("/v2/ns/small/manifests/1", False, Decision.ALLOW),
+    ("/v2/ns/app/manifests/1", False, Decision.DENY),
+    ("/v2/ns/app/manifests/1", True, Decision.REPORT),
+    ("/v2/_catalog", True, Decision.REPORT),
+])
+def test_explain_and_the_session_share_what_report_mode_makes_of_a_request(
+    target: str, report_mode: bool, decision: Decision
+) -> None:
+    rule = Inspection.compile(["ns/small"], "pull")
+    explained = explain_request(rule, "GET", target, report_mode=report_mode)
+    assert explained.decision is decision
+    assert request_decision(judge(rule, classify("GET", target)), report_mode) is decision
+    assert explained.to_dict()["decision"] == decision.value
+    assert f"request  {decision.name} " in explained.to_text()

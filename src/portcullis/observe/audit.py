@@ -33,6 +33,11 @@ class AuditEvent:
     media_type: str | None = None
     size: int | None = None
     message: str | None = None  # a refusal's words, as the client printed them
+    # Who the connection's client proved to be, and the load balancer it came
+    # through: as in the connection's decision record, so the audit alone says
+    # which login pulled a digest.
+    identity: str | None = None
+    balancer: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The log line's fields after the envelope, None-valued ones left out."""
@@ -42,7 +47,7 @@ class AuditEvent:
             "reason": self.reason.value, "status": self.status,
         }
         for name in ("repository", "reference", "digest", "registry_digest", "media_type",
-                     "size", "message"):
+                     "size", "message", "identity", "balancer"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from portcullis.basics.repositories import RepositoryPattern, parse_repository_pattern
-from portcullis.basics.vocabulary import Reason
+from portcullis.basics.vocabulary import REPORTABLE, Decision, Reason
 from portcullis.wire.oci import Endpoint, OciRequest, classify
 
 Access = Literal["pull", "push"]
@@ -54,6 +54,25 @@ class Judgement:
 
 
 ALLOWED = Judgement(True, Reason.RULE_ALLOW)
+
+
+def inspection_for(inspect: Inspection | None, decision: Decision) -> Inspection | None:
+    """What a connection decided `decision` by a rule with `inspect` is judged by.
+
+    Only an allowed connection is decrypted: one that report mode lets through
+    (a would-deny: an SNI for another name, a missing login) is relayed as the
+    name decides, since its refusal may be one a minted leaf could not answer.
+    The proxy and `explain` both ask here, so they agree on what is inspected.
+    """
+    return inspect if decision is Decision.ALLOW else None
+
+
+def request_decision(judgement: Judgement, report_mode: bool) -> Decision:
+    """The decision on one judged request: report mode lets the reportable
+    refusals through (REPORT), as admission does for connections."""
+    if judgement.allowed:
+        return Decision.ALLOW
+    return Decision.REPORT if report_mode and judgement.reason in REPORTABLE else Decision.DENY
 
 
 def _refuse(reason: Reason, message: str) -> Judgement:
@@ -117,34 +136,39 @@ class RequestExplanation:
     judgement: Judgement | None
     repository: str | None = None
     endpoint: str | None = None
+    decision: Decision | None = None  # with the judgement: what report mode makes of it
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"method": self.method, "path": self.path,
                                   "inspected": self.inspected}
         if self.judgement is not None:
             out.update(endpoint=self.endpoint, repository=self.repository,
-                       allowed=self.judgement.allowed, reason=self.judgement.reason.value,
+                       allowed=self.judgement.allowed,
+                       decision=self.decision.value if self.decision else None,
+                       reason=self.judgement.reason.value,
                        message=self.judgement.message or None)
         return out
 
     def to_text(self) -> str:
         if not self.inspected or self.judgement is None:
-            return (f"request  {self.method} {self.path}: not inspected (the deciding rule has"
-                    " no `inspect:`), relayed encrypted as the name decides")
+            return (f"request  {self.method} {self.path}: not inspected (no allowing rule with"
+                    " `inspect:` decides), relayed encrypted as the name decides")
         j = self.judgement
         what = f"{self.endpoint}" + (f" of {self.repository}" if self.repository else "")
-        verdict = "ALLOW" if j.allowed else "DENY"
+        verdict = (self.decision or (Decision.ALLOW if j.allowed else Decision.DENY)).name
         why = f": {j.message}" if j.message else ""
         return (f"request  {self.method} {self.path} ({what})\n"
                 f"request  {verdict} (reason: {j.reason.value}){why}")
 
 
-def explain_request(rule: Inspection | None, method: str, target: str) -> RequestExplanation:
-    """Judge `method target` as the proxy would inside an inspected connection;
-    BadRequest for a target the proxy would answer 400."""
+def explain_request(rule: Inspection | None, method: str, target: str, *,
+                    report_mode: bool = False) -> RequestExplanation:
+    """Judge `method target` as the proxy would inside an inspected connection
+    (`rule`: from `inspection_for`); BadRequest for a target the proxy would answer 400."""
     method = method.upper()
     if rule is None:
         return RequestExplanation(method, target, False, None)
     request = classify(method, target)
-    return RequestExplanation(method, target, True, judge(rule, request), request.repository,
-                              request.endpoint.value)
+    judgement = judge(rule, request)
+    return RequestExplanation(method, target, True, judgement, request.repository,
+                              request.endpoint.value, request_decision(judgement, report_mode))

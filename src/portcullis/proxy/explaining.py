@@ -15,11 +15,11 @@ from typing import Any
 
 from portcullis.basics.errors import AuthorityError, BadParameter, Refusal
 from portcullis.basics.ip import IPAddress
-from portcullis.basics.vocabulary import Mode
+from portcullis.basics.vocabulary import Decision, Mode
 from portcullis.observe.explain_query import ExplainQuery, query_error
 from portcullis.policy.engine import Verdict
 from portcullis.policy.explain import Explanation, explain
-from portcullis.policy.inspection import explain_request
+from portcullis.policy.inspection import explain_request, inspection_for
 from portcullis.proxy.admission import prepare
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.gate import Gate
@@ -85,11 +85,12 @@ async def answer(gate: Gate, query: ExplainQuery, *, resolve: bool = True) -> Ex
     if query.path is not None:
         rule = result.verdict.rule
         # `ExplainQuery.of` classified the path already: no BadRequest here.
-        judged = explain_request(rule.inspect if rule is not None and allowed else None,
-                                 query.method, query.path)
+        judged = explain_request(
+            inspection_for(rule.inspect if rule else None, result.verdict.decision),
+            query.method, query.path, report_mode=gate.report_mode)
         payload["request"] = judged.to_dict()
         text += "\n" + judged.to_text()
-        allowed = allowed and (judged.judgement is None or judged.judgement.allowed)
+        allowed = allowed and judged.decision is not Decision.DENY
     return ExplainAnswer(allowed, payload, text)
 
 

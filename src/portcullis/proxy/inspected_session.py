@@ -20,9 +20,9 @@ import h11
 
 from portcullis.basics.errors import AuthorityError, BadRequest, HttpError
 from portcullis.basics.hostport import format_authority
-from portcullis.basics.vocabulary import REPORTABLE, CloseReason, Decision, Reason
+from portcullis.basics.vocabulary import CloseReason, Decision, Reason
 from portcullis.observe.audit import AuditEvent
-from portcullis.policy.inspection import Inspection, Judgement, judge
+from portcullis.policy.inspection import Inspection, Judgement, judge, request_decision
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.forwarding import allowed_trailers, client_request, forwardable
 from portcullis.proxy.registry_answers import error_events, raw_error
@@ -141,16 +141,16 @@ class Session:
         if oci.endpoint is Endpoint.TOKEN and method == "POST":
             oci, body = await self._token_form(client_h11, oci)
         judgement = judge(self.rule, oci)
-        report = (not judgement.allowed and self.state.gate.report_mode
-                  and judgement.reason in REPORTABLE)
-        if not judgement.allowed and not report:
+        decision = request_decision(judgement, self.state.gate.report_mode)
+        if decision is Decision.DENY:
             has_body = client_h11.their_state is h11.SEND_BODY and not body
             if has_body:
                 event = client_h11.next_event()
                 has_body = not isinstance(event, h11.EndOfMessage)
             await self._refuse(client_h11, method, target, oci, judgement, 403, has_body)
             return not has_body and client_h11.our_state is h11.DONE
-        return await self._forward(client_h11, request, oci, judgement, report, body)
+        return await self._forward(client_h11, request, oci, judgement,
+                                   decision is Decision.REPORT, body)
 
     async def _token_form(self, client_h11: h11.Connection, oci: OciRequest
                           ) -> tuple[OciRequest, list[h11.Data]]:
@@ -278,6 +278,7 @@ class Session:
             media_type=_header(headers, b"content-type"),
             size=len(served) if served is not None else None,
             message=judgement.message or None,
+            identity=self.attempt.identity, balancer=self.attempt.balancer,
         )
         self.state.log.audit(event)
         self.state.metrics.record_inspected(self.host, decision, judgement.reason)

@@ -15,8 +15,8 @@ import socket
 import ssl
 
 from portcullis.basics.errors import HttpError
-from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.policy.inspection import Inspection
+from portcullis.basics.vocabulary import Reason
+from portcullis.policy.inspection import Inspection, inspection_for
 from portcullis.proxy.admission import refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.inspected_session import Session
@@ -36,9 +36,7 @@ from portcullis.wire.http1 import parse_request_head
 def inspects(attempt: Attempt) -> Inspection | None:
     """The inspection of the rule that allowed `attempt`, if it inspects."""
     rule = attempt.matched
-    if rule is None or attempt.decision is not Decision.ALLOW:
-        return None
-    return rule.inspect
+    return inspection_for(rule.inspect if rule else None, attempt.decision)
 
 
 async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_sock: socket.socket,

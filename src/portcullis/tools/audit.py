@@ -34,12 +34,16 @@ class Pulled:
 @dataclass(slots=True)
 class ClientSummary:
     client: str
+    identity: str | None = None
     pulled: dict[tuple[str, str, str], Pulled] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
 
 
-def summarise(lines: Iterable[str], source: str = "<log>") -> dict[str, ClientSummary]:
-    clients: dict[str, ClientSummary] = {}
+Clients = dict[tuple[str, str], ClientSummary]
+
+
+def summarise(lines: Iterable[str], source: str = "<log>") -> Clients:
+    clients: Clients = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -53,9 +57,11 @@ def summarise(lines: Iterable[str], source: str = "<log>") -> dict[str, ClientSu
     return clients
 
 
-def _fold(clients: dict[str, ClientSummary], record: dict[str, Any]) -> None:
+def _fold(clients: Clients, record: dict[str, Any]) -> None:
+    # A login is its own client: two runners behind one address pulled apart.
     client = str(record.get("client"))
-    summary = clients.setdefault(client, ClientSummary(client))
+    identity = str(record["identity"]) if record.get("identity") else None
+    summary = clients.setdefault((client, identity or ""), ClientSummary(client, identity))
     if record.get("decision") == "deny":
         reason = str(record.get("reason"))
         summary.refused[reason] = summary.refused.get(reason, 0) + 1
@@ -73,24 +79,25 @@ def _fold(clients: dict[str, ClientSummary], record: dict[str, Any]) -> None:
     pulled.last = max(pulled.last, when)
 
 
-def to_json(clients: dict[str, ClientSummary]) -> list[dict[str, Any]]:
+def to_json(clients: Clients) -> list[dict[str, Any]]:
     return [
-        {"client": s.client,
+        {"client": s.client, "identity": s.identity,
          "pulled": [{"registry": p.registry, "repository": p.repository, "digest": p.digest,
                      "references": sorted(p.references), "count": p.count,
                      "first": p.first, "last": p.last}
                     for p in sorted(s.pulled.values(), key=lambda p: (p.first, p.digest))],
          "refused": dict(sorted(s.refused.items()))}
-        for s in sorted(clients.values(), key=lambda s: s.client)
+        for s in sorted(clients.values(), key=lambda s: (s.client, s.identity or ""))
     ]
 
 
-def to_text(clients: dict[str, ClientSummary]) -> str:
+def to_text(clients: Clients) -> str:
     if not clients:
         return "no audit events (is a rule inspecting? see `inspect:` in the policy)"
     lines: list[str] = []
     for entry in to_json(clients):
-        lines.append(f"client {entry['client']}")
+        who = f" ({entry['identity']})" if entry["identity"] else ""
+        lines.append(f"client {entry['client']}{who}")
         for p in entry["pulled"]:
             refs = ",".join(p["references"]) or "-"
             lines.append(f"  {p['registry']}/{p['repository']}@{p['digest']}  refs {refs}"
