@@ -54,7 +54,7 @@ async def serve_protocols(state: FirewallState, listener: socket.socket) -> None
     loop = asyncio.get_running_loop()
     live: set[Client] = set()
     # A duplicate: the server closes its own descriptor, Server._drain the original.
-    server = await loop.create_server(lambda: Client(state, live), sock=listener.dup(),
+    server = await loop.create_server(lambda: Client(loop, state, live), sock=listener.dup(),
                                       backlog=4096)
     try:
         await loop.create_future()
@@ -65,9 +65,11 @@ async def serve_protocols(state: FirewallState, listener: socket.socket) -> None
 class Client(Side):
     """The client's socket: head, decision, dial, ClientHello, then one side of a Pair."""
 
-    def __init__(self, state: FirewallState, live: set[Client]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: FirewallState,
+                 live: set[Client]) -> None:
         super().__init__()
-        self.state, self.live = state, live
+        # Kept: on 3.11 every get_running_loop() checks the pid with a syscall.
+        self.loop, self.state, self.live = loop, state, live
         self.stage = _HEAD
         self.buffer = bytearray()
         self.attempt: Attempt | None = None
@@ -87,7 +89,7 @@ class Client(Side):
             self._refuse(reason, 503, "the proxy is at its connection limit")
         else:
             self.live.add(self)
-            self.timer = asyncio.get_running_loop().call_later(
+            self.timer = self.loop.call_later(
                 state.policy.limits.header_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
@@ -140,7 +142,7 @@ class Client(Side):
         self.transport.pause_reading()
         rest = bytes(buffer[head.head_length:])
         buffer.clear()
-        self.task = asyncio.get_running_loop().create_task(self._admit(head, authority, rest))
+        self.task = self.loop.create_task(self._admit(head, authority, rest))
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -174,7 +176,7 @@ class Client(Side):
         self.buffer += rest
         if authority.port in gate.policy.tls_ports or not raw_allowed(attempt):
             self.stage = _HELLO
-            self.timer = asyncio.get_running_loop().call_later(
+            self.timer = self.loop.call_later(
                 gate.policy.limits.client_hello_timeout, self._timed_out)
             self.transport.resume_reading()
             self._hello(b"")
@@ -239,7 +241,7 @@ class Client(Side):
         state.metrics.connection_opened(attempt.mode)
         peeked = bytes(self.buffer)
         self.buffer = bytearray()
-        pair = Pair(asyncio.get_running_loop(), self, upstream,
+        pair = Pair(self.loop, self, upstream,
                     state.policy.limits.idle_timeout, self._closed)
         pair.start(peeked)
 
