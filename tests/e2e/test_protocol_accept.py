@@ -5,6 +5,7 @@ same decision and close records the default path writes."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 import urllib.request
 from pathlib import Path
@@ -97,3 +98,36 @@ def test_the_protocol_path_refuses_as_the_default_path_does(
             assert read_to_close(sock).startswith(b"HTTP/1.1 408 ")
         record = proxy.wait_for_log(lambda r: r.get("reason") == "header_timeout")
         assert record["decision"] == "deny"
+
+
+def open_tunnel(proxy: RunningPortcullis, host: str) -> socket.socket:
+    """A tunnel to `host`:443 through the proxy, its ClientHello sent."""
+    sock = socket.create_connection(proxy.explicit)
+    sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+    head, _ = read_head(sock, exact=True)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    sock.sendall(real_hello(host))
+    assert sock.recv(5)[:1] == b"\x16"  # the registry's ServerHello came back through
+    return sock
+
+
+def test_protocol_tunnels_end_by_reset_and_by_idle_timeout_with_their_reason(
+    switched: None, testbed: Testbed, tmp_path: Path
+) -> None:
+    policy = policy_for(testbed.hosts, ["us.icr.io"])
+    policy["limits"]["idle_timeout"] = 1
+    with run_portcullis(tmp_path / "p", policy) as proxy:
+        sock = open_tunnel(proxy, "us.icr.io")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+        record = proxy.wait_for_log(lambda r: r.get("event") == "close")
+        assert record["close_reason"] == "client_reset" and record["bytes_down"] > 0
+
+        with open_tunnel(proxy, "us.icr.io") as idle:
+            started = time.monotonic()
+            idle.settimeout(10)
+            read_to_close(idle)  # the proxy ends the quiet tunnel
+            assert time.monotonic() - started < 5
+        record = proxy.wait_for_log(
+            lambda r: r.get("event") == "close" and r.get("close_reason") != "client_reset")
+        assert record["close_reason"] == "idle_timeout"

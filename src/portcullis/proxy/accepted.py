@@ -142,7 +142,18 @@ class Client(Side):
         self.transport.pause_reading()
         rest = bytes(buffer[head.head_length:])
         buffer.clear()
-        self.task = self.loop.create_task(self._admit(head, authority, rest))
+        self.task = self.loop.create_task(self._guarded(head, authority, rest))
+
+    async def _guarded(self, head: RequestHead, authority: Authority, rest: bytes) -> None:
+        try:
+            await self._admit(head, authority, rest)
+        except Exception as exc:  # a bug must cost one connection, never the listener
+            assert self.transport is not None and self.attempt is not None
+            self.transport.abort()
+            if self.upstream is not None and self.upstream.transport is not None:
+                self.upstream.transport.abort()
+            self.attempt.release()
+            self.state.log.log_error("handler failed", error=repr(exc), client=self.attempt.client)
 
     def _timed_out(self) -> None:
         self.timer = None
