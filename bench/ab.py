@@ -6,6 +6,8 @@ alike.
     .venv/bin/python -m bench.ab --tree base=/tmp/base/src --tree new=src [--rounds 4]
     .venv/bin/python -m bench.ab --tree new=src --profile /tmp/new.prof --rounds 1
     .venv/bin/python -m bench.ab --light --tree base=/tmp/base/src --tree new=src --rounds 6
+    .venv/bin/python -m bench.ab --tree main=src --tree proto=src \
+        --env proto=PORTCULLIS_PROTOCOL_ACCEPT=1
 
 `--light` swaps the TLS rate scenario for bench/setupcost.py (CONNECT, a real
 ClientHello, 1 KiB back, no crypto in the load), which leaves the proxy the CPU
@@ -43,10 +45,11 @@ finally:
 """
 
 
-def start(work: servers.Workdir, label: str, tree: str, profile: str | None
-          ) -> servers.PortcullisServer:
+def start(work: servers.Workdir, label: str, tree: str, profile: str | None,
+          env: dict[str, str]) -> servers.PortcullisServer:
     d = work.sub(label)
     os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+    os.environ.update(env)
     try:
         if profile is None:
             return servers.launch_portcullis(d, servers.portcullis_policy(servers.free_port()),
@@ -57,7 +60,8 @@ def start(work: servers.Workdir, label: str, tree: str, profile: str | None
             d, servers.portcullis_policy(servers.free_port()), label=label,
             python=[sys.executable, str(script), f"{profile}.{label}"])
     finally:
-        del os.environ["PYTHONPATH"]
+        for name in ("PYTHONPATH", *env):
+            del os.environ[name]
 
 
 def main() -> None:
@@ -69,8 +73,14 @@ def main() -> None:
     parser.add_argument("--profile", help="path prefix for cProfile output (CPU clock)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--light", action="store_true", help="bench/setupcost.py's load")
+    parser.add_argument("--env", action="append", default=[],
+                        help="label=NAME=VALUE: an environment variable for one tree's process")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
+    envs: dict[str, dict[str, str]] = {label: {} for label in trees}
+    for spec in args.env:
+        label, name, value = spec.split("=", 2)
+        envs[label][name] = value
     servers.raise_nofile()
     with servers.Workdir.create() as work:
         origin = None if args.light else servers.start_nginx(work)
@@ -79,7 +89,7 @@ def main() -> None:
             if not args.no_floor:
                 running["floor"] = servers.start_floor_relay(work)
             for label, tree in trees.items():
-                running[label] = start(work, label, tree, args.profile)
+                running[label] = start(work, label, tree, args.profile, envs[label])
             slices: dict[str, list[connrate.RateResult]] = {n: [] for n in running}
             for _ in range(args.rounds):
                 for name, proxy in running.items():

@@ -1,0 +1,61 @@
+"""Syscalls per connection of one Portcullis under bench/setupcost.py's light load,
+counted by `strace -f -c`: a figure the shared machine's noise does not move.
+
+    .venv/bin/python -m bench.syscalls [--env NAME=VALUE] [--duration 3]
+
+The count is strace's summary over the whole load divided by the connections
+closed in the decision log (set-up and start-up calls are a few hundred in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from bench import procfs, servers, setupcost
+
+
+def parse_summary(text: str) -> dict[str, int]:
+    """`strace -c`'s table: calls per syscall."""
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            calls[fields[-1]] = int(fields[3])
+    return calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE")
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--top", type=int, default=14)
+    args = parser.parse_args()
+    os.environ.update(dict(e.split("=", 1) for e in args.env))
+    servers.raise_nofile()
+    with servers.Workdir.create() as work:
+        d = work.sub("traced")
+        summary = d / "strace.txt"
+        proxy = servers.launch_portcullis(
+            d, servers.portcullis_policy(servers.free_port()), label="traced",
+            python=["strace", "-f", "-c", "-o", str(summary), sys.executable, "-m",
+                    "portcullis.cli"])
+        try:
+            setupcost.measure(proxy, args.duration)
+        finally:
+            # strace detaches on SIGTERM and would leave the proxy running: stop the proxy.
+            for pid in procfs.tree(proxy.pid)[1:]:
+                os.kill(pid, signal.SIGTERM)
+            proxy.proc.wait(timeout=30)
+        closed = len(proxy.records("close"))
+        calls = parse_summary(summary.read_text())
+    total = sum(calls.values())
+    print(f"connections {closed}, syscalls per connection {total / closed:.1f}")
+    for name, count in sorted(calls.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"  {name:<16} {count / closed:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
