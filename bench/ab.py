@@ -6,8 +6,8 @@ alike.
     .venv/bin/python -m bench.ab --tree base=/tmp/base/src --tree new=src [--rounds 4]
     .venv/bin/python -m bench.ab --tree new=src --profile /tmp/new.prof --rounds 1
     .venv/bin/python -m bench.ab --light --tree base=/tmp/base/src --tree new=src --rounds 6
-    .venv/bin/python -m bench.ab --tree main=src --tree proto=src \
-        --env proto=PORTCULLIS_PROTOCOL_ACCEPT=1
+    .venv/bin/python -m bench.ab --tree main=src --tree nolog=bench/ablated \
+        --env nolog=PROTO_ABLATE=log
 
 `--light` swaps the TLS rate scenario for bench/setupcost.py (CONNECT, a real
 ClientHello, 1 KiB back, no crypto in the load), which leaves the proxy the CPU

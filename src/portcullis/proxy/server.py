@@ -31,7 +31,7 @@ from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import Engine
-from portcullis.proxy import accepted, transparent
+from portcullis.proxy import transparent
 from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explaining import explain_for_admin
@@ -88,11 +88,7 @@ class Server:
                 continue
             sock = bind_or_explain(address, mode, reuse_port=self.reuse_port)
             self.listeners[mode] = sock
-            if mode is Mode.EXPLICIT and mode not in self.balancers and accepted.switched_on():
-                # An experiment, off by default (proxy/accepted.py).
-                task = asyncio.create_task(accepted.serve_protocols(self.state, sock))
-            else:
-                task = asyncio.create_task(self._accept_loop(sock, handler, mode))
+            task = asyncio.create_task(self._accept_loop(sock, handler, mode))
             self._accepting.append(task)
         if policy.listen.admin is not None:
             self.admin = AdminServer(
