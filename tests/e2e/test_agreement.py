@@ -24,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.netns import Namespaces, inside, namespaces
-from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.portcullis_proc import (
+    PORTCULLIS,
+    RunningPortcullis,
+    apply_redirect,
+    run_portcullis,
+)
 from tests.support.servers import EchoServer, ThreadedServer
 from tests.support.tls_hellos import real_hello
 
@@ -152,10 +156,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             for port in (80, 8080):
                 stack.enter_context(EchoServer(UPSTREAM_IP, port))
         policy = agreement_policy("enforce")
-        nft_policy = workdir / "nft-policy.yaml"
-        nft_policy.write_text(yaml.safe_dump(policy))
-        loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(nft_policy), "--apply"])
-        assert loaded.strip() == "loaded table inet portcullis"
+        apply_redirect(ns, policy, workdir)
         with inside(ns.firewall):
             proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
         yield Net(ns, proxy, workdir / "portcullis" / "policy.yaml")

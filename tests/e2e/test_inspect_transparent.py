@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support.containerd import hosts_dir, private_containerd
 from tests.support.inspection import InspectionCA, inspect_policy, make_ca
 from tests.support.netns import Namespaces, inside, namespaces
-from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.portcullis_proc import (
+    RunningPortcullis,
+    apply_redirect,
+    run_portcullis,
+)
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
@@ -68,10 +71,7 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         policy = inspect_policy(bed, ca, ["ns/small"])
         policy["sources"] = {"workers": [f"{WORKER_NET}.0/24"]}
         policy["listen"]["transparent"] = "0.0.0.0:3129"
-        policy_path = workdir / "nft-policy.yaml"
-        policy_path.write_text(yaml.safe_dump(policy))
-        loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(policy_path), "--apply"])
-        assert loaded.strip() == "loaded table inet portcullis"
+        apply_redirect(ns, policy, workdir)
         with inside(ns.firewall):
             proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
         yield Net(ns, bed, ca, proxy, redirect)

@@ -27,11 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.http import read_to_close
 from tests.support.netns import Namespaces, inside, namespaces
-from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, policy_for, run_portcullis
+from tests.support.portcullis_proc import (
+    RunningPortcullis,
+    apply_redirect,
+    policy_for,
+    run_portcullis,
+)
 from tests.support.testbed import Testbed, start_testbed, verify_pulled
 from tests.support.tls_hellos import real_hello, with_extensions
 
@@ -140,11 +144,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         threading.Thread(target=plain.serve_forever, daemon=True).start()
         stack.callback(plain.shutdown)
         policy = base_policy(bed)
-        policy_path = workdir / "nft-policy.yaml"
-        policy_path.write_text(yaml.safe_dump(policy))
         # The redirect comes from the command an operator would run on the gateway.
-        loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(policy_path), "--apply"])
-        assert loaded.strip() == "loaded table inet portcullis"
+        apply_redirect(ns, policy, workdir)
         with inside(ns.firewall):
             proxy = stack.enter_context(run_portcullis(workdir / "portcullis", policy))
         yield Net(ns, bed, proxy, attacker, seen, workdir)

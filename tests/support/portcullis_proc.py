@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tests.support.http import Answer, ask, connect
+from tests.support.netns import Namespaces
 
 PORTCULLIS = [sys.executable, "-m", "portcullis.cli"]
 
@@ -169,3 +170,12 @@ def run_portcullis(
                 proc.kill()
                 proc.wait()
         stderr.close()
+
+
+def apply_redirect(ns: Namespaces, policy: dict[str, Any], workdir: Path) -> None:
+    """The firewall namespace's nftables redirect for `policy`, made by the command
+    an operator would run on the gateway (`portcullis nftables --apply`)."""
+    path = workdir / "nft-policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    loaded = ns.exec("firewall", [*PORTCULLIS, "nftables", "-c", str(path), "--apply"])
+    assert loaded.strip() == "loaded table inet portcullis", loaded
