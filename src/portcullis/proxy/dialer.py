@@ -23,7 +23,7 @@ from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.reading import wait_ready
 
 
-def error_kind(exc: OSError) -> str:
+def _error_kind(exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     if isinstance(exc, ConnectionResetError):
@@ -91,7 +91,7 @@ async def dial(
             break
         except OSError as exc:
             sock.close()
-            metrics.connect_error(error_kind(exc))
+            metrics.connect_error(_error_kind(exc))
             last = Refusal(f"connecting to {format_hostport(address, port)} failed: {exc.strerror}",
                            reason=Reason.CONNECT_FAILED, status=502)
             continue

@@ -66,7 +66,7 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
         await plain.serve(state, conn, attempt, bytes(buffer))
 
 
-def raw_allowed(attempt: Attempt) -> bool:
+def _raw_allowed(attempt: Attempt) -> bool:
     """Whether the tunnel may carry bytes that are not TLS: only on a port outside
     `tls_ports`, and only when an allow rule with `raw: true` decided it."""
     rule = attempt.matched
@@ -87,7 +87,7 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
     try:
         await send_all(conn, ESTABLISHED)
         peeked, alpn = rest, tuple[str, ...]()
-        if authority.port in gate.policy.tls_ports or not raw_allowed(attempt):
+        if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
             try:
                 hello, peeked = await read_client_hello(
                     conn, rest, gate.policy.limits.client_hello_timeout
