@@ -60,13 +60,17 @@ def parse(text: str, source: str) -> dict[str, str]:
     return entries
 
 
-def load(path: str) -> dict[str, str]:
+def read(path: str) -> str:
+    """The password file's text; PasswordFileError when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise PasswordFileError(f"cannot read the password file {path}: {exc}") from None
-    return parse(text, path)
+
+
+def load(path: str) -> dict[str, str]:
+    return parse(read(path), path)
 
 
 def hash_password(password: str, scheme: str = "argon2", *, cost: int = 12) -> str:
@@ -85,9 +89,7 @@ def verify(stored: str, password: str) -> bool:
             return False
     try:
         return _argon2.verify(stored, password)
-    except argon2.exceptions.VerificationError:
-        return False
-    except argon2.exceptions.InvalidHashError:
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
         return False
 
 

@@ -50,7 +50,7 @@ class Attempt:
     identity: str | None = None
     certified: str | None = None
     # Quota leases held by the connection, shared by its requests (released
-    # when its tunnel ends: FirewallState.relay_tunnel, serve_connection).
+    # when the connection ends, by serve_connection).
     leases: list[Lease] = field(default_factory=list)
 
     @property

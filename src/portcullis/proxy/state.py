@@ -78,7 +78,6 @@ class FirewallState:
                                  idle_timeout=idle_timeout)
         finally:
             self.metrics.connection_closed(attempt.mode)
-            attempt.release()
         self.record_close(attempt, result.bytes_up, result.bytes_down, result.close_reason)
 
 

@@ -18,9 +18,9 @@ from portcullis.policy import passwords
 def _lines(path: Path) -> list[str]:
     if not path.exists():
         return []
-    entries = passwords.load(str(path))  # refuse to rewrite a file we cannot read
-    del entries
-    return path.read_text(encoding="utf-8").splitlines()
+    text = passwords.read(str(path))
+    passwords.parse(text, str(path))  # refuse to rewrite a file we cannot read
+    return text.splitlines()
 
 
 def _user_of(line: str) -> str | None:
