@@ -23,7 +23,6 @@ from portcullis.basics.errors import InvalidPattern
 
 # The distribution spec's path component and tag grammars.
 COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
-TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _TAG_PATTERN = re.compile(r"[A-Za-z0-9_.*-]{1,128}\Z")
 MAX_NAME = 255
 
@@ -39,10 +38,6 @@ class RepositoryPattern:
 
     def matches_tag(self, tag: str) -> bool:
         return self._tag is None or self._tag.fullmatch(tag) is not None
-
-    @property
-    def limits_tags(self) -> bool:
-        return self._tag is not None
 
 
 def _component_regex(component: str, text: str) -> str:
@@ -100,6 +95,3 @@ def is_repository_name(name: str) -> bool:
     """Whether `name` is a repository name the distribution spec allows."""
     return 0 < len(name) <= MAX_NAME and all(COMPONENT.match(c) for c in name.split("/"))
 
-
-def is_tag(reference: str) -> bool:
-    return TAG.match(reference) is not None

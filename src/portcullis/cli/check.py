@@ -116,7 +116,10 @@ def check(registry: str | None, region_list: tuple[str, ...], china: bool, priva
     context = _context(ca, "--ca")
     route = netprobe.Route(context, parsed_proxy, _resolve_overrides(resolve_list), timeout,
                            dns_timeout or timeout, NoProxy.parse(bypass_text),
-                           _context(proxy_ca, "--proxy-ca") if proxy_ca else None)
+                           # Built once here, not per tunnel: it loads the system store.
+                           _context(proxy_ca, "--proxy-ca")
+                           if parsed_proxy is not None and parsed_proxy.scheme == "https"
+                           else None)
     if check_view.progress_wanted(as_json):
         with check_view.ProgressObserver() as observer:
             report = doctor.run_check(route, targets, ref, credentials=credentials,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from portcullis.basics.errors import InvalidPattern
-from portcullis.basics.names import parse_pattern
 from portcullis.basics.repositories import parse_repository_pattern
 
 
@@ -29,4 +28,3 @@ def check_inspectable(action: str, to: Sequence[object]) -> None:
                 f"an inspecting rule names hosts, not addresses: {dest!r}; a certificate is"
                 " minted for the name the client asks for"
             )
-        parse_pattern(dest)

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 from portcullis.observe.audit import AuditEvent
@@ -145,18 +146,17 @@ class DecisionLog:
 
     def audit(self, ev: AuditEvent) -> None:
         """One inspected request (observe/audit.py)."""
-        cut: list[str] = []
-        rec = self._head("audit", ev.time)
-        for key, value in ev.fields().items():
-            rec[key] = cap(value, key, cut) if isinstance(value, str) else value
-        if cut:
-            rec["truncated"] = cut
-        self._write(rec)
+        self._write_fields(self._head("audit", ev.time), ev.fields(), [])
 
     def _operational(self, event: str, message: str, fields: dict[str, object]) -> None:
         cut: list[str] = []
         rec = self._head(event, time.time())
         rec["msg"] = cap(message, "msg", cut)
+        self._write_fields(rec, fields, cut)
+
+    def _write_fields(self, rec: dict[str, Any], fields: Mapping[str, object],
+                      cut: list[str]) -> None:
+        """Add `fields` to `rec` (long strings cut and listed in "truncated"), then write it."""
         for key, value in fields.items():
             # A field may not overwrite the envelope, which readers rely on.
             name = f"_{key}" if key in _RESERVED else key

@@ -149,8 +149,7 @@ class Session:
                 has_body = not isinstance(event, h11.EndOfMessage)
             await self._refuse(client_h11, method, target, oci, judgement, 403, has_body)
             return not has_body and client_h11.our_state is h11.DONE
-        return await self._forward(client_h11, request, oci, judgement,
-                                   decision is Decision.REPORT, body)
+        return await self._forward(client_h11, request, oci, judgement, decision, body)
 
     async def _token_form(self, client_h11: h11.Connection, oci: OciRequest
                           ) -> tuple[OciRequest, list[h11.Data]]:
@@ -187,7 +186,7 @@ class Session:
             await self.client.send(client_h11.send(event) or b"")
 
     async def _forward(self, client_h11: h11.Connection, request: h11.Request, oci: OciRequest,
-                       judgement: Judgement, report: bool, body: list[h11.Data]) -> bool:
+                       judgement: Judgement, decision: Decision, body: list[h11.Data]) -> bool:
         path = request.target
         outgoing = h11.Request(method=request.method, target=path,
                                headers=forwardable(request.headers, self.authority))
@@ -200,8 +199,7 @@ class Session:
         else:
             await self._pump_request_body(client_h11)
         response, served = await self._pump_response(client_h11, oci)
-        decision = Decision.REPORT if report else Decision.ALLOW
-        if served is not None or report:
+        if served is not None or decision is Decision.REPORT:
             self._audit(oci.method, oci.path, oci, judgement, response.status_code,
                         decision=decision, response=response, served=served)
         else:
@@ -243,7 +241,7 @@ class Session:
                 headers = forwardable(event.headers)
                 if isinstance(event, h11.Response):
                     response = event
-                    if self.up_h11.their_state is h11.MUST_CLOSE or _says_close(event):
+                    if _says_close(event):
                         headers.append((b"connection", b"close"))
                     if (oci.endpoint is Endpoint.MANIFEST and oci.method == "GET"
                             and event.status_code == 200):

@@ -17,7 +17,6 @@ import ssl
 from portcullis.basics.errors import HttpError
 from portcullis.basics.vocabulary import Reason
 from portcullis.policy.inspection import Inspection, inspection_for
-from portcullis.proxy.admission import refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.inspected_session import Session
 from portcullis.proxy.inspector import (
@@ -71,8 +70,7 @@ async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_so
         try:
             await upstream.handshake(limits.connect_timeout)
         except (ssl.SSLError, TlsClosed, TimeoutError) as exc:
-            refuse(gate, attempt, Reason.UPSTREAM_TLS)
-            state.record(attempt)
+            state.refuse_and_record(attempt, Reason.UPSTREAM_TLS)
             await _answer_first(client, limits.header_timeout, limits.header_bytes,
                                 f"cannot verify {host}: {_tls_error(exc)}", attempt.rule)
             await client.close()

@@ -29,7 +29,7 @@ from portcullis.proxy import transparent
 from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.balanced import BALANCED, Balanced
-from portcullis.proxy.reading import ClientGone
+from portcullis.proxy.reading import ClientGone, wait_ready
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
 from portcullis.wire.proxy_protocol import MAX_HEADER, ProxyHeader, parse_proxy_header
@@ -108,36 +108,21 @@ async def read_proxy_header(conn: socket.socket, timeout: float) -> ProxyHeader:
     TimeoutError, ClientGone or ProxyHeaderError.
     """
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     taken = bytearray()
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                peeked = conn.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
-            except BlockingIOError:
-                await _readable(loop, conn)
-                continue
-            except OSError as exc:
-                raise ClientGone from exc
-            if not peeked:
-                raise ClientGone
-            header = parse_proxy_header(taken + peeked)
-            if header is not None:
-                conn.recv(header.length - len(taken))
-                return header
-            # Incomplete: everything so far belongs to the header; take it and wait.
-            taken += conn.recv(len(peeked))
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
-    waiter: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
-    loop.add_reader(fd, _wake, waiter)
-    try:
-        await waiter
-    finally:
-        loop.remove_reader(fd)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    while True:
+        try:
+            peeked = conn.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
+        except BlockingIOError:
+            await wait_ready(loop, conn.fileno(), deadline)
+            continue
+        except OSError as exc:
+            raise ClientGone from exc
+        if not peeked:
+            raise ClientGone
+        header = parse_proxy_header(taken + peeked)
+        if header is not None:
+            conn.recv(header.length - len(taken))
+            return header
+        # Incomplete: everything so far belongs to the header; take it and wait.
+        taken += conn.recv(len(peeked))

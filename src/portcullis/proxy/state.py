@@ -56,7 +56,7 @@ class FirewallState:
         self.metrics.record_close(event)
 
     def refuse_and_record(self, attempt: Attempt, reason: Reason) -> None:
-        """A refusal that ends the connection before anything was dialled."""
+        """Record a refusal that ends the connection before anything was relayed."""
         refuse(self.gate, attempt, reason)
         self.record(attempt)
 

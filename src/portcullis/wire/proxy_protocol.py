@@ -49,9 +49,10 @@ class ProxyHeader:
 def parse_proxy_header(data: bytes | bytearray) -> ProxyHeader | None:
     """The header at the start of `data`; None while it may still be incomplete."""
     head = bytes(data[:_V2_FIXED])
-    if V2_SIGNATURE.startswith(head[:12]) and (len(head) < 12 or head[:12] == V2_SIGNATURE):
+    # A prefix of the signature (or of "PROXY ") may still become a header.
+    if V2_SIGNATURE.startswith(head[:12]):
         return _parse_v2(bytes(data)) if len(head) >= 12 else None
-    if V1_PREFIX.startswith(head[:6]) or head.startswith(V1_PREFIX):
+    if V1_PREFIX.startswith(head[:6]):
         return _parse_v1(bytes(data[:V1_MAX]))
     raise ProxyHeaderError("no PROXY protocol header: the connection must start with one"
                            f" (got {head[:8]!r})")
