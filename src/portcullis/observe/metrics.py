@@ -124,6 +124,13 @@ class Metrics:
         )
         self._info = Info("portcullis", "Portcullis build information.", registry=r)
         self._info.info({"version": version})
+        if shared_dir is not None:
+            # Every worker's files, read at each scrape (the collector globs them
+            # then); the build info is the same in all. Without auto_describe,
+            # registering does not read them all once more.
+            self._merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._merged, path=shared_dir)  # type: ignore[no-untyped-call]
+            self._merged.register(self._info)
 
         # Pre-resolved children. Every known series is created up front, so a
         # scrape shows zeros instead of absent series (rate() needs a start).
@@ -194,11 +201,7 @@ class Metrics:
         """The exposition body and its Content-Type."""
         if self.shared_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
-        # Every worker's files, read at each scrape; the build info is the same in all.
-        merged = CollectorRegistry(auto_describe=True)
-        multiprocess.MultiProcessCollector(merged, path=self.shared_dir)  # type: ignore[no-untyped-call]
-        merged.register(self._info)
-        return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self._merged), CONTENT_TYPE_LATEST
 
 
 def worker_gone(pid: int, shared_dir: str) -> None:

@@ -12,6 +12,7 @@ import json
 import h11
 
 from portcullis.basics.vocabulary import Reason
+from portcullis.proxy.responses import printable_line
 
 _CODES = {403: "DENIED", 400: "UNSUPPORTED", 502: "UNAVAILABLE"}
 _REASONS = {403: "Forbidden", 400: "Bad Request", 502: "Bad Gateway"}
@@ -38,8 +39,8 @@ def error_events(status: int, message: str, reason: Reason, rule: str | None, *,
     # The reason phrase carries the message too: a HEAD answer has no body, and
     # containerd prints only the status line of a refused HEAD.
     phrase = f"{_REASONS.get(status, 'Error')} (portcullis: {message})"
-    printable = "".join(c if " " <= c <= "~" else "?" for c in phrase)[:300]
-    return [h11.Response(status_code=status, headers=headers, reason=printable.encode()),
+    return [h11.Response(status_code=status, headers=headers,
+                         reason=printable_line(phrase).encode()),
             h11.Data(data=body), h11.EndOfMessage()]
 
 

@@ -24,7 +24,7 @@ ERROR_STATUS = {
 }
 
 
-def _safe(text: str) -> str:
+def printable_line(text: str) -> str:
     # Client-supplied names end up here: keep the head one line of printable ASCII.
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:300]
 
@@ -39,13 +39,13 @@ def error_response(status: int, attempt: Attempt, detail: str | None = None, *,
     ]
     if detail:
         lines.append(detail)
-    body = "".join(_safe(line) + "\n" for line in lines).encode("ascii")
+    body = "".join(printable_line(line) + "\n" for line in lines).encode("ascii")
     head = (
         f"HTTP/1.1 {status} {ERROR_STATUS.get(status, 'Error')}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"X-Portcullis-Reason: {attempt.reason.value}\r\n"
-        f"X-Portcullis-Rule: {_safe(rule)}\r\n"
+        f"X-Portcullis-Rule: {printable_line(rule)}\r\n"
         # 407 must name the scheme (RFC 9110 §11.7.1); clients retry with credentials.
         + (f'Proxy-Authenticate: Basic realm="{realm}"\r\n' if status == 407 else "")
         + ("Retry-After: 1\r\n" if status == 429 else "")
