@@ -152,31 +152,24 @@ async def _upstream_for(
     the request was refused (answered and recorded)."""
     gate = state.gate
     key = (authority.host, authority.port)
-    refusal: Refusal | None = None
     try:
         # Each request carries its own Proxy-Authorization (never forwarded).
         await authenticate(gate, state.metrics, attempt, head, authority)
-    except Refusal as exc:
-        refusal = exc
-    if refusal is None and upstream is not None and upstream.key == key:
-        if decide(gate, attempt, authority):
+        if upstream is not None and upstream.key == key:
+            if not decide(gate, attempt, authority):
+                raise refused(attempt)
             attempt.resolved, attempt.dialed = upstream.resolved, upstream.dialed
             attempt.parent = upstream.parent
             return upstream
-        refusal = refused(attempt)
-    elif refusal is None:
         if upstream is not None:
             upstream.sock.close()
             upstream = None
-        try:
-            sock = await admit(gate, state.metrics, attempt, authority, original=original)
-            return Upstream(key, sock, attempt)
-        except Refusal as exc:
-            refusal = exc
-    assert refusal is not None
-    if upstream is not None:
-        upstream.sock.close()
-    state.record(attempt)
-    await send(conn, error_response(refusal.status, attempt, refusal.message,
-                                    realm=gate.policy.auth.realm))
-    return None
+        sock = await admit(gate, state.metrics, attempt, authority, original=original)
+        return Upstream(key, sock, attempt)
+    except Refusal as refusal:
+        if upstream is not None:
+            upstream.sock.close()
+        state.record(attempt)
+        await send(conn, error_response(refusal.status, attempt, refusal.message,
+                                        realm=gate.policy.auth.realm))
+        return None
