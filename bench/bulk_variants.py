@@ -45,7 +45,7 @@ def start_variant(work: servers.Workdir, mode: str, size: int) -> servers.Server
     log.write_text("")
     cmd = [sys.executable, "-m", "bench.bulk_variants", "--serve", mode, str(size),
            "serve", "-c", str(d / "policy.yaml"), "--log", str(log)]
-    proc = servers._popen(cmd, d / "stderr.log")
+    proc = servers.popen(cmd, d / "stderr.log")
     deadline = time.monotonic() + 30
     while not any(json.loads(line).get("msg") == "listening"
                   for line in log.read_text().splitlines()):

@@ -1,6 +1,6 @@
 """Profile Portcullis under one bench scenario with py-spy and print where time goes.
 
-    .venv/bin/python -m bench.profile rate|bulk [--no-uvloop] [--native] [--top 30]
+    .venv/bin/python -m bench.profile rate|light|bulk [--no-uvloop] [--native] [--top 30]
 
 Starts nginx and one Portcullis process, attaches `py-spy record` (raw collapsed
 stacks, idle frames dropped), runs the scenario, then prints the functions with
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import bulk, connrate, servers
+from bench import bulk, connrate, servers, setupcost
 
 
 def summarize(raw: Path, top: int) -> str:
@@ -45,7 +45,7 @@ def summarize(raw: Path, top: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=["rate", "bulk"])
+    parser.add_argument("scenario", choices=["rate", "light", "bulk"])
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument("--native", action="store_true")
     parser.add_argument("--top", type=int, default=30)
@@ -54,7 +54,8 @@ def main() -> None:
     servers.raise_nofile()
     raw = Path(tempfile.mkdtemp(prefix="portcullis-profile-")) / f"{args.scenario}.txt"
     with servers.Workdir.create() as work:
-        origin = servers.start_nginx(work)
+        # The light load runs its own origin.
+        origin = None if args.scenario == "light" else servers.start_nginx(work)
         proxy = servers.start_portcullis(work, uvloop=not args.no_uvloop)
         try:
             spy = [sys.prefix + "/bin/py-spy", "record", "--pid", str(proxy.pid), "--format",
@@ -66,14 +67,18 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.scenario == "rate":
                 result: object = connrate.measure(str(work.ca_pem), proxy, args.duration)
+            elif args.scenario == "light":
+                result = setupcost.measure(proxy, args.duration)
             else:
+                assert origin is not None
                 result = bulk.download(str(work.ca_pem), proxy, origin)
             print(f"{result}  ({time.perf_counter() - t0:.1f} s)")
             recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
             recorder.wait(timeout=30)
         finally:
             proxy.stop()
-            origin.stop()
+            if origin is not None:
+                origin.stop()
     print(summarize(raw, args.top))
     print(f"raw stacks: {raw}")
 

@@ -159,7 +159,7 @@ class Workdir:
         return path
 
 
-def _popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 preexec_fn=raise_nofile, start_new_session=True)
@@ -203,7 +203,7 @@ http {{
     }}
 }}
 """)
-    proc = _popen(["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
+    proc = popen(["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")],
                   d / "stdout.log")
     wait_port((ORIGIN_ADDR, TLS_PORT), proc, "nginx")
     return Server("nginx", proc, (ORIGIN_ADDR, TLS_PORT))
@@ -241,7 +241,7 @@ http_access deny CONNECT !bench_ports
 http_access allow clients
 http_access deny all
 {extra}""")
-    proc = _popen([binary, "-N", "-n", service, "-f", str(conf)], d / "stdout.log")
+    proc = popen([binary, "-N", "-n", service, "-f", str(conf)], d / "stdout.log")
     wait_port(("127.0.0.1", port), proc, label)
     return Server(label, proc, ("127.0.0.1", port), list(Path("/dev/shm").glob(f"{service}-*")))
 
@@ -270,7 +270,7 @@ DisableViaHeader Yes
     script = (f"mount --bind {work.root}/hosts /etc/hosts && "
               f"mount --bind {work.root}/resolv.conf /etc/resolv.conf && "
               f"exec tinyproxy -d -c {conf}")
-    proc = _popen(["unshare", "-m", "sh", "-c", script], d / "stdout.log")
+    proc = popen(["unshare", "-m", "sh", "-c", script], d / "stdout.log")
     wait_port(("127.0.0.1", port), proc, "tinyproxy")
     return Server("tinyproxy", proc, ("127.0.0.1", port))
 
@@ -278,7 +278,7 @@ DisableViaHeader Yes
 def start_floor_relay(work: Workdir) -> Server:
     d = work.sub("floor")
     port = free_port()
-    proc = _popen([sys.executable, "-m", "bench.floor_relay", "--listen", f"127.0.0.1:{port}",
+    proc = popen([sys.executable, "-m", "bench.floor_relay", "--listen", f"127.0.0.1:{port}",
                    "--host", f"{ORIGIN_NAME}={ORIGIN_ADDR}"], d / "stderr.log")
     wait_port(("127.0.0.1", port), proc, "floor_relay")
     return Server("floor", proc, ("127.0.0.1", port))
@@ -314,7 +314,7 @@ listen floor
     bind 127.0.0.1:{port}
     server origin {ORIGIN_ADDR}:{TLS_PORT}
 """)
-    proc = _popen(["haproxy", "-db", "-f", str(conf)], d / "stdout.log")
+    proc = popen(["haproxy", "-db", "-f", str(conf)], d / "stdout.log")
     wait_port(("127.0.0.1", port), proc, "haproxy")
     return Server("haproxy", proc, ("127.0.0.1", port), connect=False)
 
@@ -352,7 +352,8 @@ def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
 
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
                       uvloop: bool = True, label: str = "portcullis",
-                      python: list[str] | None = None) -> PortcullisServer:
+                      python: list[str] | None = None,
+                      start_timeout: float = 30.0) -> PortcullisServer:
     """`portcullis serve` on `policy` with its files in `d`; returns once every
     worker listens. The address is the one the log reports (the policy may say :0).
     `python` replaces `python -m portcullis.cli` (bench/ab.py's profiler)."""
@@ -364,9 +365,9 @@ def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
            "--log", str(log), "--workers", str(workers)]
     if not uvloop:
         cmd.append("--no-uvloop")
-    proc = _popen(cmd, d / "stderr.log")
+    proc = popen(cmd, d / "stderr.log")
     server = PortcullisServer(label, proc, ("", 0), policy_path=policy_path, log_path=log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + start_timeout
     listening: list[dict[str, Any]] = []
     while len(listening) < workers:
         if proc.poll() is not None or time.monotonic() > deadline:

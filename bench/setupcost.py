@@ -83,25 +83,26 @@ async def _load(proxy: tuple[str, int], start_at: float, duration: float) -> dic
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Origin, ORIGIN_ADDR, TLS_PORT, backlog=4096)
     hello = client_hello()
-    done, errors = 0, []
+    done, total, errors = 0, 0, []
     count_from, stop_at = start_at + WARMUP, start_at + duration
     await asyncio.sleep(max(0.0, start_at - time.time()))
 
     async def client() -> None:
-        nonlocal done
+        nonlocal done, total
         while (now := time.time()) < stop_at:
             try:
                 await _one(proxy, hello)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 errors.append(repr(exc))
                 continue
+            total += 1
             if now >= count_from:
                 done += 1
 
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
     server.close()
     cpu = resource.getrusage(resource.RUSAGE_SELF)
-    return {"done": done, "errors": errors[:5], "n_errors": len(errors),
+    return {"done": done, "total": total, "errors": errors[:5], "n_errors": len(errors),
             "cpu_s": cpu.ru_utime + cpu.ru_stime}
 
 

@@ -26,3 +26,8 @@ if _PARTS:
         for _name in ("record_decision", "record_close", "connection_opened",
                       "connection_closed", "observe_dns", "observe_connect"):
             setattr(_metrics.Metrics, _name, _nothing)
+
+if "gc" in _PARTS:
+    import gc as _gc
+
+    _gc.disable()

@@ -1,0 +1,134 @@
+"""User-space instructions per connection, counted by valgrind's callgrind under
+bench/setupcost.py's light load: unlike CPU time on this shared machine, the
+count repeats to a fraction of a percent, so an A/B of one small change to the
+per-connection path can be read off a single run.
+
+    .venv/bin/python -m bench.instructions [--tree LABEL=DIR ...] [--env LABEL=NAME=VALUE]
+
+Each target (the Python floor, then Portcullis from each source tree, as
+bench/ab.py takes them) starts under `valgrind --tool=callgrind` with
+instrumentation off, so start-up is not counted; it is switched on just before
+the load (`callgrind_control -i on`) and the total read from the profile the
+process writes when it exits. The kernel's share (syscalls, TCP over loopback)
+is not in the count: bench/syscalls.py counts the syscalls, bench/ab.py
+weighs both together as CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import procfs, servers, setupcost
+
+# Under valgrind a start-up takes ten to fifty times as long.
+START_TIMEOUT = 300.0
+
+
+def _callgrind(out: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            "--dump-instr=no", "--compress-strings=no"]
+
+
+def _total(profile: Path) -> int:
+    match = re.search(r"^(?:summary|totals): (\d+)", profile.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no total in {profile}")
+    return int(match.group(1))
+
+
+def _load(proxy: servers.Server, duration: float) -> int:
+    """Run the light load for `duration` s; the connections completed."""
+    spec = {"address": list(proxy.address), "start_at": time.time() + 0.2, "duration": duration}
+    out = subprocess.run([sys.executable, "-m", "bench.setupcost", "--worker", json.dumps(spec)],
+                         check=True, capture_output=True, timeout=duration + 120).stdout
+    result = json.loads(out)
+    if result["n_errors"]:
+        raise RuntimeError(f"{proxy.name}: {result['n_errors']} errors, {result['errors']}")
+    return int(result["total"])
+
+
+def _measure(proxy: servers.Server, profile: Path, duration: float) -> tuple[int, int]:
+    pid = proxy.proc.pid
+    try:
+        subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
+                       capture_output=True, timeout=60)
+        connections = _load(proxy, duration)
+    finally:
+        for each in reversed(procfs.tree(pid)):
+            os.kill(each, signal.SIGTERM)
+        proxy.proc.wait(timeout=120)
+    return _total(profile), connections
+
+
+def start_floor(work: servers.Workdir, profile: Path) -> servers.Server:
+    d = work.sub("floor")
+    port = servers.free_port()
+    proc = servers.popen([*_callgrind(profile), sys.executable, "-m", "bench.floor_relay",
+                          "--listen", f"127.0.0.1:{port}",
+                          "--host", f"{servers.ORIGIN_NAME}={servers.ORIGIN_ADDR}"],
+                         d / "stderr.log")
+    servers.wait_port(("127.0.0.1", port), proc, "floor_relay", timeout=START_TIMEOUT)
+    return servers.Server("floor", proc, ("127.0.0.1", port))
+
+
+def start_portcullis(work: servers.Workdir, label: str, tree: str, env: dict[str, str],
+                     profile: Path) -> servers.Server:
+    d = work.sub(label)
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+    os.environ.update(env)
+    try:
+        return servers.launch_portcullis(
+            d, servers.portcullis_policy(servers.free_port()), label=label,
+            python=[*_callgrind(profile), sys.executable, "-m", "portcullis.cli"],
+            start_timeout=START_TIMEOUT)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
+    parser.add_argument("--env", action="append", default=[],
+                        help="label=NAME=VALUE: an environment variable for one tree's process")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--save", help="a directory to keep each callgrind profile in")
+    args = parser.parse_args()
+    trees = dict(t.split("=", 1) for t in args.tree or ["main=src"])
+    envs: dict[str, dict[str, str]] = {label: {} for label in trees}
+    for spec in args.env:
+        label, name, value = spec.split("=", 2)
+        envs[label][name] = value
+    servers.raise_nofile()
+    rows: list[tuple[str, int, int]] = []
+    with servers.Workdir.create() as work:
+        labels = ([] if args.no_floor else ["floor"]) + list(trees)
+        for label in labels:
+            profile = work.root / f"callgrind.{label}"
+            proxy = (start_floor(work, profile) if label == "floor" else
+                     start_portcullis(work, label, trees[label], envs[label], profile))
+            total, connections = _measure(proxy, profile, args.duration)
+            rows.append((label, total, connections))
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                shutil.copy(profile, Path(args.save) / profile.name)
+    floor = next((total / n for label, total, n in rows if label == "floor"), None)
+    print(f"{'target':<12} {'connections':>11} {'instructions/conn':>18} {'x floor':>8}")
+    for label, total, n in rows:
+        ratio = f"{total / n / floor:7.2f}x" if floor else "-"
+        print(f"{label:<12} {n:11d} {total / n:18,.0f} {ratio:>8}")
+
+
+if __name__ == "__main__":
+    main()
