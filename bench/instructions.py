@@ -8,8 +8,9 @@ per-connection path can be read off a single run.
 Each target (the Python floor, then Portcullis from each source tree, as
 bench/ab.py takes them) starts under `valgrind --tool=callgrind` with
 instrumentation off, so start-up is not counted; it is switched on just before
-the load (`callgrind_control -i on`) and the total read from the profile the
-process writes when it exits. The kernel's share (syscalls, TCP over loopback)
+the load (`callgrind_control -i on`) and the total read from the profile it
+dumps when the load is over (`callgrind_control -d`), so neither start-up nor
+exit is counted. The kernel's share (syscalls, TCP over loopback)
 is not in the count: bench/syscalls.py counts the syscalls, bench/ab.py
 weighs both together as CPU time.
 """
@@ -56,17 +57,25 @@ def _load(proxy: servers.Server, duration: float) -> int:
     return int(result["total"])
 
 
-def _measure(proxy: servers.Server, profile: Path, duration: float) -> tuple[int, int]:
+def _measure(proxy: servers.Server, profile: Path, duration: float,
+             idle: bool = False) -> tuple[Path, int]:
     pid = proxy.proc.pid
     try:
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
                        capture_output=True, timeout=60)
-        connections = _load(proxy, duration)
+        if idle:
+            time.sleep(duration)
+            connections = 0
+        else:
+            connections = _load(proxy, duration)
+        # Dumped now, the count leaves out the drain and the interpreter's exit.
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
+                       capture_output=True, timeout=120)
     finally:
         for each in reversed(procfs.tree(pid)):
             os.kill(each, signal.SIGTERM)
         proxy.proc.wait(timeout=120)
-    return _total(profile), connections
+    return sorted(profile.parent.glob(profile.name + ".*"))[0], connections
 
 
 def start_floor(work: servers.Workdir, profile: Path) -> servers.Server:
@@ -103,6 +112,8 @@ def main() -> None:
                         help="label=NAME=VALUE: an environment variable for one tree's process")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--idle", action="store_true",
+                        help="count with no load for --duration s (what is not per connection)")
     parser.add_argument("--save", help="a directory to keep each callgrind profile in")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree or ["main=src"])
@@ -118,14 +129,17 @@ def main() -> None:
             profile = work.root / f"callgrind.{label}"
             proxy = (start_floor(work, profile) if label == "floor" else
                      start_portcullis(work, label, trees[label], envs[label], profile))
-            total, connections = _measure(proxy, profile, args.duration)
-            rows.append((label, total, connections))
+            dump, connections = _measure(proxy, profile, args.duration, args.idle)
+            rows.append((label, _total(dump), connections))
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
-                shutil.copy(profile, Path(args.save) / profile.name)
+                shutil.copy(dump, Path(args.save) / profile.name)
     floor = next((total / n for label, total, n in rows if label == "floor"), None)
     print(f"{'target':<12} {'connections':>11} {'instructions/conn':>18} {'x floor':>8}")
     for label, total, n in rows:
+        if not n:
+            print(f"{label:<12} {n:11d} {total:18,d} (idle, in all)")
+            continue
         ratio = f"{total / n / floor:7.2f}x" if floor else "-"
         print(f"{label:<12} {n:11d} {total / n:18,.0f} {ratio:>8}")
 

@@ -8,10 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
-from portcullis.observe.lines import MAX_STRING, close_line, decision_line
+from portcullis.observe.lines import MAX_STRING, _fixed, close_line, decision_line
 
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str).encode
 STAMP = "2023-11-14T22:13:20.250Z"
@@ -22,6 +24,20 @@ def _cap(value: str | None, name: str, cut: list[str]) -> str | None:
         cut.append(name)
         return value[:MAX_STRING]
     return value
+
+
+@pytest.mark.parametrize("value", [0.0, 0.00004, 0.0004, 0.0005, 0.0015, 0.0025, 0.1234567, 1.5,
+                                   12.0, 99.9999, 1234.5678901, 2.0000005, 1_700_000_000.123456789,
+                                   1_700_000_000.5, 1_700_000_000.0000005, 1e15, -0.25])
+@pytest.mark.parametrize("digits", [3, 6])
+def test_numbers_are_written_as_repr_of_round_writes_them(value: float, digits: int) -> None:
+    assert _fixed(value, digits) == repr(round(value, digits))
+
+
+@given(st.floats(min_value=0, max_value=1e16, allow_nan=False), st.sampled_from([3, 6]))
+def test_any_duration_or_time_is_written_as_repr_of_round_writes_it(value: float,
+                                                                   digits: int) -> None:
+    assert _fixed(value, digits) == repr(round(value, digits))
 
 
 def reference_decision(ev: DecisionEvent) -> str:
@@ -91,7 +107,7 @@ def test_decision_line_with_identity_parent_and_balancer(text: str,
 
 
 def test_decision_line_with_nothing_known() -> None:
-    ev = DecisionEvent(time=1_700_000_000, id="ab-2", client="::1", client_port=1,
+    ev = DecisionEvent(time=1_700_000_000.0, id="ab-2", client="::1", client_port=1,
                        mode=Mode.TRANSPARENT, host=None, port=0, sni=None, rule=None,
                        decision=Decision.DENY, reason=Reason.BAD_REQUEST)
     line = decision_line(ev, STAMP)

@@ -1,7 +1,9 @@
 """What the proxy reports: one event when it decides, one when a connection ends.
 
-Events are plain frozen records so that the proxy builds them once and hands the
-same object to the log and to the metrics; neither sink may change it.
+Events are plain records that the proxy builds once and hands to the log and to
+the metrics; neither sink may change them. They are not frozen: a frozen
+dataclass sets each field through object.__setattr__, which made building the
+two events of a connection three times as costly (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecisionEvent:
     time: float  # epoch seconds
     id: str  # connection id, see new_connection_id()
@@ -37,7 +39,7 @@ class DecisionEvent:
     balancer: str | None = None  # "ip:port" of the load balancer that sent a PROXY header
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseEvent:
     time: float
     id: str

@@ -30,8 +30,23 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
+def _fixed(value: float, digits: int) -> str:
+    """`value` rounded to `digits` decimals, written as repr(round(value, digits))
+    writes it: round() and repr() each convert the float to decimal, where one
+    "%.nf" does (it rounds the same way, half-even on the exact binary value)."""
+    # Below 1e-4 repr writes an exponent; above the limit a double has fewer
+    # than `digits` exact decimals and repr writes fewer.
+    if 1e-4 <= value < _LIMITS[digits]:
+        text = ("%.*f" % (digits, value)).rstrip("0")
+        return text + "0" if text[-1] == "." else text
+    return repr(round(float(value), digits))
+
+
+_LIMITS = {3: 2**52 / 1e3, 6: 2**52 / 1e6}
+
+
 def _ms(value: float | None) -> str:
-    return "null" if value is None else repr(round(value, 3))
+    return "null" if value is None else _fixed(value, 3)
 
 
 def _truncated(cut: list[str]) -> str:
@@ -47,7 +62,7 @@ def decision_line(ev: DecisionEvent, stamp: str) -> str:
     identity = cap(ev.identity, "identity", cut)
     resolved = ",".join(map(_quote, ev.resolved))
     return (
-        f'{{"event":"decision","time":"{stamp}","ts":{round(ev.time, 6)!r},'
+        f'{{"event":"decision","time":"{stamp}","ts":{_fixed(ev.time, 6)},'
         f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},"client_port":{ev.client_port},'
         f'"mode":{_quote(ev.mode)},"host":{_text(host)},"port":{ev.port},'
         f'"sni":{_text(sni)},"rule":{_text(rule)},"decision":{_quote(ev.decision.value)},'
@@ -75,9 +90,9 @@ def close_line(ev: CloseEvent, stamp: str) -> str:
     host = cap(ev.host, "host", cut)
     reason = cap(ev.close_reason, "close_reason", cut)
     return (
-        f'{{"event":"close","time":"{stamp}","ts":{round(ev.time, 6)!r},'
+        f'{{"event":"close","time":"{stamp}","ts":{_fixed(ev.time, 6)},'
         f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},"host":{_text(host)},'
         f'"bytes_up":{ev.bytes_up},"bytes_down":{ev.bytes_down},'
-        f'"duration_s":{round(ev.duration_s, 6)!r},"close_reason":{_text(reason)}'
+        f'"duration_s":{_fixed(ev.duration_s, 6)},"close_reason":{_text(reason)}'
         f"{_truncated(cut)}}}\n"
     )

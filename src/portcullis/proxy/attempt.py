@@ -73,37 +73,14 @@ class Attempt:
             lease.release()
 
     def decision_event(self) -> DecisionEvent:
+        # Positional: keywords would cost a dict per event on the per-connection path.
         return DecisionEvent(
-            time=time.time(),
-            id=self.id,
-            client=self.client,
-            client_port=self.client_port,
-            mode=self.mode,
-            host=self.host,
-            port=self.port,
-            sni=self.sni,
-            rule=self.rule,
-            decision=self.decision,
-            reason=self.reason,
-            resolved=self.resolved,
-            dialed=self.dialed,
-            dns_ms=self.dns_ms,
-            connect_ms=self.connect_ms,
-            original_dst=self.original_dst,
-            identity=self.identity,
-            parent=self.parent,
-            parent_status=self.parent_status,
-            balancer=self.balancer,
+            time.time(), self.id, self.client, self.client_port, self.mode, self.host,
+            self.port, self.sni, self.rule, self.decision, self.reason, self.resolved,
+            self.dialed, self.dns_ms, self.connect_ms, self.original_dst, self.identity,
+            self.parent, self.parent_status, self.balancer,
         )
 
     def close_event(self, bytes_up: int, bytes_down: int, reason: CloseReason) -> CloseEvent:
-        return CloseEvent(
-            time=time.time(),
-            id=self.id,
-            client=self.client,
-            host=self.host,
-            bytes_up=bytes_up,
-            bytes_down=bytes_down,
-            duration_s=round(time.monotonic() - self.started, 6),
-            close_reason=reason,
-        )
+        return CloseEvent(time.time(), self.id, self.client, self.host, bytes_up, bytes_down,
+                          time.monotonic() - self.started, reason)
