@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import procfs, servers, setupcost
+from bench import procfs, servers
 
 # Under valgrind a start-up takes ten to fifty times as long.
 START_TIMEOUT = 300.0

@@ -33,16 +33,17 @@ def _text(value: str | None) -> str:
 def _fixed(value: float, digits: int) -> str:
     """`value` rounded to `digits` decimals, written as repr(round(value, digits))
     writes it: round() and repr() each convert the float to decimal, where one
-    "%.nf" does (it rounds the same way, half-even on the exact binary value)."""
+    format(value, ".nf") does (it rounds the same way, half-even on the exact binary value)."""
     # Below 1e-4 repr writes an exponent; above the limit a double has fewer
     # than `digits` exact decimals and repr writes fewer.
     if 1e-4 <= value < _LIMITS[digits]:
-        text = ("%.*f" % (digits, value)).rstrip("0")
+        text = format(value, _FORMATS[digits]).rstrip("0")
         return text + "0" if text[-1] == "." else text
     return repr(round(float(value), digits))
 
 
 _LIMITS = {3: 2**52 / 1e3, 6: 2**52 / 1e6}
+_FORMATS = {3: ".3f", 6: ".6f"}
 
 
 def _ms(value: float | None) -> str:
