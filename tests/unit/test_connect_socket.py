@@ -81,3 +81,33 @@ def test_cancelled_wait_leaves_no_writer_behind(use_uvloop: bool) -> None:
             listener.close()
 
     proxy_loop.run(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("mark", [True, False])
+def test_dial_marks_its_socket_only_when_asked(mark: bool) -> None:
+    # The mark lets a same-host transparent set-up's nftables rules skip the
+    # proxy's own connections; without a transparent listener it is not set.
+    import ipaddress
+    import os
+
+    from portcullis.basics.vocabulary import Mode
+    from portcullis.net.sockets import SOCKET_MARK
+    from portcullis.observe.metrics import Metrics
+    from portcullis.proxy.attempt import Attempt
+    from portcullis.proxy.dialer import dial
+
+    async def main() -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        attempt = Attempt(Mode.EXPLICIT, "127.0.0.1", 1, "t-1")
+        try:
+            sock = await dial(5.0, Metrics(), attempt, [ipaddress.ip_address("127.0.0.1")],
+                              listener.getsockname()[1], mark=mark)
+            with sock:
+                assert attempt.dialed == f"127.0.0.1:{listener.getsockname()[1]}"
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
+        finally:
+            listener.close()
+
+    got = proxy_loop.run(main(), use_uvloop=True)
+    # Setting a mark needs CAP_NET_ADMIN: as another user the dial goes on unmarked.
+    assert got == (SOCKET_MARK if mark and os.geteuid() == 0 else 0)

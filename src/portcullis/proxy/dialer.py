@@ -52,10 +52,13 @@ async def connect_socket(
 
 
 async def dial(
-    timeout: float, metrics: Metrics, attempt: Attempt, addresses: list[IPAddress], port: int
+    timeout: float, metrics: Metrics, attempt: Attempt, addresses: list[IPAddress], port: int,
+    *, mark: bool = False,
 ) -> socket.socket:
     """Connect to the first address that answers, within `timeout` overall.
 
+    `mark`: set SOCKET_MARK on the socket, which the nftables rules of a
+    same-host transparent set-up exempt from their redirect (tools/nftables.py).
     Raises Refusal (connect_failed 502, connect_timeout 504, over_capacity 503).
     """
     loop = asyncio.get_running_loop()
@@ -73,13 +76,15 @@ async def dial(
             message = f"cannot open a socket to {format_hostport(address, port)}: {exc.strerror}"
             raise Refusal(message, reason=Reason.OVER_CAPACITY, status=503) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Needs CAP_NET_ADMIN; only a same-host transparent set-up relies on it.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK)
+        if mark:
+            # Needs CAP_NET_ADMIN; without it the operator exempts the proxy's uid.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK)
+        text = str(address)
         try:
             if loop.time() >= deadline:
                 raise TimeoutError
-            await connect_socket(loop, sock, (str(address), port), deadline)
+            await connect_socket(loop, sock, (text, port), deadline)
         except asyncio.CancelledError:
             sock.close()
             raise
@@ -97,7 +102,7 @@ async def dial(
             continue
         attempt.connect_ms = (time.monotonic() - started) * 1000
         metrics.observe_connect(attempt.connect_ms / 1000)
-        attempt.dialed = format_hostport(address, port)
+        attempt.dialed = format_hostport(text, port)
         return sock
     assert last is not None
     attempt.connect_ms = (time.monotonic() - started) * 1000

@@ -82,7 +82,8 @@ async def dial_parent(gate: Gate, metrics: Metrics, attempt: Attempt, parent: Up
     deadline = time.monotonic() + timeout
     addresses = await _addresses(gate, parent)
     try:
-        sock = await dial(timeout, metrics, attempt, addresses, parent.port)
+        sock = await dial(timeout, metrics, attempt, addresses, parent.port,
+                          mark=gate.policy.listen.transparent is not None)
     except Refusal as refusal:
         if refusal.reason is Reason.OVER_CAPACITY:
             raise

@@ -66,8 +66,11 @@ async def relay(
     splice = USE_SPLICE if use_splice is None else (use_splice and USE_SPLICE)
     tunnel: Tunnel | None = None
     try:
-        client.setblocking(False)
-        upstream.setblocking(False)
+        for sock in (client, upstream):
+            # Admission hands over non-blocking sockets: setblocking() would
+            # cost an ioctl each all the same.
+            if sock.gettimeout() != 0.0:
+                sock.setblocking(False)
         tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, splice)
         tunnel.start()
         try:
