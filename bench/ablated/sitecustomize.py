@@ -35,7 +35,7 @@ if "gc" in _PARTS:
 if _PARTS & {"head", "hello", "decide"}:
     # Parts replaced by a memo of their own answers: what is left of their
     # cost is a dict lookup, so the count drops by about what they cost.
-    from typing import Callable
+    from collections.abc import Callable
 
     def _memo(fn: Callable[..., Any], key: Callable[..., Any]) -> Callable[..., Any]:
         seen: dict[Any, Any] = {}

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from portcullis import __version__
-from portcullis.basics.vocabulary import Decision, Reason
+from portcullis.basics.vocabulary import Decision, Mode, Reason
 from portcullis.observe.events import CloseEvent, DecisionEvent
-from portcullis.observe.metrics import LATENCY_BUCKETS, Metrics
+from portcullis.observe.metrics import FLUSH_DELAY, LATENCY_BUCKETS, Metrics
 
 
 def dec(rule: str | None, decision: Decision, reason: Reason) -> DecisionEvent:
@@ -27,6 +30,7 @@ def dec(rule: str | None, decision: Decision, reason: Reason) -> DecisionEvent:
 
 
 def value(m: Metrics, name: str, **labels: str) -> float | None:
+    m.flush()  # what a scrape does first
     return m.registry.get_sample_value(name, labels)
 
 
@@ -153,3 +157,42 @@ def test_render_is_parseable_prometheus_text() -> None:
     [sample] = [s for s in families["portcullis_decisions"].samples if s.name.endswith("_total")]
     assert sample.labels["rule"] == 'we"ird\\rule\n'
     assert sample.value == 1
+
+
+def test_a_flushed_histogram_is_the_one_observe_makes() -> None:
+    # flush adds a batch through prometheus_client's internals: the exposition
+    # must stay what one observe() per value would have written.
+    samples = [0.0, 0.0005, 0.00051, 0.003, 0.025, 0.2, 9.99, 10.0, 10.5, 300.0]
+    reference = CollectorRegistry()
+    direct = Histogram("portcullis_dns_seconds", "Time to resolve a requested name.",
+                       buckets=LATENCY_BUCKETS, registry=reference)
+    m = Metrics()
+    for sample in samples:
+        direct.observe(sample)
+        m.observe_dns(sample)
+    m.flush()
+    m.observe_dns(0.001)  # a second batch adds to the first
+    m.flush()
+    direct.observe(0.001)
+
+    def histogram_lines(body: bytes) -> list[str]:
+        return [line for line in body.decode().splitlines()
+                if line.startswith("portcullis_dns_seconds") and "_created" not in line]
+
+    assert histogram_lines(generate_latest(m.registry)) == histogram_lines(
+        generate_latest(reference))
+
+
+def test_a_batch_is_flushed_by_itself_within_the_delay() -> None:
+    async def main() -> tuple[float | None, float | None]:
+        m = Metrics()
+        m.record_decision(dec("ibm", Decision.ALLOW, Reason.RULE_ALLOW))
+        m.connection_opened(Mode.EXPLICIT)
+        name = "portcullis_decisions_total"
+        labels = {"decision": "allow", "reason": "rule_allow", "rule": "ibm"}
+        before = m.registry.get_sample_value(name, labels)
+        await asyncio.sleep(FLUSH_DELAY * 3)
+        return before, m.registry.get_sample_value(name, labels)
+
+    before, after = asyncio.run(main())
+    assert (before, after) == (None, 1)

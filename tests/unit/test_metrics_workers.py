@@ -33,6 +33,7 @@ if role == "workers":
                     host="us.icr.io", bytes_up=10, bytes_down=100, duration_s=0.1,
                     close_reason=CloseReason.DONE))
             m.connection_opened(Mode.EXPLICIT)  # still open when the worker exits
+            m.flush()  # what a worker's drain does before it exits
             os._exit(0)
         pids.append(pid)
     for pid in pids:

@@ -68,8 +68,9 @@ async def relay(
     try:
         for sock in (client, upstream):
             # Admission hands over non-blocking sockets: setblocking() would
-            # cost an ioctl each all the same.
-            if sock.gettimeout() != 0.0:
+            # cost an ioctl each all the same. (On a closed socket it raises
+            # the OSError the caller expects.)
+            if sock.gettimeout() != 0.0 or sock.fileno() < 0:
                 sock.setblocking(False)
         tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, splice)
         tunnel.start()

@@ -147,6 +147,7 @@ class Server:
                 await asyncio.wait(pending, timeout=5)
         if self.admin is not None:
             await self.admin.close()
+        self.metrics.flush()  # the last batch, into the files the other workers' scrapes read
         self.state.log.log_info("stopped")
         self._stopped.set()
 
