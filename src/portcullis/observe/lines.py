@@ -66,8 +66,8 @@ def decision_line(ev: DecisionEvent, stamp: str) -> str:
         f'{{"event":"decision","time":"{stamp}","ts":{_fixed(ev.time, 6)},'
         f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},"client_port":{ev.client_port},'
         f'"mode":{_quote(ev.mode)},"host":{_text(host)},"port":{ev.port},'
-        f'"sni":{_text(sni)},"rule":{_text(rule)},"decision":{_quote(ev.decision.value)},'
-        f'"reason":{_quote(ev.reason.value)},"resolved":[{resolved}],'
+        f'"sni":{_text(sni)},"rule":{_text(rule)},"decision":{_quote(ev.decision)},'
+        f'"reason":{_quote(ev.reason)},"resolved":[{resolved}],'
         f'"dialed":{_text(ev.dialed)},"dns_ms":{_ms(ev.dns_ms)},'
         f'"connect_ms":{_ms(ev.connect_ms)},"original_dst":{_text(ev.original_dst)}'
         f"{_optional(ev, identity)}{_truncated(cut)}}}\n"

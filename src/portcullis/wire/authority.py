@@ -8,6 +8,7 @@ that inet_aton accepts (`127.1`, `0x7f000001`) but that look like names.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -68,10 +69,13 @@ def _parse_port(text: str | None, default: int | None, what: str, whole: str) ->
     return port
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_authority(text: str, default_port: int | None, what: str) -> Authority:
     """Parse `host[:port]`; `default_port=None` makes the port mandatory.
 
     `what` names the source ("CONNECT target", "Host header") in messages.
+    Cached (an Authority is immutable): clients ask for the same few registry
+    hosts over and over, and parsing one showed in per-connection profiles.
     """
     if not text:
         raise AuthorityError(f"{what} is empty")

@@ -14,6 +14,7 @@ extension, bytes after the hello in its last record) is refused.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
@@ -32,6 +33,7 @@ _EXT_ECH = 0xFE0D
 _HOST_NAME = 0x00
 _MAX_RECORD = 1 << 14  # plaintext fragment limit, RFC 8446 §5.1
 MAX_HELLO_SIZE = 65536
+_EXTENSION_HEADER = struct.Struct(">HH")  # type, length
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +165,14 @@ def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> Cl
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     seen: set[int] = set()
-    # Inlined reads: this loop runs for every extension of every hello.
+    header = _EXTENSION_HEADER.unpack_from
+    # One C call per extension header: this loop runs for every extension of every hello.
     while i < end:
         if i + 4 > end:
             raise MalformedClientHello("extension header overruns the ClientHello")
-        ext = b[i] << 8 | b[i + 1]
-        stop = i + 4 + (b[i + 2] << 8 | b[i + 3])
+        ext, length = header(b, i)
         i += 4
+        stop = i + length
         if stop > end:
             raise MalformedClientHello(f"extension 0x{ext:04x} overruns the ClientHello")
         if ext in seen:
