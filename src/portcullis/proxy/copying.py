@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from portcullis.proxy.pipes import copy_buffer
 
 if TYPE_CHECKING:
+    from portcullis.proxy.reactor import Watch
     from portcullis.proxy.tunnel import Tunnel
 
 # Fallback read size; one buffer per thread, never per tunnel.
@@ -28,13 +29,16 @@ class CopyPath:
     it, so that making a direction stays one call.
     """
 
-    __slots__ = ("buf", "dst", "dst_fd", "eof", "nbytes", "pending", "src", "src_fd", "tunnel")
+    __slots__ = ("buf", "dst", "dst_fd", "dst_watch", "eof", "nbytes", "pending", "src", "src_fd",
+                 "src_watch", "tunnel")
 
     tunnel: Tunnel
     src: socket.socket
     dst: socket.socket
     src_fd: int
     dst_fd: int
+    src_watch: Watch  # readiness: cleared here on EAGAIN (reactor.py)
+    dst_watch: Watch
     pending: memoryview | None  # bytes read but not yet written
     buf: memoryview | None
     nbytes: int  # bytes written to dst
@@ -50,6 +54,7 @@ class CopyPath:
             try:
                 n = recv_into(buf)
             except BlockingIOError:
+                self.src_watch.readable = False
                 break
             except OSError as exc:
                 self.tunnel.fail(self.src, exc)
@@ -60,6 +65,7 @@ class CopyPath:
             try:
                 m = send(buf[:n])
             except BlockingIOError:
+                self.dst_watch.writable = False
                 m = 0
             except OSError as exc:
                 self.tunnel.fail(self.dst, exc)
@@ -78,6 +84,7 @@ class CopyPath:
             try:
                 m = self.dst.send(pending)
             except BlockingIOError:
+                self.dst_watch.writable = False
                 self.pending = pending
                 return False
             except OSError as exc:

@@ -45,7 +45,7 @@ async def connect_socket(
     """
     err = sock.connect_ex(address)
     if err in (errno.EINPROGRESS, errno.EAGAIN):
-        await wait_ready(loop, sock.fileno(), deadline, write=True)
+        await wait_ready(loop, sock, deadline, write=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))  # OSError() picks the errno's subclass

@@ -4,6 +4,11 @@ A direction reads its source while nothing it has read is unwritten, and
 waits for its destination to become writable otherwise (the backpressure of
 relay.py). At EOF, once everything is written, it passes the half-close on.
 The bytes move on the splice path (splicing.py) or the copy path (copying.py).
+
+Readiness comes from the proxy's edge-triggered epoll (reactor.py): starting
+or stopping to read is setting a callback slot, no syscall. A read goes on
+until EAGAIN, which clears the source's `readable`; when the burst ends first,
+the direction calls itself again on the next loop turn.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from portcullis.proxy.pipes import release_pipe
 from portcullis.proxy.splicing import SplicePath
 
 if TYPE_CHECKING:
+    from portcullis.proxy.reactor import Watch
     from portcullis.proxy.tunnel import Tunnel
 
 
@@ -25,12 +31,15 @@ class Direction(SplicePath):
     __slots__ = ("finished", "loop", "reading", "writing")
 
     def __init__(
-        self, tunnel: Tunnel, src: socket.socket, dst: socket.socket, splice: bool
+        self, tunnel: Tunnel, src: socket.socket, dst: socket.socket, src_watch: Watch,
+        dst_watch: Watch, splice: bool,
     ) -> None:
         self.tunnel = tunnel
         self.loop = tunnel.loop
         self.src = src
         self.dst = dst
+        self.src_watch = src_watch
+        self.dst_watch = dst_watch
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.splice = splice
@@ -55,24 +64,29 @@ class Direction(SplicePath):
 
     def _stop_reading(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.src_fd)
+            self.src_watch.on_read = None
             self.reading = False
 
     def _stop_writing(self) -> None:
         if self.writing:
-            self.loop.remove_writer(self.dst_fd)
+            self.dst_watch.on_write = None
             self.writing = False
 
     def _resume_reading(self) -> None:
         self._stop_writing()
         if not self.reading:
-            self.loop.add_reader(self.src_fd, self.on_readable)
+            self.src_watch.on_read = self.on_readable
             self.reading = True
+            if self.src_watch.readable:
+                # Bytes (or the end) came while this direction was not reading:
+                # no new event will tell.
+                self.loop.call_soon(self.on_readable)
 
     def _wait_writable(self) -> None:
+        # Called after a write answered EAGAIN (which cleared `writable`).
         self._stop_reading()
         if not self.writing:
-            self.loop.add_writer(self.dst_fd, self.on_writable)
+            self.dst_watch.on_write = self.on_writable
             self.writing = True
 
     def stop(self) -> None:
@@ -88,9 +102,9 @@ class Direction(SplicePath):
     # -- callbacks ----------------------------------------------------------
 
     def on_readable(self) -> None:
-        if self.tunnel.reason is not None:
-            # uvloop may still run a callback collected in the same poll round
-            # in which the other direction ended the tunnel.
+        if self.tunnel.reason is not None or not self.reading:
+            # A call scheduled before the tunnel ended, or before the
+            # direction turned to waiting for its destination.
             return
         try:
             drained = self._pump_splice() if self.splice else self._pump_copy()
@@ -105,9 +119,12 @@ class Direction(SplicePath):
             self._wait_writable()
         elif self.eof:
             self._end()
+        elif self.src_watch.readable:
+            # The burst ended before EAGAIN: go on after the other callbacks.
+            self.loop.call_soon(self.on_readable)
 
     def on_writable(self) -> None:
-        if self.tunnel.reason is not None:
+        if self.tunnel.reason is not None or not self.writing:
             return
         try:
             drained = self._flush()
@@ -134,12 +151,8 @@ class Direction(SplicePath):
 
     def _end(self) -> None:
         """Source at EOF and everything written: pass the half-close on."""
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if self.writing:
-            self.loop.remove_writer(self.dst_fd)
-            self.writing = False
+        self._stop_reading()
+        self._stop_writing()
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError as exc:

@@ -114,7 +114,7 @@ async def read_proxy_header(conn: socket.socket, timeout: float) -> ProxyHeader:
         try:
             peeked = conn.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
         except BlockingIOError:
-            await wait_ready(loop, conn.fileno(), deadline)
+            await wait_ready(loop, conn, deadline)
             continue
         except OSError as exc:
             raise ClientGone from exc

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+from portcullis.proxy.reactor import reactor_for
 from portcullis.wire.http1 import RequestHead, parse_request_head
 from portcullis.wire.tls import ClientHello, parse_client_hello
 
@@ -50,7 +52,7 @@ async def read_until(
             except BlockingIOError:
                 if loop.time() >= deadline:
                     raise TimeoutError from None
-                await wait_ready(loop, conn.fileno(), deadline)
+                await wait_ready(loop, conn, deadline)
             except OSError as exc:
                 raise ClientGone from exc
         if not data:
@@ -58,36 +60,44 @@ async def read_until(
         buffer += data
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
 
-async def wait_ready(loop: asyncio.AbstractEventLoop, fd: int, deadline: float | None, *,
-                     write: bool = False) -> None:
-    """Until `fd` is readable (writable with `write`), or TimeoutError at
-    `deadline` (loop time; None for no deadline).
+async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                     deadline: float | None, *, write: bool = False) -> None:
+    """Until `sock` is readable (writable with `write`), or TimeoutError at
+    `deadline` (loop time; None for no deadline). Call it right after the
+    socket answered EAGAIN: only an event from then on ends the wait.
 
-    A reader (or writer) and a timer on one future: asyncio.timeout_at around
-    sock_recv costs a Timeout object, a coroutine and the task's cancel
-    machinery on every wait.
+    The socket is registered once for its life (proxy/reactor.py); a wait is a
+    future, a callback slot and a timer.
     """
+    watch = reactor_for(loop).watch(sock)
     waiter = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if write else (
-        loop.add_reader, loop.remove_reader)
-    add(fd, _wake, waiter)
+    wake = functools.partial(_wake, waiter)
+    if write:
+        watch.writable = False
+        watch.on_write = wake
+    else:
+        watch.readable = False
+        watch.on_read = wake
     timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
     try:
         await waiter
     finally:
         if timer is not None:
             timer.cancel()
-        remove(fd)
+        if write:
+            watch.on_write = None
+        else:
+            watch.on_read = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def read_head(

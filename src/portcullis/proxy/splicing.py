@@ -45,6 +45,7 @@ class SplicePath(CopyPath):
             try:
                 n = os.splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE_FLAGS)
             except BlockingIOError:
+                self.src_watch.readable = False
                 break
             except OSError as exc:
                 if exc.errno in _SPLICE_UNSUPPORTED:
@@ -59,10 +60,9 @@ class SplicePath(CopyPath):
             drained = self._flush_pipe()
             if not drained or not self.splice:
                 return drained
-            # A short read is not taken as "empty": read on until EAGAIN. Under
-            # uvloop a socket error (EPOLLERR) closes the fd's watcher after one
-            # callback, so bytes that arrived with a reset must not hide the
-            # reset (or the EOF) behind them: nothing would ever call again.
+            # A short read is not taken as "empty": read on until EAGAIN. The
+            # readiness events are edge-triggered (reactor.py): bytes, an EOF or
+            # a reset left behind a short read would never be reported again.
         self._give_back_pipe()
         return True
 
@@ -73,6 +73,7 @@ class SplicePath(CopyPath):
             try:
                 m = os.splice(pipe.r, self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
             except BlockingIOError:
+                self.dst_watch.writable = False
                 return False
             except OSError as exc:
                 if exc.errno in _SPLICE_UNSUPPORTED:

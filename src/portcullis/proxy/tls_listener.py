@@ -22,6 +22,7 @@ from portcullis.config.access import ServerTLS
 from portcullis.observe.events import new_connection_id
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.explicit import handle_explicit
+from portcullis.proxy.reactor import reactor_for
 from portcullis.proxy.state import FirewallState
 
 _READ = 65536
@@ -70,6 +71,8 @@ async def handle_explicit_tls(state: FirewallState, conn: socket.socket,
     reader = asyncio.StreamReader(limit=_READ)
     protocol = asyncio.StreamReaderProtocol(reader)
     timeout = state.policy.limits.header_timeout
+    # A PROXY header read before left the socket in our epoll; the transport watches it now.
+    reactor_for(loop).forget(conn)
     try:
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, conn, ssl=context, ssl_handshake_timeout=timeout)

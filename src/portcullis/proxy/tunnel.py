@@ -11,6 +11,7 @@ import struct
 
 from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy.direction import Direction
+from portcullis.proxy.reactor import reactor_for
 
 # The peer went away; anything else from the kernel is an "error".
 _RESET_ERRNOS = frozenset(
@@ -52,8 +53,10 @@ class Tunnel:
         self.idle_timeout = idle_timeout
         self.last_activity = loop.time()
         self.timer: asyncio.TimerHandle | None = None
-        self.up = Direction(self, client, upstream, splice)
-        self.down = Direction(self, upstream, client, splice)
+        reactor = reactor_for(loop)
+        client_watch, upstream_watch = reactor.watch(client), reactor.watch(upstream)
+        self.up = Direction(self, client, upstream, client_watch, upstream_watch, splice)
+        self.down = Direction(self, upstream, client, upstream_watch, client_watch, splice)
         if initial_up:
             self.up.pending = memoryview(initial_up)
 

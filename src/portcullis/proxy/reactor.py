@@ -1,0 +1,134 @@
+"""Readiness of the proxy's own sockets: one epoll of ours, edge-triggered, one
+registration per socket for its whole life.
+
+The loop's own add_reader/add_writer make a libuv poll handle per wait under
+uvloop: set-up probes the fd (epoll ADD and DEL) and sets FIONBIO, tear-down
+deletes it again, and each call looks the fd up in uvloop's transports (a
+Python WeakValueDictionary raising KeyError). A connection's four or five waits
+(the head or the hello, the dial, the relay's two readers) cost about twenty
+syscalls that way (bench/RESULTS.md). Here a socket is added to our epoll
+once, with EPOLLET for both directions, and a close removes it; the loop
+watches the one epoll fd and `_dispatch` hands out what it reports.
+
+Edge-triggered means an event says "something changed", not "there is data":
+`Watch.readable` (or `writable`) stays True from an event until a read (or
+write) of the socket's owner fails with EAGAIN, which the owner records. A
+wait that starts right after such an EAGAIN clears the flag and waits for the
+next event; the relay reads on until EAGAIN, and re-schedules itself when its
+burst ends first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+import threading
+from collections.abc import Callable
+
+_READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+
+
+class Watch:
+    """One socket's readiness, and who is waiting for it (at most one per direction)."""
+
+    __slots__ = ("on_read", "on_write", "readable", "sock", "writable")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        # False until the first event: registering reports the socket's state then.
+        self.readable = False
+        self.writable = False
+        self.on_read: Callable[[], object] | None = None
+        self.on_write: Callable[[], object] | None = None
+
+
+class Reactor:
+    """The proxy's epoll for one event loop (`reactor_for`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._epoll = select.epoll()
+        # By fd number. A closed socket leaves its entry until the number is
+        # reused: `watch` tells the two apart by the socket object.
+        self._watches: dict[int, Watch] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def watch(self, sock: socket.socket) -> Watch:
+        """The socket's Watch, registering the socket on first use."""
+        fd = sock.fileno()
+        watch = self._watches.get(fd)
+        if watch is not None and watch.sock is sock:
+            return watch
+        watch = self._watches[fd] = Watch(sock)
+        try:
+            self._epoll.register(fd, _MASK)
+        except FileExistsError:
+            # The number's previous socket is still open elsewhere (a dup):
+            # the registration is the old file's; point it at this one.
+            self._epoll.modify(fd, _MASK)
+        return watch
+
+    def forget(self, sock: socket.socket) -> None:
+        """Stop watching a socket handed to something else (a TLS transport)."""
+        fd = sock.fileno()
+        watch = self._watches.get(fd)
+        if watch is not None and watch.sock is sock:
+            del self._watches[fd]
+            with contextlib.suppress(OSError):  # closed meanwhile: nothing to remove
+                self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        self._watches.clear()
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def _dispatch(self) -> None:
+        try:
+            events = self._epoll.poll(0)
+        except InterruptedError:
+            return
+        watches = self._watches
+        for fd, mask in events:
+            watch = watches.get(fd)
+            if watch is None:
+                continue
+            if mask & _READ_EVENTS:
+                watch.readable = True
+                if watch.on_read is not None:
+                    self._run(watch.on_read)
+            if mask & _WRITE_EVENTS:
+                watch.writable = True
+                if watch.on_write is not None:
+                    self._run(watch.on_write)
+
+    def _run(self, callback: Callable[[], object]) -> None:
+        # One callback's bug must not drop the other events of the batch: an
+        # edge-triggered event is not reported twice.
+        try:
+            callback()
+        except Exception as exc:
+            self.loop.call_exception_handler(
+                {"message": "readiness callback failed", "exception": exc})
+
+
+class _PerThread(threading.local):
+    reactor: Reactor | None = None
+
+
+_local = _PerThread()
+
+
+def reactor_for(loop: asyncio.AbstractEventLoop) -> Reactor:
+    """The Reactor of `loop` (one loop per thread; a new loop gets a new one)."""
+    current = _local.reactor
+    if current is not None and current.loop is loop:
+        return current
+    if current is not None:
+        current.close()
+    current = _local.reactor = Reactor(loop)
+    return current
