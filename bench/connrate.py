@@ -72,6 +72,7 @@ def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start
     request = _request(path)
     latencies: list[float] = []
     errors: list[str] = []
+    done: list[None] = []  # every connection completed, warm-up included
     count_from, stop_at = start_at + WARMUP, start_at + duration
 
     def client() -> None:
@@ -84,6 +85,7 @@ def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start
                 if now >= count_from:
                     errors.append(repr(exc))
                 continue
+            done.append(None)
             if now >= count_from and time.time() <= stop_at:
                 latencies.append(time.perf_counter() - t0)  # list.append is atomic
 
@@ -96,7 +98,8 @@ def worker(ca: str, address: tuple[str, int], connect: bool, clients: int, start
         t.join(timeout=duration + 30)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"latencies": latencies, "errors": errors[:20], "n_errors": len(errors), "cpu_s": cpu}
+    return {"latencies": latencies, "errors": errors[:20], "n_errors": len(errors), "cpu_s": cpu,
+            "total": len(done)}
 
 
 @dataclass

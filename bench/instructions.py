@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import procfs, servers
+from bench import connrate, procfs, servers
 
 # Under valgrind a start-up takes ten to fifty times as long.
 START_TIMEOUT = 300.0
@@ -46,19 +46,33 @@ def _total(profile: Path) -> int:
     return int(match.group(1))
 
 
-def _load(proxy: servers.Server, duration: float) -> int:
-    """Run the light load for `duration` s; the connections completed."""
-    spec = {"address": list(proxy.address), "start_at": time.time() + 0.2, "duration": duration}
-    out = subprocess.run([sys.executable, "-m", "bench.setupcost", "--worker", json.dumps(spec)],
-                         check=True, capture_output=True, timeout=duration + 120).stdout
-    result = json.loads(out)
-    if result["n_errors"]:
-        raise RuntimeError(f"{proxy.name}: {result['n_errors']} errors, {result['errors']}")
-    return int(result["total"])
+def _load(proxy: servers.Server, duration: float, ca: str | None) -> int:
+    """Run the light load (or with `ca`, the TLS rate load) for `duration` s;
+    the connections completed."""
+    start_at = time.time() + 0.2
+    if ca is None:
+        specs = [{"address": list(proxy.address), "start_at": start_at, "duration": duration}]
+        module = "bench.setupcost"
+    else:
+        per = connrate.CLIENTS // connrate.PROCESSES
+        specs = [{"ca": ca, "address": list(proxy.address), "connect": True, "clients": per,
+                  "start_at": start_at, "duration": duration, "path": servers.SMALL_PATH}
+                 ] * connrate.PROCESSES
+        module = "bench.connrate"
+    loads = [subprocess.Popen([sys.executable, "-m", module, "--worker", json.dumps(spec)],
+                              stdout=subprocess.PIPE) for spec in specs]
+    total = 0
+    for load in loads:
+        out, _ = load.communicate(timeout=duration + 120)
+        result = json.loads(out)
+        if result["n_errors"]:
+            raise RuntimeError(f"{proxy.name}: {result['n_errors']} errors, {result['errors']}")
+        total += int(result["total"])
+    return total
 
 
 def _measure(proxy: servers.Server, profile: Path, duration: float,
-             idle: bool = False) -> tuple[Path, int]:
+             idle: bool = False, ca: str | None = None) -> tuple[Path, int]:
     pid = proxy.proc.pid
     try:
         subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True,
@@ -67,7 +81,7 @@ def _measure(proxy: servers.Server, profile: Path, duration: float,
             time.sleep(duration)
             connections = 0
         else:
-            connections = _load(proxy, duration)
+            connections = _load(proxy, duration, ca)
         # Dumped now, the count leaves out the drain and the interpreter's exit.
         subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
                        capture_output=True, timeout=120)
@@ -112,6 +126,8 @@ def main() -> None:
                         help="label=NAME=VALUE: an environment variable for one tree's process")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--tls", action="store_true",
+                        help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     parser.add_argument("--idle", action="store_true",
                         help="count with no load for --duration s (what is not per connection)")
     parser.add_argument("--save", help="a directory to keep each callgrind profile in")
@@ -124,16 +140,20 @@ def main() -> None:
     servers.raise_nofile()
     rows: list[tuple[str, int, int]] = []
     with servers.Workdir.create() as work:
+        origin = servers.start_nginx(work) if args.tls else None
+        ca = str(work.ca_pem) if args.tls else None
         labels = ([] if args.no_floor else ["floor"]) + list(trees)
         for label in labels:
             profile = work.root / f"callgrind.{label}"
             proxy = (start_floor(work, profile) if label == "floor" else
                      start_portcullis(work, label, trees[label], envs[label], profile))
-            dump, connections = _measure(proxy, profile, args.duration, args.idle)
+            dump, connections = _measure(proxy, profile, args.duration, args.idle, ca)
             rows.append((label, _total(dump), connections))
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
                 shutil.copy(dump, Path(args.save) / profile.name)
+        if origin is not None:
+            origin.stop()
     floor = next((total / n for label, total, n in rows if label == "floor"), None)
     print(f"{'target':<12} {'connections':>11} {'instructions/conn':>18} {'x floor':>8}")
     for label, total, n in rows:

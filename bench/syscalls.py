@@ -1,7 +1,7 @@
 """Syscalls per connection of one Portcullis under bench/setupcost.py's light load,
 counted by `strace -f -c`: a figure the shared machine's noise does not move.
 
-    .venv/bin/python -m bench.syscalls [--env NAME=VALUE] [--duration 3]
+    .venv/bin/python -m bench.syscalls [--tls] [--env NAME=VALUE] [--duration 3]
 
 The count is strace's summary over the whole load divided by the connections
 closed in the decision log (set-up and start-up calls are a few hundred in all).
@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from bench import procfs, servers, setupcost
+from bench import connrate, procfs, servers, setupcost
 
 
 def parse_summary(text: str) -> dict[str, int]:
@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--top", type=int, default=14)
+    parser.add_argument("--tls", action="store_true",
+                        help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     args = parser.parse_args()
     os.environ.update(dict(e.split("=", 1) for e in args.env))
     servers.raise_nofile()
     with servers.Workdir.create() as work:
+        origin = servers.start_nginx(work) if args.tls else None
         d = work.sub("traced")
         summary = d / "strace.txt"
         proxy = servers.launch_portcullis(
@@ -43,12 +46,17 @@ def main() -> None:
             python=["strace", "-f", "-c", "-o", str(summary), sys.executable, "-m",
                     "portcullis.cli"])
         try:
-            setupcost.measure(proxy, args.duration)
+            if origin is None:
+                setupcost.measure(proxy, args.duration)
+            else:
+                connrate.measure(str(work.ca_pem), proxy, args.duration)
         finally:
             # strace detaches on SIGTERM and would leave the proxy running: stop the proxy.
             for pid in procfs.tree(proxy.pid)[1:]:
                 os.kill(pid, signal.SIGTERM)
             proxy.proc.wait(timeout=30)
+            if origin is not None:
+                origin.stop()
         closed = len(proxy.records("close"))
         calls = parse_summary(summary.read_text())
     total = sum(calls.values())
