@@ -310,7 +310,7 @@ async def admit(
         if parent is not None:
             return await dial_parent(gate, metrics, attempt, parent, target)
         return await dial(gate.policy.limits.connect_timeout, metrics, attempt, addresses,
-                          target.port, mark=gate.policy.listen.transparent is not None)
+                          target.port, mark=gate.mark_upstream)
     except Refusal as refusal:
         refuse(gate, attempt, refusal.reason)
         raise

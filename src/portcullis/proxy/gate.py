@@ -31,6 +31,9 @@ class Gate:
         self.report_mode = policy.mode == "report"
         self.allow_ranges = tuple(policy.resolver.allow_ranges)
         self.own = frozenset(listen_addresses(policy))
+        # A transparent listener on this host means nftables redirect rules that
+        # must not catch the proxy's own upstream connections: those carry the mark.
+        self.mark_upstream = policy.listen.transparent is not None
         # Raises PasswordFileError for a bad password file: a reload keeps the old gate.
         self.authenticator = authenticator or Authenticator(policy.auth)
         # Open tunnels are counted across reloads: the limiter outlives the gate.

@@ -83,7 +83,7 @@ async def dial_parent(gate: Gate, metrics: Metrics, attempt: Attempt, parent: Up
     addresses = await _addresses(gate, parent)
     try:
         sock = await dial(timeout, metrics, attempt, addresses, parent.port,
-                          mark=gate.policy.listen.transparent is not None)
+                          mark=gate.mark_upstream)
     except Refusal as refusal:
         if refusal.reason is Reason.OVER_CAPACITY:
             raise
