@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from typing import NamedTuple
 
 import dns.asyncresolver
 import dns.exception
@@ -32,8 +33,10 @@ _NEGATIVE: frozenset[str] = frozenset({"nxdomain", "no_answer"})
 _PRECEDENCE: tuple[FailureKind, ...] = ("nxdomain", "timeout", "servfail", "error", "no_answer")
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+class Resolution(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per connection, and a
+    # frozen dataclass's __init__ sets each field through object.__setattr__
+    # (bench/findings.md, "Instructions per connection").
     name: str
     addresses: tuple[IPAddress, ...]  # IPv4 first, then IPv6, each in answer order
     source: str  # "hosts" | "cache" | "dns" | "literal" (the name was an IP address)

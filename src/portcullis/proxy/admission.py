@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from portcullis.basics.errors import DnsFailure, InvalidName, QuotaExceeded, Refusal
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
@@ -36,10 +36,12 @@ from portcullis.wire.authority import Authority
 from portcullis.wire.http1 import RequestHead
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
+class Checked(NamedTuple):
     """A name's resolution and the check of each address it gave."""
 
+    # A NamedTuple, not a frozen dataclass: one is built per connection, and a
+    # frozen dataclass's __init__ sets each field through object.__setattr__
+    # (bench/findings.md, "Instructions per connection").
     source: str  # "literal", "hosts", "cache" or "dns"
     cnames: tuple[str, ...]
     verdicts: tuple[AddressVerdict, ...]

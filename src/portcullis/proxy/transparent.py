@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 
 from portcullis.basics.errors import (
@@ -239,6 +238,6 @@ def host_authority(head: RequestHead, port: int) -> Authority:
         )
     if head.target.startswith("/"):
         # The proxy check in absolute form covers Host syntax and body framing.
-        head = dataclasses.replace(head, target=f"http://{hosts[0]}{head.target}")
+        head = head._replace(target=f"http://{hosts[0]}{head.target}")
     authority = check_request(head)
     return Authority(authority.host, port, authority.is_ip)

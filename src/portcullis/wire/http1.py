@@ -17,7 +17,7 @@ and the reason to log) are in `portcullis.basics.errors`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from portcullis.basics.errors import (
     AuthorityError,
@@ -59,8 +59,10 @@ _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STRAY_CR_LF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per connection, and a
+    # frozen dataclass's __init__ sets each field through object.__setattr__
+    # (bench/findings.md, "Instructions per connection").
     method: str
     target: str
     version: str

@@ -15,7 +15,7 @@ extension, bytes after the hello in its last record) is refused.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
 
@@ -36,8 +36,10 @@ MAX_HELLO_SIZE = 65536
 _EXTENSION_HEADER = struct.Struct(">HH")  # type, length
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per connection, and a
+    # frozen dataclass's __init__ sets each field through object.__setattr__
+    # (bench/findings.md, "Instructions per connection").
     # host_name as sent (ASCII, not normalized: comparing is the policy's job).
     sni: str | None
     # encrypted_client_hello (0xfe0d) present: the real name is hidden.
@@ -162,28 +164,28 @@ def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> Cl
     i = need(i, 2, "extensions length")
     if i + _u16(b, i - 2) != end:
         raise MalformedClientHello("extensions length disagrees with the ClientHello length")
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    seen: set[int] = set()
+    # The walk only notes where each extension's body starts (runs for every
+    # extension of every hello, so it does as little as it can); the few
+    # extensions the policy reads are parsed after it.
+    bodies: dict[int, int] = {}
     header = _EXTENSION_HEADER.unpack_from
-    # One C call per extension header: this loop runs for every extension of every hello.
-    while i < end:
-        if i + 4 > end:
-            raise MalformedClientHello("extension header overruns the ClientHello")
-        ext, length = header(b, i)
-        i += 4
-        stop = i + length
-        if stop > end:
-            raise MalformedClientHello(f"extension 0x{ext:04x} overruns the ClientHello")
-        if ext in seen:
-            raise MalformedClientHello(f"extension 0x{ext:04x} appears twice")
-        seen.add(ext)
-        if ext == _EXT_SERVER_NAME:
-            sni = _server_name(b, i, stop)
-        elif ext == _EXT_ALPN:
-            alpn = _alpn(b, i, stop)
-        i = stop
-    return ClientHello(sni, _EXT_ECH in seen, alpn, record_bytes)
+    try:
+        while i < end:
+            ext, length = header(b, i)
+            if ext in bodies:
+                raise MalformedClientHello(f"extension 0x{ext:04x} appears twice")
+            bodies[ext] = i = i + 4
+            i += length
+    except struct.error:  # a header past the buffer's end
+        i = end + 1
+    if i != end:
+        # A header or a body past the hello's end (the last one read).
+        raise MalformedClientHello("an extension overruns the ClientHello")
+    at = bodies.get(_EXT_SERVER_NAME)
+    sni = None if at is None else _server_name(b, at, at + _u16(b, at - 2))
+    at = bodies.get(_EXT_ALPN)
+    alpn = () if at is None else _alpn(b, at, at + _u16(b, at - 2))
+    return ClientHello(sni, _EXT_ECH in bodies, alpn, record_bytes)
 
 
 def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
