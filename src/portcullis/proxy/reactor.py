@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import select
 import socket
-import threading
 from collections.abc import Callable
+
+from portcullis.proxy.per_loop import PerLoop
 
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
@@ -116,19 +117,5 @@ class Reactor:
                 {"message": "readiness callback failed", "exception": exc})
 
 
-class _PerThread(threading.local):
-    reactor: Reactor | None = None
-
-
-_local = _PerThread()
-
-
-def reactor_for(loop: asyncio.AbstractEventLoop) -> Reactor:
-    """The Reactor of `loop` (one loop per thread; a new loop gets a new one)."""
-    current = _local.reactor
-    if current is not None and current.loop is loop:
-        return current
-    if current is not None:
-        current.close()
-    current = _local.reactor = Reactor(loop)
-    return current
+reactor_for: PerLoop[Reactor] = PerLoop(Reactor)
+"""The Reactor of a loop (one loop per thread; a new loop gets a new one)."""

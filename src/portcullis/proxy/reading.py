@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+from portcullis.proxy.deadlines import deadlines_for
 from portcullis.proxy.reactor import reactor_for
 from portcullis.wire.http1 import RequestHead, parse_request_head
 from portcullis.wire.tls import ClientHello, parse_client_hello
@@ -72,7 +73,7 @@ async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket,
     socket answered EAGAIN: only an event from then on ends the wait.
 
     The socket is registered once for its life (proxy/reactor.py); a wait is a
-    future, a callback slot and a timer.
+    future, a callback slot and a deadline (proxy/deadlines.py: at most TICK late).
     """
     watch = reactor_for(loop).watch(sock)
     waiter = loop.create_future()
@@ -83,12 +84,15 @@ async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket,
     else:
         watch.readable = False
         watch.on_read = wake
-    timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+    deadlines, slot = None, 0
+    if deadline is not None:
+        deadlines = deadlines_for(loop)
+        slot = deadlines.add(deadline, waiter, _expire)
     try:
         await waiter
     finally:
-        if timer is not None:
-            timer.cancel()
+        if deadlines is not None:
+            deadlines.cancel(slot, waiter)
         if write:
             watch.on_write = None
         else:

@@ -10,6 +10,7 @@ import socket
 import struct
 
 from portcullis.basics.vocabulary import CloseReason
+from portcullis.proxy.deadlines import deadlines_for
 from portcullis.proxy.direction import Direction
 from portcullis.proxy.reactor import reactor_for
 
@@ -33,8 +34,8 @@ class Tunnel:
     """A client socket and an upstream socket relayed both ways, until `future`
     says why it ended."""
 
-    __slots__ = ("client", "down", "future", "idle_timeout", "last_activity", "loop", "reason",
-                 "timer", "up", "upstream")
+    __slots__ = ("client", "deadlines", "down", "future", "idle_slot", "idle_timeout",
+                 "last_activity", "loop", "reason", "up", "upstream")
 
     def __init__(
         self,
@@ -52,7 +53,8 @@ class Tunnel:
         self.reason: CloseReason | None = None
         self.idle_timeout = idle_timeout
         self.last_activity = loop.time()
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadlines = deadlines_for(loop)
+        self.idle_slot: int | None = None
         reactor = reactor_for(loop)
         client_watch, upstream_watch = reactor.watch(client), reactor.watch(upstream)
         self.up = Direction(self, client, upstream, client_watch, upstream_watch, splice)
@@ -62,22 +64,25 @@ class Tunnel:
 
     def start(self) -> None:
         if 0 < self.idle_timeout < float("inf"):
-            self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)
+            self.idle_slot = self.deadlines.add(self.loop.time() + self.idle_timeout, self,
+                                                Tunnel._check_idle)
         self.up.start()
         if self.reason is None:
             self.down.start()
 
     def _check_idle(self) -> None:
-        # One timer per tunnel, pushed back lazily: the hot path only stamps
-        # last_activity, and the timer re-arms for the remaining time when it
-        # finds the tunnel was busy.
-        idle = self.loop.time() - self.last_activity
-        remaining = self.idle_timeout - idle
+        # One deadline per tunnel, pushed back lazily: the hot path only stamps
+        # last_activity, and the deadline is set again for the remaining time
+        # when it finds the tunnel was busy.
+        self.idle_slot = None
+        if self.reason is not None:
+            return
+        now = self.loop.time()
+        remaining = self.idle_timeout - (now - self.last_activity)
         if remaining <= 0.001:
-            self.timer = None
             self.finish(CloseReason.IDLE_TIMEOUT)
         else:
-            self.timer = self.loop.call_later(remaining, self._check_idle)
+            self.idle_slot = self.deadlines.add(now + remaining, self, Tunnel._check_idle)
 
     def direction_finished(self) -> None:
         if self.up.finished and self.down.finished:
@@ -94,9 +99,9 @@ class Tunnel:
         if self.reason is not None:
             return
         self.reason = reason
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.idle_slot is not None:
+            self.deadlines.cancel(self.idle_slot, self)
+            self.idle_slot = None
         self.up.stop()
         self.down.stop()
         if not self.future.done():
