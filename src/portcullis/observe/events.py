@@ -54,6 +54,19 @@ class CloseEvent:
 # Ids only need to be unique among the lines one deployment logs. A random
 # per-process prefix plus a counter costs one next() per connection, where a
 # uuid4 would cost a urandom syscall and sixteen bytes of formatting.
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int) -> str:
+    if n == 0:
+        return "0"
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
 def _fresh_prefix() -> str:
     return os.urandom(4).hex()
 
@@ -75,4 +88,4 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def new_connection_id() -> str:
     """A short id unique within this process and, with high odds, across processes."""
-    return f"{_prefix}-{next(_counter):x}"
+    return f"{_prefix}-{_base36(next(_counter))}"
