@@ -77,6 +77,8 @@ class Rig:
 
 
 def start_rig(env: Env, **kwargs: Any) -> Rig:
+    # Spliced from the first byte, so the splice path meets every case here.
+    kwargs.setdefault("splice_after", 0)
     client, relay_client = tcp_pair()
     relay_upstream, upstream = tcp_pair()
     task = asyncio.ensure_future(
@@ -202,7 +204,7 @@ def test_initial_up_goes_first(env: Env) -> None:
         client.sendall(b" and the rest")
         task = asyncio.ensure_future(
             relay(relay_client, relay_upstream, initial_up=b"ClientHello",
-                  use_splice=env.use_splice)
+                  use_splice=env.use_splice, splice_after=0)
         )
         assert await read_exactly(upstream, 24) == b"ClientHello and the rest"
         client.shutdown(socket.SHUT_WR)
@@ -386,7 +388,7 @@ def test_relay_closes_sockets_even_if_it_cannot_start(env: Env) -> None:
         relay_upstream, upstream = tcp_pair()
         relay_upstream.close()  # a caller bug: upstream already closed
         with pytest.raises(OSError):
-            await relay(relay_client, relay_upstream, use_splice=env.use_splice)
+            await relay(relay_client, relay_upstream, use_splice=env.use_splice, splice_after=0)
         assert relay_client.fileno() == -1
         with contextlib.suppress(ConnectionResetError):
             assert await read_to_eof(client) == b""
@@ -425,5 +427,38 @@ def test_out_of_fds_falls_back_to_copying(use_uvloop: bool) -> None:
         result = await rig.task
         rig.close_apps()
         assert result == RelayResult(len(payload), 0, CloseReason.DONE)
+
+    env.run(main)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_small_tunnels_copy_and_bulk_splices_after_splice_after(use_uvloop: bool) -> None:
+    # The other tests splice from the first byte (splice_after=0); by default a
+    # direction copies its first SPLICE_AFTER bytes. A pipe, once taken, stays
+    # in the pool afterwards (two fds): that tells which path moved the bytes.
+    assert relay_mod.USE_SPLICE, "os.splice is unavailable"
+    env = Env(use_uvloop, use_splice=True)
+
+    async def one(size: int) -> int:
+        close_pipe_pool()
+        before = open_fds()
+        client, relay_client = tcp_pair()
+        relay_upstream, upstream = tcp_pair()
+        task = asyncio.ensure_future(relay(relay_client, relay_upstream, use_splice=True))
+        payload = os.urandom(size)
+        _, got = await asyncio.gather(send_and_shut(client, payload), read_to_eof(upstream))
+        upstream.shutdown(socket.SHUT_WR)
+        assert await read_to_eof(client) == b""
+        result = await task
+        client.close()
+        upstream.close()
+        assert sha(got) == sha(payload)
+        assert result == RelayResult(size, 0, CloseReason.DONE)
+        return open_fds() - before
+
+    async def main() -> None:
+        assert await one(relay_mod.SPLICE_AFTER // 2) == 0  # copied: no pipe was taken
+        assert await one(8 * relay_mod.SPLICE_AFTER) == 2  # spliced past the threshold
+        close_pipe_pool()
 
     env.run(main)

@@ -29,8 +29,8 @@ class CopyPath:
     it, so that making a direction stays one call.
     """
 
-    __slots__ = ("buf", "dst", "dst_fd", "dst_watch", "eof", "nbytes", "pending", "src", "src_fd",
-                 "src_watch", "tunnel")
+    __slots__ = ("buf", "dst", "dst_fd", "dst_watch", "eof", "nbytes", "pending", "splice_after",
+                 "src", "src_fd", "src_watch", "tunnel")
 
     tunnel: Tunnel
     src: socket.socket
@@ -42,6 +42,7 @@ class CopyPath:
     pending: memoryview | None  # bytes read but not yet written
     buf: memoryview | None
     nbytes: int  # bytes written to dst
+    splice_after: float  # bytes written before the splice path takes over (inf: never)
     eof: bool  # src said EOF
 
     def _pump_copy(self) -> bool | None:
@@ -75,6 +76,8 @@ class CopyPath:
                 # The shared buffer is reused by every tunnel: keep a private copy.
                 self.pending = memoryview(buf[m:n].tobytes())
                 return False
+            if self.nbytes >= self.splice_after:
+                break  # the splice path takes over at the next call (direction.py)
             # Read on until EAGAIN even after a short read (see splicing.py).
         return True
 

@@ -32,7 +32,7 @@ class Direction(SplicePath):
 
     def __init__(
         self, tunnel: Tunnel, src: socket.socket, dst: socket.socket, src_watch: Watch,
-        dst_watch: Watch, splice: bool,
+        dst_watch: Watch, splice_after: float,
     ) -> None:
         self.tunnel = tunnel
         self.loop = tunnel.loop
@@ -42,7 +42,8 @@ class Direction(SplicePath):
         self.dst_watch = dst_watch
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
-        self.splice = splice
+        self.splice = False
+        self.splice_after = splice_after
         self.pipe = None
         self.in_pipe = 0
         self.pending = None
@@ -106,6 +107,8 @@ class Direction(SplicePath):
             # A call scheduled before the tunnel ended, or before the
             # direction turned to waiting for its destination.
             return
+        if self.nbytes >= self.splice_after and not self.splice:
+            self.splice = True  # nothing is pending while a direction reads
         try:
             drained = self._pump_splice() if self.splice else self._pump_copy()
         except Exception:

@@ -11,6 +11,8 @@ to the plain-HTTP path.
 from __future__ import annotations
 
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
 from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
@@ -33,11 +35,13 @@ from portcullis.wire.http1 import RequestHead, check_request
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
-async def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int],
-                          *, mode: Mode = Mode.EXPLICIT, certified: str | None = None) -> None:
+def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, int],
+                    *, mode: Mode = Mode.EXPLICIT, certified: str | None = None
+                    ) -> Coroutine[Any, Any, None]:
     """Serve one client connection of the explicit listener; always closes `conn`.
     (`certified`: the client certificate's identity, on the TLS listener.)"""
-    await serve_connection(state, conn, peer, mode, _serve, certified=certified)
+    # Not a coroutine of its own: one frame fewer to resume at every wait.
+    return serve_connection(state, conn, peer, mode, _serve, certified=certified)
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:

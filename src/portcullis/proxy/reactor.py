@@ -98,23 +98,29 @@ class Reactor:
             watch = watches.get(fd)
             if watch is None:
                 continue
+            # The callbacks are called here, not through a helper: this loop
+            # runs for every readiness event of every tunnel. One callback's
+            # bug must not drop the rest of the batch (an edge-triggered event
+            # is not reported twice).
             if mask & _READ_EVENTS:
                 watch.readable = True
-                if watch.on_read is not None:
-                    self._run(watch.on_read)
+                callback = watch.on_read
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception as exc:
+                        self._report(exc)
             if mask & _WRITE_EVENTS:
                 watch.writable = True
-                if watch.on_write is not None:
-                    self._run(watch.on_write)
+                callback = watch.on_write
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception as exc:
+                        self._report(exc)
 
-    def _run(self, callback: Callable[[], object]) -> None:
-        # One callback's bug must not drop the other events of the batch: an
-        # edge-triggered event is not reported twice.
-        try:
-            callback()
-        except Exception as exc:
-            self.loop.call_exception_handler(
-                {"message": "readiness callback failed", "exception": exc})
+    def _report(self, exc: Exception) -> None:
+        self.loop.call_exception_handler({"message": "readiness callback failed", "exception": exc})
 
 
 reactor_for: PerLoop[Reactor] = PerLoop(Reactor)

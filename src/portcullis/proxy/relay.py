@@ -24,12 +24,14 @@ direction.py drives each way, splicing.py and copying.py move the bytes.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
 
 from portcullis.basics.vocabulary import CloseReason
+from portcullis.proxy.splicing import SPLICE_AFTER
 from portcullis.proxy.tunnel import Tunnel
 
 # Process-wide switch; relay(use_splice=...) overrides it per call (tests cover both).
@@ -51,6 +53,7 @@ async def relay(
     initial_up: bytes = b"",
     idle_timeout: float = 300.0,
     use_splice: bool | None = None,
+    splice_after: int = SPLICE_AFTER,
 ) -> RelayResult:
     """Relay bytes both ways until both directions are closed; then close both sockets.
 
@@ -58,12 +61,15 @@ async def relay(
     is written to upstream before anything else. EOF from one side becomes
     shutdown(SHUT_WR) on the other while the opposite direction keeps flowing.
     `idle_timeout` <= 0 or inf disables the idle check. `use_splice` None means
-    the module's USE_SPLICE. Ordinary network errors end the relay with a
-    close reason instead of raising; cancelling the awaiting task ends it with
-    CloseReason.CANCELLED (the cancellation is reported, not re-raised).
+    the module's USE_SPLICE; with splice, each direction copies its first
+    `splice_after` bytes and splices the rest (splicing.py). Ordinary network
+    errors end the relay with a close reason instead of raising; cancelling the
+    awaiting task ends it with CloseReason.CANCELLED (the cancellation is
+    reported, not re-raised).
     """
     loop = asyncio.get_running_loop()
     splice = USE_SPLICE if use_splice is None else (use_splice and USE_SPLICE)
+    after = splice_after if splice else math.inf
     tunnel: Tunnel | None = None
     try:
         for sock in (client, upstream):
@@ -72,7 +78,7 @@ async def relay(
             # the OSError the caller expects.)
             if sock.gettimeout() != 0.0 or sock.fileno() < 0:
                 sock.setblocking(False)
-        tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, splice)
+        tunnel = Tunnel(loop, client, upstream, initial_up, idle_timeout, after)
         tunnel.start()
         try:
             await tunnel.future

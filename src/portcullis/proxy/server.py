@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from portcullis.basics.errors import ConfigError, ListenError, PolicyError
 from portcullis.basics.hostport import parse_hostport
@@ -49,13 +48,14 @@ ACCEPT_BATCH = 32
 
 
 
-def _accept(listener: socket.socket, family: int) -> tuple[socket.socket, Any]:
+def _accept(listener: socket.socket, family: int) -> tuple[socket.socket, tuple[str, int]]:
     """listener.accept(), without what socket.accept costs on every call: it
     reads the listener's `family` and `type` through properties that build an
     AddressFamily and a SocketKind enum each time (about 10,000 instructions a
-    connection, bench/findings.md). The caller makes the socket non-blocking."""
+    connection, bench/findings.md). The caller makes the socket non-blocking.
+    The peer is (address, port), also for IPv6."""
     fd, peer = listener._accept()  # type: ignore[attr-defined]
-    return socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), peer
+    return socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), (peer[0], peer[1])
 
 class Server:
     def __init__(
@@ -216,10 +216,10 @@ class Server:
         finally:
             loop.remove_reader(fd)
 
-    def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: Any,
+    def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: tuple[str, int],
                handler: Handler, mode: Mode, max_connections: int) -> None:
         conn.setblocking(False)
-        client = peer_address(str(peer[0]))
+        client = peer_address(peer[0])
         balancers = self.balancers.get(mode)
         if balancers is not None and balancers.trusts(client):
             # The real client is known only after the header: the stranger check waits for it.
@@ -246,19 +246,19 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, handler: Handler, conn: socket.socket, peer: Any) -> None:
+    async def _guard(self, handler: Handler, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            await handler(self.state, conn, (str(peer[0]), int(peer[1])))
+            await handler(self.state, conn, peer)
         except asyncio.CancelledError:
             conn.close()
         except Exception as exc:  # a bug must cost one connection, never the listener
             conn.close()
-            self.state.log.log_error("handler failed", error=repr(exc), client=str(peer[0]))
+            self.state.log.log_error("handler failed", error=repr(exc), client=peer[0])
 
-    def _refuse_at_accept(self, conn: socket.socket, peer: Any, mode: Mode, reason: Reason,
-                          status: int, detail: str) -> None:
+    def _refuse_at_accept(self, conn: socket.socket, peer: tuple[str, int], mode: Mode,
+                          reason: Reason, status: int, detail: str) -> None:
         """Record and answer without starting a task: no slot, no read."""
-        attempt = Attempt(mode, str(peer[0]), int(peer[1]), new_connection_id())
+        attempt = Attempt(mode, peer[0], peer[1], new_connection_id())
         refuse_early(self.state, conn, attempt, reason, status, detail)
 
     # -- reloading ----------------------------------------------------------------

@@ -9,6 +9,7 @@ path for good, keeping what is already in the pipe.
 from __future__ import annotations
 
 import errno
+import math
 import os
 
 from portcullis.proxy.copying import BURST, CopyPath
@@ -17,6 +18,12 @@ from portcullis.proxy.pipes import Pipe, acquire_pipe, release_pipe
 # splice() answers these when a file type does not support it: fall back to copying.
 _SPLICE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+# A direction copies its first SPLICE_AFTER bytes and splices the rest. A TLS
+# handshake or a small answer costs the same syscalls either way (recv, send,
+# recv to EAGAIN against splice in, out, in to EAGAIN), and the copy path's
+# Python is shorter (no pipe from the pool); a bulk transfer still moves all
+# but its first 64 KiB in the kernel (bench/findings.md).
+SPLICE_AFTER = 64 * 1024
 
 
 class SplicePath(CopyPath):
@@ -26,7 +33,7 @@ class SplicePath(CopyPath):
 
     pipe: Pipe | None
     in_pipe: int  # bytes sitting in self.pipe
-    splice: bool  # False once on the copy path
+    splice: bool  # on the splice path now
 
     def _pump_splice(self) -> bool | None:
         """Source -> pipe -> destination until the source runs dry.
@@ -94,6 +101,7 @@ class SplicePath(CopyPath):
     def _to_copy_mode(self) -> None:
         """splice refused these sockets: keep what is in the pipe, go on with recv/send."""
         self.splice = False
+        self.splice_after = math.inf
         pipe, self.pipe = self.pipe, None
         if pipe is None:
             return

@@ -44,7 +44,7 @@ class Tunnel:
         upstream: socket.socket,
         initial_up: bytes,
         idle_timeout: float,
-        splice: bool,
+        splice_after: float,
     ) -> None:
         self.loop = loop
         self.client = client
@@ -57,8 +57,8 @@ class Tunnel:
         self.idle_slot: int | None = None
         reactor = reactor_for(loop)
         client_watch, upstream_watch = reactor.watch(client), reactor.watch(upstream)
-        self.up = Direction(self, client, upstream, client_watch, upstream_watch, splice)
-        self.down = Direction(self, upstream, client, upstream_watch, client_watch, splice)
+        self.up = Direction(self, client, upstream, client_watch, upstream_watch, splice_after)
+        self.down = Direction(self, upstream, client, upstream_watch, client_watch, splice_after)
         if initial_up:
             self.up.pending = memoryview(initial_up)
 
