@@ -19,6 +19,7 @@ from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy import loop as proxy_loop
 from portcullis.proxy import relay as relay_mod
 from portcullis.proxy.pipes import PIPE_POOL_MAX, close_pipe_pool
+from portcullis.proxy.reactor import reactor_for
 from portcullis.proxy.relay import RelayResult, relay
 
 T = TypeVar("T")
@@ -310,6 +311,9 @@ def test_backpressure_bounds_what_the_relay_takes(env: Env) -> None:
                 await asyncio.sleep(0.02)
         # Kernel socket buffers plus one pipe at most, far from 256 MiB.
         assert sent < 64 * MiB
+        # While its destination is full, the direction takes no read events
+        # (edge-triggered, each segment arriving would wake the loop).
+        assert reactor_for(loop).watch(rig.relay_client).muted
         rig.client.shutdown(socket.SHUT_WR)
         got = await read_to_eof(rig.upstream)
         assert len(got) == sent

@@ -76,9 +76,12 @@ class Direction(SplicePath):
     def _resume_reading(self) -> None:
         self._stop_writing()
         if not self.reading:
-            self.src_watch.on_read = self.on_readable
+            watch = self.src_watch
+            watch.on_read = self.on_readable
             self.reading = True
-            if self.src_watch.readable:
+            if watch.muted:
+                watch.unmute_reads()
+            elif watch.readable:
                 # Bytes (or the end) came while this direction was not reading:
                 # no new event will tell.
                 self.loop.call_soon(self.on_readable)
@@ -86,6 +89,7 @@ class Direction(SplicePath):
     def _wait_writable(self) -> None:
         # Called after a write answered EAGAIN (which cleared `writable`).
         self._stop_reading()
+        self.src_watch.mute_reads()
         if not self.writing:
             self.dst_watch.on_write = self.on_writable
             self.writing = True

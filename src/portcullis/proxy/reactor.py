@@ -15,7 +15,10 @@ Edge-triggered means an event says "something changed", not "there is data":
 write) of the socket's owner fails with EAGAIN, which the owner records. A
 wait that starts right after such an EAGAIN clears the flag and waits for the
 next event; the relay reads on until EAGAIN, and re-schedules itself when its
-burst ends first.
+burst ends first. Edge-triggered also means every segment that arrives is an
+event, wanted or not: a relay direction whose destination is full mutes its
+source's read events (`Watch.mute_reads`, one epoll_ctl) until it reads again,
+or a bulk tunnel wakes the loop four times as often (bench/findings.md).
 """
 
 from __future__ import annotations
@@ -31,20 +34,39 @@ from portcullis.proxy.per_loop import PerLoop
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_MUTED = select.EPOLLIN | select.EPOLLRDHUP
 
 
 class Watch:
     """One socket's readiness, and who is waiting for it (at most one per direction)."""
 
-    __slots__ = ("on_read", "on_write", "readable", "sock", "writable")
+    __slots__ = ("epoll", "fd", "muted", "on_read", "on_write", "readable", "sock", "writable")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, epoll: select.epoll) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        self.epoll = epoll
+        self.muted = False
         # False until the first event: registering reports the socket's state then.
         self.readable = False
         self.writable = False
         self.on_read: Callable[[], object] | None = None
         self.on_write: Callable[[], object] | None = None
+
+    def mute_reads(self) -> None:
+        """Stop the read events while the owner cannot read (its destination is
+        full): edge-triggered, every segment that arrives would wake the loop."""
+        if not self.muted:
+            self.epoll.modify(self.fd, _MASK & ~_MUTED)
+            self.muted = True
+
+    def unmute_reads(self) -> None:
+        """Read events again; epoll reports the socket's state at once if it is
+        readable (or at its end), so nothing that came meanwhile is missed."""
+        if self.muted:
+            self.muted = False
+            self.readable = False
+            self.epoll.modify(self.fd, _MASK)
 
 
 class Reactor:
@@ -64,7 +86,7 @@ class Reactor:
         watch = self._watches.get(fd)
         if watch is not None and watch.sock is sock:
             return watch
-        watch = self._watches[fd] = Watch(sock)
+        watch = self._watches[fd] = Watch(sock, self._epoll)
         try:
             self._epoll.register(fd, _MASK)
         except FileExistsError:
