@@ -81,7 +81,7 @@ class Direction(SplicePath):
             self.reading = True
             if watch.muted:
                 watch.unmute_reads()
-            elif watch.readable:
+            if watch.readable:
                 # Bytes (or the end) came while this direction was not reading:
                 # no new event will tell.
                 self.loop.call_soon(self.on_readable)

@@ -57,7 +57,10 @@ class Watch:
         """Stop the read events while the owner cannot read (its destination is
         full): edge-triggered, every segment that arrives would wake the loop."""
         if not self.muted:
-            self.epoll.modify(self.fd, _MASK & ~_MUTED)
+            try:
+                self.epoll.modify(self.fd, _MASK & ~_MUTED)
+            except OSError:
+                return  # not muted: only more wakeups than needed
             self.muted = True
 
     def unmute_reads(self) -> None:
@@ -65,8 +68,14 @@ class Watch:
         readable (or at its end), so nothing that came meanwhile is missed."""
         if self.muted:
             self.muted = False
+            try:
+                self.epoll.modify(self.fd, _MASK)
+            except OSError:
+                # No event will say what came meanwhile: the owner reads at once
+                # and finds out (a read error ends its tunnel).
+                self.readable = True
+                return
             self.readable = False
-            self.epoll.modify(self.fd, _MASK)
 
 
 class Reactor:
