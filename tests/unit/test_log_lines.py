@@ -91,6 +91,19 @@ def test_decision_line_is_the_dict_encoding(text: str) -> None:
     assert line.count("\n") == 1 and line.isascii()
 
 
+@pytest.mark.parametrize("field", ["host", "sni", "rule", "identity"])
+def test_one_long_field_is_cut_alone(field: str) -> None:
+    fields: dict[str, Any] = {"host": "us.icr.io", "sni": "us.icr.io", "rule": "r",
+                              "identity": "ci"}
+    fields[field] = "y" * (MAX_STRING + 1)
+    ev = DecisionEvent(time=1_700_000_000.25, id="ab-4", client="10.0.0.1", client_port=2,
+                       mode=Mode.EXPLICIT, port=443, decision=Decision.ALLOW,
+                       reason=Reason.RULE_ALLOW, **fields)
+    line = decision_line(ev, STAMP)
+    assert line == reference_decision(ev)
+    assert f'"truncated":["{field}"]' in line
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 @pytest.mark.parametrize("parent_status", [None, 407])
 def test_decision_line_with_identity_parent_and_balancer(text: str,

@@ -26,10 +26,6 @@ def cap(value: str | None, name: str, cut: list[str]) -> str | None:
     return value
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
 def _fixed(value: float, digits: int) -> str:
     """`value` rounded to `digits` decimals, written as repr(round(value, digits))
     writes it: round() and repr() each convert the float to decimal, where one
@@ -46,31 +42,39 @@ _LIMITS = {3: 2**52 / 1e3, 6: 2**52 / 1e6}
 _FORMATS = {3: ".3f", 6: ".6f"}
 
 
-def _ms(value: float | None) -> str:
-    return "null" if value is None else _fixed(value, 3)
-
-
 def _truncated(cut: list[str]) -> str:
     return ',"truncated":[' + ",".join(map(_quote, cut)) + "]" if cut else ""
 
 
 def decision_line(ev: DecisionEvent, stamp: str) -> str:
     """The decision record as one JSON line; `stamp` is the RFC 3339 time of ev.time."""
-    cut: list[str] = []
-    host = cap(ev.host, "host", cut)
-    sni = cap(ev.sni, "sni", cut)
-    rule = cap(ev.rule, "rule", cut)
-    identity = cap(ev.identity, "identity", cut)
+    # Written out rather than through cap/_text/_ms per field: two lines per
+    # connection, and each Python call costs more than the check it wraps.
+    host, sni, rule, identity = ev.host, ev.sni, ev.rule, ev.identity
+    tail = ""
+    if max(len(host or ""), len(sni or ""), len(rule or ""), len(identity or "")) > MAX_STRING:
+        cut: list[str] = []
+        host = cap(host, "host", cut)
+        sni = cap(sni, "sni", cut)
+        rule = cap(rule, "rule", cut)
+        identity = cap(identity, "identity", cut)
+        tail = _truncated(cut)
+    if identity is not None or ev.parent is not None or ev.balancer is not None:
+        tail = _optional(ev, identity) + tail
     resolved = ",".join(map(_quote, ev.resolved))
+    dialed, dns_ms, connect_ms, original_dst = ev.dialed, ev.dns_ms, ev.connect_ms, ev.original_dst
     return (
         f'{{"event":"decision","time":"{stamp}","ts":{_fixed(ev.time, 6)},'
         f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},"client_port":{ev.client_port},'
-        f'"mode":{_quote(ev.mode)},"host":{_text(host)},"port":{ev.port},'
-        f'"sni":{_text(sni)},"rule":{_text(rule)},"decision":{_quote(ev.decision)},'
+        f'"mode":{_quote(ev.mode)},"host":{"null" if host is None else _quote(host)},'
+        f'"port":{ev.port},"sni":{"null" if sni is None else _quote(sni)},'
+        f'"rule":{"null" if rule is None else _quote(rule)},"decision":{_quote(ev.decision)},'
         f'"reason":{_quote(ev.reason)},"resolved":[{resolved}],'
-        f'"dialed":{_text(ev.dialed)},"dns_ms":{_ms(ev.dns_ms)},'
-        f'"connect_ms":{_ms(ev.connect_ms)},"original_dst":{_text(ev.original_dst)}'
-        f"{_optional(ev, identity)}{_truncated(cut)}}}\n"
+        f'"dialed":{"null" if dialed is None else _quote(dialed)},'
+        f'"dns_ms":{"null" if dns_ms is None else _fixed(dns_ms, 3)},'
+        f'"connect_ms":{"null" if connect_ms is None else _fixed(connect_ms, 3)},'
+        f'"original_dst":{"null" if original_dst is None else _quote(original_dst)}'
+        f"{tail}}}\n"
     )
 
 
@@ -87,13 +91,20 @@ def _optional(ev: DecisionEvent, identity: str | None) -> str:
 
 def close_line(ev: CloseEvent, stamp: str) -> str:
     """The close record as one JSON line."""
-    cut: list[str] = []
-    host = cap(ev.host, "host", cut)
-    reason = cap(ev.close_reason, "close_reason", cut)
+    host: str | None = ev.host
+    reason: str | None = ev.close_reason
+    tail = ""
+    if max(len(host or ""), len(reason or "")) > MAX_STRING:
+        cut: list[str] = []
+        host = cap(host, "host", cut)
+        reason = cap(reason, "close_reason", cut)
+        tail = _truncated(cut)
     return (
         f'{{"event":"close","time":"{stamp}","ts":{_fixed(ev.time, 6)},'
-        f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},"host":{_text(host)},'
+        f'"id":{_quote(ev.id)},"client":{_quote(ev.client)},'
+        f'"host":{"null" if host is None else _quote(host)},'
         f'"bytes_up":{ev.bytes_up},"bytes_down":{ev.bytes_down},'
-        f'"duration_s":{_fixed(ev.duration_s, 6)},"close_reason":{_text(reason)}'
-        f"{_truncated(cut)}}}\n"
+        f'"duration_s":{_fixed(ev.duration_s, 6)},'
+        f'"close_reason":{"null" if reason is None else _quote(reason)}'
+        f"{tail}}}\n"
     )

@@ -74,7 +74,8 @@ class Direction(SplicePath):
             self.writing = False
 
     def _resume_reading(self) -> None:
-        self._stop_writing()
+        if self.writing:  # tested here: usually not, and a call costs more
+            self._stop_writing()
         if not self.reading:
             watch = self.src_watch
             watch.on_read = self.on_readable

@@ -90,7 +90,7 @@ def parse_client_hello(
     n = len(buf)
     # Common case first: the whole hello in the first record, parsed in place.
     if n >= 9:
-        rec_len = _u16(buf, 3)
+        rec_len = buf[3] << 8 | buf[4]
         msg_len = 4 + (buf[6] << 16 | buf[7] << 8 | buf[8])
         if rec_len == msg_len and n >= 5 + rec_len and rec_len <= _MAX_RECORD:
             if buf[5] != _CLIENT_HELLO:
@@ -139,30 +139,37 @@ def _reassemble(buf: bytes | bytearray, max_size: int) -> ClientHello | None:
 
 
 def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> ClientHello:
-    """Parse the ClientHello body `b[i:end]`; every read is bounds-checked."""
+    """Parse the ClientHello body `b[i:end]`; every read is bounds-checked.
 
-    def need(at: int, count: int, what: str) -> int:
-        if at + count > end:
-            raise MalformedClientHello(f"{what} overruns the ClientHello")
-        return at + count
-
-    i = need(i, 2 + 32 + 1, "version and random")
+    The fixed part's reads are written out, not through helpers: this runs for
+    every tunnel, and a Python call costs more than the read it wraps."""
+    i += 2 + 32 + 1
+    if i > end:
+        raise MalformedClientHello("version and random overruns the ClientHello")
     sid_len = b[i - 1]
     if sid_len > 32:
         raise MalformedClientHello(f"session id of {sid_len} bytes")
-    i = need(i, sid_len + 2, "session id")
-    suites = _u16(b, i - 2)
+    i += sid_len + 2
+    if i > end:
+        raise MalformedClientHello("session id overruns the ClientHello")
+    suites = b[i - 2] << 8 | b[i - 1]
     if suites < 2 or suites % 2:
         raise MalformedClientHello(f"cipher suites length {suites}")
-    i = need(i, suites + 1, "cipher suites")
+    i += suites + 1
+    if i > end:
+        raise MalformedClientHello("cipher suites overruns the ClientHello")
     methods = b[i - 1]
     if methods < 1:
         raise MalformedClientHello("no compression methods")
-    i = need(i, methods, "compression methods")
+    i += methods
+    if i > end:
+        raise MalformedClientHello("compression methods overruns the ClientHello")
     if i == end:  # TLS 1.2 allows a hello without extensions
         return ClientHello(None, False, (), record_bytes)
-    i = need(i, 2, "extensions length")
-    if i + _u16(b, i - 2) != end:
+    i += 2
+    if i > end:
+        raise MalformedClientHello("extensions length overruns the ClientHello")
+    if i + (b[i - 2] << 8 | b[i - 1]) != end:
         raise MalformedClientHello("extensions length disagrees with the ClientHello length")
     # The walk only notes where each extension's body starts (runs for every
     # extension of every hello, so it does as little as it can); the few
@@ -182,21 +189,21 @@ def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> Cl
         # A header or a body past the hello's end (the last one read).
         raise MalformedClientHello("an extension overruns the ClientHello")
     at = bodies.get(_EXT_SERVER_NAME)
-    sni = None if at is None else _server_name(b, at, at + _u16(b, at - 2))
+    sni = None if at is None else _server_name(b, at, at + (b[at - 2] << 8 | b[at - 1]))
     at = bodies.get(_EXT_ALPN)
-    alpn = () if at is None else _alpn(b, at, at + _u16(b, at - 2))
+    alpn = () if at is None else _alpn(b, at, at + (b[at - 2] << 8 | b[at - 1]))
     return ClientHello(sni, _EXT_ECH in bodies, alpn, record_bytes)
 
 
 def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
-    if i + 2 > end or i + 2 + _u16(b, i) != end or i + 2 == end:
+    if i + 2 > end or i + 2 + (b[i] << 8 | b[i + 1]) != end or i + 2 == end:
         raise MalformedClientHello("server_name list length is wrong or the list is empty")
     i += 2
     name: str | None = None
     while i < end:
         if i + 3 > end:
             raise MalformedClientHello("server_name entry overruns its list")
-        kind, length = b[i], _u16(b, i + 1)
+        kind, length = b[i], b[i + 1] << 8 | b[i + 2]
         i += 3
         if i + length > end:
             raise MalformedClientHello("server_name entry overruns its list")
@@ -214,7 +221,7 @@ def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
 
 
 def _alpn(b: bytes | bytearray, i: int, end: int) -> tuple[str, ...]:
-    if i + 2 > end or i + 2 + _u16(b, i) != end or i + 2 == end:
+    if i + 2 > end or i + 2 + (b[i] << 8 | b[i + 1]) != end or i + 2 == end:
         raise MalformedClientHello("ALPN list length is wrong or the list is empty")
     i += 2
     protocols: list[str] = []
