@@ -1,5 +1,6 @@
-"""A copy of the source tree with the per-connection path compiled by mypyc, for
-an A/B against the interpreted tree (bench/findings.md, "compiled with mypyc").
+"""A copy of the source tree with the connection path compiled by mypyc.
+
+For an A/B against the interpreted tree (bench/findings.md, "compiled with mypyc"):
 
     .venv/bin/python -m bench.compiled /tmp/compiled
     .venv/bin/python -m bench.instructions --tree main=src --tree mypyc=/tmp/compiled/src
@@ -36,13 +37,18 @@ HOT = [
 
 def build(out: Path) -> Path:
     """Copy src/ to `out`/src and compile HOT there; the copy's src directory."""
+    if out == ROOT or ROOT in out.parents:
+        raise SystemExit(f"{out} is inside the checkout: give a directory outside it")
     src = out / "src"
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     mypyc = Path(sys.executable).parent / "mypyc"
-    subprocess.run([str(mypyc), *(f"portcullis/{m}" for m in HOT)], cwd=src, check=True,
-                   stdout=subprocess.DEVNULL)
+    done = subprocess.run([str(mypyc), *(f"portcullis/{m}" for m in HOT)], cwd=src,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        # mypyc writes its type errors to stdout.
+        raise SystemExit(f"mypyc failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
     return src
 
 

@@ -1,5 +1,7 @@
-"""Syscalls per connection of one Portcullis under bench/setupcost.py's light load,
-counted by `strace -f -c`: a figure the shared machine's noise does not move.
+"""Syscalls per connection (or per GiB) of one Portcullis, counted by strace.
+
+Under bench/setupcost.py's light load by default, counted by `strace -f -c`:
+a figure the shared machine's noise does not move.
 
     .venv/bin/python -m bench.syscalls [--tls | --bulk] [--env NAME=VALUE] [--duration 3]
 
@@ -34,7 +36,7 @@ def parse_summary(text: str) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE")
-    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=3.0, help="the load's (not --bulk)")
     parser.add_argument("--top", type=int, default=14)
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--tls", action="store_true",

@@ -33,6 +33,7 @@ def test_muted_socket_reports_no_reads_and_unmuting_reports_what_came(
     epoll.register(ours.fileno(), _MASK)
     watch = Watch(ours, epoll)
     epoll.poll(0)  # the registration's own event
+    watch.readable = True  # an event came before the mute
     watch.mute_reads()
     assert watch.muted
     theirs.send(b"x")
@@ -43,6 +44,35 @@ def test_muted_socket_reports_no_reads_and_unmuting_reports_what_came(
     assert not watch.readable  # the event below says it, once
     assert read_events(epoll, ours.fileno()) == 1
     assert ours.recv(10) == b"xy"
+
+
+def test_muting_a_writable_socket_nobody_writes_to_reports_nothing(
+    pair: tuple[socket.socket, socket.socket, select.epoll],
+) -> None:
+    ours, _, epoll = pair
+    epoll.register(ours.fileno(), _MASK)
+    watch = Watch(ours, epoll)
+    epoll.poll(0)
+    watch.mute_reads()
+    assert watch.writes_muted
+    assert epoll.poll(0) == []  # no wakeup for a writable socket nobody waits on
+    watch.on_write = lambda: None  # a writer starts waiting
+    watch.want_writes()
+    assert not watch.writes_muted
+    assert [mask & select.EPOLLOUT for _, mask in epoll.poll(0)] == [select.EPOLLOUT]
+
+
+def test_a_writer_waiting_keeps_the_write_events_of_a_muted_socket(
+    pair: tuple[socket.socket, socket.socket, select.epoll],
+) -> None:
+    ours, _, epoll = pair
+    epoll.register(ours.fileno(), _MASK)
+    watch = Watch(ours, epoll)
+    epoll.poll(0)
+    watch.on_write = lambda: None
+    watch.mute_reads()
+    assert watch.muted and not watch.writes_muted
+    assert [mask & select.EPOLLOUT for _, mask in epoll.poll(0)] == [select.EPOLLOUT]
 
 
 def test_unmuting_reports_an_end_that_came_while_muted(
@@ -67,6 +97,16 @@ def test_a_failed_mute_leaves_the_events_on(
     watch = Watch(ours, epoll)  # never registered: the modify fails (ENOENT)
     watch.mute_reads()
     assert not watch.muted
+
+
+def test_a_failed_want_writes_is_an_error_for_the_writer(
+    pair: tuple[socket.socket, socket.socket, select.epoll],
+) -> None:
+    ours, _, epoll = pair
+    watch = Watch(ours, epoll)
+    watch.muted = watch.writes_muted = True  # as if muted, then taken out of the epoll
+    with pytest.raises(OSError):
+        watch.want_writes()
 
 
 def test_a_failed_unmute_makes_the_owner_read_at_once(

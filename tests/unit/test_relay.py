@@ -325,6 +325,40 @@ def test_backpressure_bounds_what_the_relay_takes(env: Env) -> None:
     env.run(main)
 
 
+def test_both_directions_stalled_at_once_then_drained(env: Env) -> None:
+    # Each direction mutes its source while its destination is full; the second
+    # to stall writes to a socket the first muted with no writer waiting.
+    async def stall(sock: socket.socket, chunk: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        sent, stalled_since = 0, None
+        while True:
+            try:
+                sent += sock.send(chunk)
+                stalled_since = None
+            except BlockingIOError:
+                now = loop.time()
+                stalled_since = stalled_since or now
+                if now - stalled_since > 0.5:
+                    return sent
+                await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        rig = start_rig(env)
+        up = await stall(rig.client, os.urandom(256 * 1024))
+        down = await stall(rig.upstream, os.urandom(256 * 1024))
+        # The client drains first while up stays stalled (and its source muted):
+        # down must hear that the client became writable all the same.
+        rig.upstream.shutdown(socket.SHUT_WR)
+        assert len(await read_to_eof(rig.client)) == down
+        rig.client.shutdown(socket.SHUT_WR)
+        assert len(await read_to_eof(rig.upstream)) == up
+        result = await rig.task
+        rig.close_apps()
+        assert result == RelayResult(up, down, CloseReason.DONE)
+
+    env.run(main)
+
+
 def test_no_fd_leak_after_many_relays(env: Env) -> None:
     async def one(reset_client: bool) -> None:
         rig = start_rig(env)

@@ -92,8 +92,14 @@ class Direction(SplicePath):
         self._stop_reading()
         self.src_watch.mute_reads()
         if not self.writing:
-            self.dst_watch.on_write = self.on_writable
+            watch = self.dst_watch
+            watch.on_write = self.on_writable
             self.writing = True
+            if watch.writes_muted:  # the other direction muted it, no writer then
+                try:
+                    watch.want_writes()
+                except OSError as exc:
+                    self.tunnel.fail(self.dst, exc)
 
     def stop(self) -> None:
         self._stop_reading()

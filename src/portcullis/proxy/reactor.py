@@ -12,7 +12,8 @@ watches the one epoll fd and `_dispatch` hands out what it reports.
 
 Edge-triggered means an event says "something changed", not "there is data":
 `Watch.readable` (or `writable`) stays True from an event until a read (or
-write) of the socket's owner fails with EAGAIN, which the owner records. A
+write) of the socket's owner fails with EAGAIN, which the owner records (or
+an unmute, whose own event says it again). A
 wait that starts right after such an EAGAIN clears the flag and waits for the
 next event; the relay reads on until EAGAIN, and re-schedules itself when its
 burst ends first. Edge-triggered also means every segment that arrives is an
@@ -34,19 +35,25 @@ from portcullis.proxy.per_loop import PerLoop
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-_MUTED = select.EPOLLIN | select.EPOLLRDHUP
+# Muted: no read events, and write events only while a writer waits (a modify
+# reports the socket's state at once, and an idle writable socket would wake
+# the loop for nothing at every mute).
+_MUTED = select.EPOLLET
+_MUTED_WRITES = select.EPOLLET | select.EPOLLOUT
 
 
 class Watch:
     """One socket's readiness, and who is waiting for it (at most one per direction)."""
 
-    __slots__ = ("epoll", "fd", "muted", "on_read", "on_write", "readable", "sock", "writable")
+    __slots__ = ("epoll", "fd", "muted", "on_read", "on_write", "readable", "sock", "writable",
+                 "writes_muted")
 
     def __init__(self, sock: socket.socket, epoll: select.epoll) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.epoll = epoll
         self.muted = False
+        self.writes_muted = False  # muted without write events (no writer waited)
         # False until the first event: registering reports the socket's state then.
         self.readable = False
         self.writable = False
@@ -55,19 +62,30 @@ class Watch:
 
     def mute_reads(self) -> None:
         """Stop the read events while the owner cannot read (its destination is
-        full): edge-triggered, every segment that arrives would wake the loop."""
+        full): edge-triggered, every segment that arrives would wake the loop.
+        Errors and hang-ups are still reported (epoll always reports them)."""
         if not self.muted:
+            writes_muted = self.on_write is None
             try:
-                self.epoll.modify(self.fd, _MASK & ~_MUTED)
+                self.epoll.modify(self.fd, _MUTED if writes_muted else _MUTED_WRITES)
             except OSError:
                 return  # not muted: only more wakeups than needed
             self.muted = True
+            self.writes_muted = writes_muted
+
+    def want_writes(self) -> None:
+        """Call after setting `on_write` on a muted socket: its write events come
+        back (and epoll reports at once if it is writable already). OSError when
+        epoll refuses: the caller's wait would never end."""
+        if self.writes_muted:
+            self.epoll.modify(self.fd, _MUTED_WRITES)
+            self.writes_muted = False
 
     def unmute_reads(self) -> None:
         """Read events again; epoll reports the socket's state at once if it is
         readable (or at its end), so nothing that came meanwhile is missed."""
         if self.muted:
-            self.muted = False
+            self.muted = self.writes_muted = False
             try:
                 self.epoll.modify(self.fd, _MASK)
             except OSError:
