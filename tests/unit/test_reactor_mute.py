@@ -22,37 +22,43 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket, select.epoll]]:
     theirs.close()
 
 
+@pytest.fixture
+def registered(
+    pair: tuple[socket.socket, socket.socket, select.epoll],
+) -> tuple[Watch, socket.socket, select.epoll]:
+    """Our end registered as the reactor registers a socket, its first event taken."""
+    ours, theirs, epoll = pair
+    epoll.register(ours.fileno(), _MASK)
+    watch = Watch(ours, epoll)
+    epoll.poll(0)  # the registration's own event
+    return watch, theirs, epoll
+
+
 def read_events(epoll: select.epoll, fd: int) -> int:
     return sum(1 for f, mask in epoll.poll(0) if f == fd and mask & select.EPOLLIN)
 
 
 def test_muted_socket_reports_no_reads_and_unmuting_reports_what_came(
-    pair: tuple[socket.socket, socket.socket, select.epoll],
+    registered: tuple[Watch, socket.socket, select.epoll],
 ) -> None:
-    ours, theirs, epoll = pair
-    epoll.register(ours.fileno(), _MASK)
-    watch = Watch(ours, epoll)
-    epoll.poll(0)  # the registration's own event
+    watch, theirs, epoll = registered
     watch.readable = True  # an event came before the mute
     watch.mute_reads()
     assert watch.muted
     theirs.send(b"x")
     theirs.send(b"y")
-    assert read_events(epoll, ours.fileno()) == 0
+    assert read_events(epoll, watch.fd) == 0
     watch.unmute_reads()
     assert not watch.muted
     assert not watch.readable  # the event below says it, once
-    assert read_events(epoll, ours.fileno()) == 1
-    assert ours.recv(10) == b"xy"
+    assert read_events(epoll, watch.fd) == 1
+    assert watch.sock.recv(10) == b"xy"
 
 
 def test_muting_a_writable_socket_nobody_writes_to_reports_nothing(
-    pair: tuple[socket.socket, socket.socket, select.epoll],
+    registered: tuple[Watch, socket.socket, select.epoll],
 ) -> None:
-    ours, _, epoll = pair
-    epoll.register(ours.fileno(), _MASK)
-    watch = Watch(ours, epoll)
-    epoll.poll(0)
+    watch, _, epoll = registered
     watch.mute_reads()
     assert watch.writes_muted
     assert epoll.poll(0) == []  # no wakeup for a writable socket nobody waits on
@@ -63,12 +69,9 @@ def test_muting_a_writable_socket_nobody_writes_to_reports_nothing(
 
 
 def test_a_writer_waiting_keeps_the_write_events_of_a_muted_socket(
-    pair: tuple[socket.socket, socket.socket, select.epoll],
+    registered: tuple[Watch, socket.socket, select.epoll],
 ) -> None:
-    ours, _, epoll = pair
-    epoll.register(ours.fileno(), _MASK)
-    watch = Watch(ours, epoll)
-    epoll.poll(0)
+    watch, _, epoll = registered
     watch.on_write = lambda: None
     watch.mute_reads()
     assert watch.muted and not watch.writes_muted
@@ -76,18 +79,15 @@ def test_a_writer_waiting_keeps_the_write_events_of_a_muted_socket(
 
 
 def test_unmuting_reports_an_end_that_came_while_muted(
-    pair: tuple[socket.socket, socket.socket, select.epoll],
+    registered: tuple[Watch, socket.socket, select.epoll],
 ) -> None:
-    ours, theirs, epoll = pair
-    epoll.register(ours.fileno(), _MASK)
-    watch = Watch(ours, epoll)
-    epoll.poll(0)
+    watch, theirs, epoll = registered
     watch.mute_reads()
     theirs.shutdown(socket.SHUT_WR)
-    assert read_events(epoll, ours.fileno()) == 0
+    assert read_events(epoll, watch.fd) == 0
     watch.unmute_reads()
-    assert read_events(epoll, ours.fileno()) == 1
-    assert ours.recv(10) == b""
+    assert read_events(epoll, watch.fd) == 1
+    assert watch.sock.recv(10) == b""
 
 
 def test_a_failed_mute_leaves_the_events_on(

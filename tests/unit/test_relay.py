@@ -291,29 +291,36 @@ def test_cancel_reports_cancelled_and_closes(env: Env) -> None:
     env.run(main)
 
 
+async def send_until_stalled(sock: socket.socket, limit: int) -> int:
+    """Send random bytes until `sock` has taken none for 0.5 s (or `limit` are
+    sent); how many it took."""
+    loop = asyncio.get_running_loop()
+    chunk = os.urandom(256 * 1024)
+    sent = 0
+    stalled_since: float | None = None
+    while sent < limit:
+        try:
+            sent += sock.send(chunk)
+            stalled_since = None
+        except BlockingIOError:
+            now = loop.time()
+            stalled_since = stalled_since or now
+            if now - stalled_since > 0.5:
+                break
+            await asyncio.sleep(0.02)
+    return sent
+
+
 def test_backpressure_bounds_what_the_relay_takes(env: Env) -> None:
     async def main() -> None:
         rig = start_rig(env)
-        sent = 0
-        chunk = os.urandom(256 * 1024)
-        stalled_since: float | None = None
-        loop = asyncio.get_running_loop()
         # The upstream app reads nothing: the client must soon be unable to send.
-        while sent < 256 * MiB:
-            try:
-                sent += rig.client.send(chunk)
-                stalled_since = None
-            except BlockingIOError:
-                now = loop.time()
-                stalled_since = stalled_since or now
-                if now - stalled_since > 0.5:
-                    break
-                await asyncio.sleep(0.02)
+        sent = await send_until_stalled(rig.client, 256 * MiB)
         # Kernel socket buffers plus one pipe at most, far from 256 MiB.
         assert sent < 64 * MiB
         # While its destination is full, the direction takes no read events
         # (edge-triggered, each segment arriving would wake the loop).
-        assert reactor_for(loop).watch(rig.relay_client).muted
+        assert reactor_for(asyncio.get_running_loop()).watch(rig.relay_client).muted
         rig.client.shutdown(socket.SHUT_WR)
         got = await read_to_eof(rig.upstream)
         assert len(got) == sent
@@ -328,24 +335,10 @@ def test_backpressure_bounds_what_the_relay_takes(env: Env) -> None:
 def test_both_directions_stalled_at_once_then_drained(env: Env) -> None:
     # Each direction mutes its source while its destination is full; the second
     # to stall writes to a socket the first muted with no writer waiting.
-    async def stall(sock: socket.socket, chunk: bytes) -> int:
-        loop = asyncio.get_running_loop()
-        sent, stalled_since = 0, None
-        while True:
-            try:
-                sent += sock.send(chunk)
-                stalled_since = None
-            except BlockingIOError:
-                now = loop.time()
-                stalled_since = stalled_since or now
-                if now - stalled_since > 0.5:
-                    return sent
-                await asyncio.sleep(0.02)
-
     async def main() -> None:
         rig = start_rig(env)
-        up = await stall(rig.client, os.urandom(256 * 1024))
-        down = await stall(rig.upstream, os.urandom(256 * 1024))
+        up = await send_until_stalled(rig.client, 256 * MiB)
+        down = await send_until_stalled(rig.upstream, 256 * MiB)
         # The client drains first while up stays stalled (and its source muted):
         # down must hear that the client became writable all the same.
         rig.upstream.shutdown(socket.SHUT_WR)

@@ -95,11 +95,10 @@ class Direction(SplicePath):
             watch = self.dst_watch
             watch.on_write = self.on_writable
             self.writing = True
-            if watch.writes_muted:  # the other direction muted it, no writer then
-                try:
-                    watch.want_writes()
-                except OSError as exc:
-                    self.tunnel.fail(self.dst, exc)
+            try:
+                watch.want_writes()  # if the other direction muted it, no writer then
+            except OSError as exc:
+                self.tunnel.fail(self.dst, exc)
 
     def stop(self) -> None:
         self._stop_reading()
