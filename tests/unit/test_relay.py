@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import resource
 import socket
@@ -250,6 +251,26 @@ def test_traffic_keeps_tunnel_open_past_idle_timeout(env: Env) -> None:
         result = await rig.task
         rig.close_apps()
         assert result == RelayResult(7 * 4, 8 * 4, CloseReason.IDLE_TIMEOUT)
+
+    env.run(main)
+
+
+def test_bytes_and_their_end_in_one_event_are_both_passed_on(env: Env) -> None:
+    # The copy path takes a short read for "nothing left" (no read to EAGAIN),
+    # unless the event said the end came too: an end that came before the
+    # event is not reported again (reactor.py). Both ends here come with their
+    # bytes, before the relay's first event.
+    async def main() -> None:
+        rig = start_rig(env, splice_after=math.inf)
+        rig.upstream.sendall(b"banner")
+        rig.upstream.shutdown(socket.SHUT_WR)
+        rig.client.sendall(b"hello")
+        rig.client.shutdown(socket.SHUT_WR)
+        assert await read_to_eof(rig.client) == b"banner"
+        assert await read_to_eof(rig.upstream) == b"hello"
+        result = await rig.task
+        rig.close_apps()
+        assert result == RelayResult(5, 6, CloseReason.DONE)
 
     env.run(main)
 

@@ -11,6 +11,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from portcullis.proxy.pipes import copy_buffer
+from portcullis.proxy.reactor import ENDS
 
 if TYPE_CHECKING:
     from portcullis.proxy.reactor import Watch
@@ -51,11 +52,12 @@ class CopyPath:
             buf = self.buf = copy_buffer(COPY_CHUNK)
         recv_into = self.src.recv_into
         send = self.dst.send
+        size = len(buf)
         for _ in range(BURST):
             try:
                 n = recv_into(buf)
             except BlockingIOError:
-                self.src_watch.readable = False
+                self.src_watch.readable = 0
                 break
             except OSError as exc:
                 self.tunnel.fail(self.src, exc)
@@ -78,7 +80,13 @@ class CopyPath:
                 return False
             if self.nbytes >= self.splice_after:
                 break  # the splice path takes over at the next call (direction.py)
-            # Read on until EAGAIN even after a short read (see splicing.py).
+            if n < size and not self.src_watch.readable & ENDS:
+                # The read took all there was: what comes after it is a new
+                # event (reactor.py). Saves a read and its EAGAIN exception
+                # per event; an end or a reset that came with the event is
+                # read on to (docs/decisions.md, "The relay reads on to EAGAIN").
+                self.src_watch.readable = 0
+                break
         return True
 
     def _flush_pending(self) -> bool | None:

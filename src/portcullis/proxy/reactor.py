@@ -11,12 +11,15 @@ once, with EPOLLET for both directions, and a close removes it; the loop
 watches the one epoll fd and `_dispatch` hands out what it reports.
 
 Edge-triggered means an event says "something changed", not "there is data":
-`Watch.readable` (or `writable`) stays True from an event until a read (or
+`Watch.readable` (or `writable`) stays set from an event until a read (or
 write) of the socket's owner fails with EAGAIN, which the owner records (or
-an unmute, whose own event says it again). A
+an unmute, whose own event says it again). A read that returns less than it
+asked for also took everything there was, unless the event said the peer's
+end or an error came too (`ENDS` in `readable`): a byte, an end or a reset
+that arrives after the event is a new event. A
 wait that starts right after such an EAGAIN clears the flag and waits for the
-next event; the relay reads on until EAGAIN, and re-schedules itself when its
-burst ends first. Edge-triggered also means every segment that arrives is an
+next event; the relay reads on until the socket is empty, and re-schedules
+itself when its burst ends first. Edge-triggered also means every segment that arrives is an
 event, wanted or not: a relay direction whose destination is full mutes its
 source's read events (`Watch.mute_reads`, one epoll_ctl) until it reads again,
 or a bulk tunnel wakes the loop four times as often (bench/findings.md).
@@ -34,6 +37,8 @@ from portcullis.proxy.per_loop import PerLoop
 
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+# In a read event's mask: the peer's end or an error came with (or before) it.
+ENDS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 # Muted: no read events, and write events only while a writer waits (a modify
 # reports the socket's state at once, and an idle writable socket would wake
@@ -54,8 +59,10 @@ class Watch:
         self.epoll = epoll
         self.muted = False
         self.writes_muted = False  # muted without write events (no writer waited)
-        # False until the first event: registering reports the socket's state then.
-        self.readable = False
+        # 0 until the first event: registering reports the socket's state then.
+        # Then the mask of the last read event (ENDS in it: the end came too),
+        # until a read answers EAGAIN or takes all there was.
+        self.readable = 0
         self.writable = False
         self.on_read: Callable[[], object] | None = None
         self.on_write: Callable[[], object] | None = None
@@ -89,11 +96,11 @@ class Watch:
             try:
                 self.epoll.modify(self.fd, _MASK)
             except OSError:
-                # No event will say what came meanwhile: the owner reads at once
-                # and finds out (a read error ends its tunnel).
-                self.readable = True
+                # No event will say what came meanwhile: the owner reads at once,
+                # to EAGAIN or the end, and finds out (a read error ends its tunnel).
+                self.readable = _READ_EVENTS
                 return
-            self.readable = False
+            self.readable = 0
 
 
 class Reactor:
@@ -152,7 +159,7 @@ class Reactor:
             # bug must not drop the rest of the batch (an edge-triggered event
             # is not reported twice).
             if mask & _READ_EVENTS:
-                watch.readable = True
+                watch.readable = mask
                 callback = watch.on_read
                 if callback is not None:
                     try:

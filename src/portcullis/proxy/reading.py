@@ -82,7 +82,7 @@ async def wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         watch.writable = False
         watch.on_write = wake
     else:
-        watch.readable = False
+        watch.readable = 0
         watch.on_read = wake
     deadlines, slot = None, 0
     if deadline is not None:

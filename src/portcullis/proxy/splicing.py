@@ -52,7 +52,7 @@ class SplicePath(CopyPath):
             try:
                 n = os.splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE_FLAGS)
             except BlockingIOError:
-                self.src_watch.readable = False
+                self.src_watch.readable = 0
                 break
             except OSError as exc:
                 if exc.errno in _SPLICE_UNSUPPORTED:
