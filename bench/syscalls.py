@@ -5,8 +5,9 @@ a figure the shared machine's noise does not move.
 
     .venv/bin/python -m bench.syscalls [--tls | --bulk] [--env NAME=VALUE] [--duration 3]
 
-The count is strace's summary over the whole load divided by the connections
-closed in the decision log (set-up and start-up calls are a few hundred in all).
+strace attaches once the proxy listens (start-up is not counted) and detaches
+when the load is over; the count is its summary divided by the connections
+closed in the decision log.
 With `--bulk`, one 1 GiB TLS download through the proxy instead, per GiB: the
 loop's wakeups (`epoll_pwait`, and `epoll_wait` for the proxy's own epoll)
 and the splices per GiB, which CPU per GiB only shows through the noise
@@ -18,9 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
+import subprocess
 
-from bench import bulk, connrate, procfs, servers, setupcost
+from bench import bulk, connrate, servers, setupcost
 
 
 def parse_summary(text: str) -> dict[str, int]:
@@ -51,10 +52,14 @@ def main() -> None:
         d = work.sub("traced")
         summary = d / "strace.txt"
         proxy = servers.launch_portcullis(
-            d, servers.portcullis_policy(servers.free_port()), label="traced",
-            python=["strace", "-f", "-c", "-o", str(summary), sys.executable, "-m",
-                    "portcullis.cli"])
+            d, servers.portcullis_policy(servers.free_port()), label="traced")
+        # Attached once the proxy listens, so its start-up (imports: thousands of
+        # stat, open and read calls) is not in the count; -f takes every thread.
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(summary), "-p", str(proxy.pid)],
+                                  stderr=subprocess.PIPE, text=True)
         try:
+            assert tracer.stderr is not None
+            tracer.stderr.readline()  # "strace: Process N attached"
             if origin is None:
                 setupcost.measure(proxy, args.duration)
             elif args.bulk:
@@ -62,17 +67,16 @@ def main() -> None:
             else:
                 connrate.measure(str(work.ca_pem), proxy, args.duration)
         finally:
-            # strace detaches on SIGTERM and would leave the proxy running: stop the proxy.
-            for pid in procfs.tree(proxy.pid)[1:]:
-                os.kill(pid, signal.SIGTERM)
-            proxy.proc.wait(timeout=30)
+            tracer.send_signal(signal.SIGINT)  # detaches and writes the summary
+            tracer.communicate(timeout=60)
+            proxy.stop()
             if origin is not None:
                 origin.stop()
         closed = len(proxy.records("close"))
         calls = parse_summary(summary.read_text())
     total = sum(calls.values())
     if args.bulk:
-        per, unit = servers.BULK_SIZE / bulk.GIB, "GiB (start-up included)"
+        per, unit = servers.BULK_SIZE / bulk.GIB, "GiB"
     else:
         per, unit = closed, "connection"
     print(f"connections {closed}, syscalls per {unit} {total / per:.1f}")
