@@ -3,7 +3,7 @@
 software clock: it works where this machine has no hardware counters) over
 each target's process tree while the load runs, the floor first.
 
-    .venv/bin/python -m bench.perf_split [--tls] [--tree LABEL=DIR ...] [--duration 5]
+    .venv/bin/python -m bench.perf_split [--tls] [--tree LABEL=DIR ...] [--sketch] [--duration 5]
 
 Where bench/instructions.py counts user-space instructions and
 bench/syscalls.py counts syscalls, this puts time on both sides: the
@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--sketch", action="store_true",
+                        help="also bench/protocol_path.py (the connection path as protocols)")
     parser.add_argument("--tls", action="store_true",
                         help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     args = parser.parse_args()
@@ -79,8 +81,9 @@ def main() -> None:
     with servers.Workdir.create() as work:
         origin = servers.start_nginx(work) if args.tls else None
         ca = str(work.ca_pem) if args.tls else None
-        for label in ["floor", *trees]:
+        for label in ["floor", *trees, *(["sketch"] if args.sketch else [])]:
             proxy = (servers.start_floor_relay(work) if label == "floor"
+                     else servers.start_protocol_sketch(work) if label == "sketch"
                      else ab.start(work, label, trees[label], None, {}))
             rows[label] = _sampled(proxy, work.root / f"perf.{label}", args.duration, ca)
         if origin is not None:

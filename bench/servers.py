@@ -350,6 +350,12 @@ def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
                              uvloop=uvloop, label=label)
 
 
+def start_protocol_sketch(work: Workdir) -> PortcullisServer:
+    """bench/protocol_path.py: the connection path as protocols, a measured sketch."""
+    return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()), label="sketch",
+                             python=[sys.executable, "-m", "bench.protocol_path"])
+
+
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
                       uvloop: bool = True, label: str = "portcullis",
                       python: list[str] | None = None,
