@@ -16,11 +16,11 @@ write) of the socket's owner fails with EAGAIN, which the owner records (or
 an unmute, whose own event says it again). A read that returns less than it
 asked for also took everything there was, unless the event said the peer's
 end or an error came too (`ENDS` in `readable`): a byte, an end or a reset
-that arrives after the event is a new event. A
-wait that starts right after such an EAGAIN clears the flag and waits for the
-next event; the relay reads on until the socket is empty, and re-schedules
-itself when its burst ends first. Edge-triggered also means every segment that arrives is an
-event, wanted or not: a relay direction whose destination is full mutes its
+that arrives after the event is a new event. A wait that starts right after
+such an EAGAIN clears the flag and waits for the next event; the relay reads
+on until the socket is empty, and re-schedules itself when its burst ends
+first. Edge-triggered also means every segment that arrives is an event,
+wanted or not: a relay direction whose destination is full mutes its
 source's read events (`Watch.mute_reads`, one epoll_ctl) until it reads again,
 or a bulk tunnel wakes the loop four times as often (bench/findings.md).
 """
