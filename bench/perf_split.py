@@ -1,7 +1,7 @@
 """CPU per connection split by where it runs: the kernel, the interpreter
 (libpython), uvloop/libuv, libc. Sampled by `perf record -e cpu-clock` (a
 software clock: it works where this machine has no hardware counters) over
-each target's process tree while the load runs, the floor first.
+each target's process (every thread; one worker) while the load runs, the floor first.
 
     .venv/bin/python -m bench.perf_split [--tls] [--tree LABEL=DIR ...] [--sketch] [--duration 5]
 
