@@ -73,8 +73,9 @@ def main() -> None:
     parser.add_argument("--profile", help="path prefix for cProfile output (CPU clock)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--light", action="store_true", help="bench/setupcost.py's load")
-    parser.add_argument("--sketch", action="store_true",
-                        help="also bench/protocol_path.py (the connection path as protocols)")
+    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
+                        help="also bench/protocol_path.py (the connection path as protocols),"
+                             " importing portcullis from DIR (default src)")
     parser.add_argument("--env", action="append", default=[],
                         help="label=NAME=VALUE: an environment variable for one tree's process")
     args = parser.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
             for label, tree in trees.items():
                 running[label] = start(work, label, tree, args.profile, envs[label])
             if args.sketch:
-                running["sketch"] = servers.start_protocol_sketch(work)
+                running["sketch"] = servers.start_protocol_sketch(work, args.sketch)
             slices: dict[str, list[connrate.RateResult]] = {n: [] for n in running}
             for _ in range(args.rounds):
                 for name, proxy in running.items():

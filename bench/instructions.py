@@ -119,13 +119,6 @@ def start_portcullis(work: servers.Workdir, label: str, tree: str, env: dict[str
         os.environ.update(saved)
 
 
-def start_sketch(work: servers.Workdir, profile: Path) -> servers.Server:
-    return servers.launch_portcullis(
-        work.sub("sketch"), servers.portcullis_policy(servers.free_port()), label="sketch",
-        python=[*_callgrind(profile), sys.executable, "-m", "bench.protocol_path"],
-        start_timeout=START_TIMEOUT)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
@@ -138,8 +131,9 @@ def main() -> None:
     parser.add_argument("--idle", action="store_true",
                         help="count with no load for --duration s (what is not per connection)")
     parser.add_argument("--save", help="a directory to keep each callgrind profile in")
-    parser.add_argument("--sketch", action="store_true",
-                        help="also bench/protocol_path.py (the connection path as protocols)")
+    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
+                        help="also bench/protocol_path.py (the connection path as protocols),"
+                             " importing portcullis from DIR (default src)")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree or ["main=src"])
     envs: dict[str, dict[str, str]] = {label: {} for label in trees}
@@ -156,7 +150,9 @@ def main() -> None:
         for label in labels:
             profile = work.root / f"callgrind.{label}"
             proxy = (start_floor(work, profile) if label == "floor" else
-                     start_sketch(work, profile) if label == "sketch" else
+                     servers.start_protocol_sketch(work, args.sketch,
+                                                   [*_callgrind(profile), sys.executable])
+                     if label == "sketch" else
                      start_portcullis(work, label, trees[label], envs[label], profile))
             dump, connections = _measure(proxy, profile, args.duration, args.idle, ca)
             rows.append((label, _total(dump), connections))

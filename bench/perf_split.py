@@ -68,8 +68,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--sketch", action="store_true",
-                        help="also bench/protocol_path.py (the connection path as protocols)")
+    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
+                        help="also bench/protocol_path.py (the connection path as protocols),"
+                             " importing portcullis from DIR (default src)")
     parser.add_argument("--tls", action="store_true",
                         help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
         ca = str(work.ca_pem) if args.tls else None
         for label in ["floor", *trees, *(["sketch"] if args.sketch else [])]:
             proxy = (servers.start_floor_relay(work) if label == "floor"
-                     else servers.start_protocol_sketch(work) if label == "sketch"
+                     else servers.start_protocol_sketch(work, args.sketch) if label == "sketch"
                      else ab.start(work, label, trees[label], None, {}))
             rows[label] = _sampled(proxy, work.root / f"perf.{label}", args.duration, ca)
         if origin is not None:

@@ -350,10 +350,23 @@ def start_portcullis(work: Workdir, *, workers: int = 1, uvloop: bool = True,
                              uvloop=uvloop, label=label)
 
 
-def start_protocol_sketch(work: Workdir) -> PortcullisServer:
-    """bench/protocol_path.py: the connection path as protocols, a measured sketch."""
-    return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()), label="sketch",
-                             python=[sys.executable, "-m", "bench.protocol_path"])
+def start_protocol_sketch(work: Workdir, tree: str = "src",
+                          python: list[str] | None = None) -> PortcullisServer:
+    """bench/protocol_path.py: the connection path as protocols, a measured sketch,
+    importing `portcullis` from `tree` (a compiled copy: bench/compiled.py).
+    `python` runs it under a tool (bench/instructions.py's callgrind)."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
+    try:
+        return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()),
+                                 label="sketch", start_timeout=300.0,
+                                 python=[*(python or [sys.executable]), "-m",
+                                         "bench.protocol_path"])
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
