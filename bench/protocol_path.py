@@ -130,8 +130,7 @@ class Client(asyncio.Protocol):
         checked = attempt.checked = await resolve_and_check(state.gate, attempt)
         refusal = address_refusal(checked, authority.host)
         if refusal is not None:
-            refuse(state.gate, attempt, refusal.reason)
-            self.refuse(refusal.reason, refusal.status, refusal.message, decided=True)
+            self.refuse(refusal.reason, refusal.status, refusal.message)
             return
         address = str(checked.dialable[0])
         started = time.monotonic()
@@ -139,8 +138,7 @@ class Client(asyncio.Protocol):
             _, upstream = await asyncio.get_running_loop().create_connection(
                 lambda: Upstream(self), address, authority.port)
         except OSError as exc:
-            refuse(state.gate, attempt, Reason.CONNECT_FAILED)
-            self.refuse(Reason.CONNECT_FAILED, 502, str(exc), decided=True)
+            self.refuse(Reason.CONNECT_FAILED, 502, str(exc))
             return
         attempt.connect_ms = (time.monotonic() - started) * 1000
         state.metrics.observe_connect(attempt.connect_ms / 1000)
@@ -177,9 +175,9 @@ class Client(asyncio.Protocol):
         upstream.transport.write(bytes(self.buffer))
         self.buffer.clear()
 
-    def refuse(self, reason: Reason, status: int, detail: str, *, decided: bool = False) -> None:
-        if not decided:
-            refuse(self.state.gate, self.attempt, reason)
+    def refuse(self, reason: Reason, status: int, detail: str) -> None:
+        # Recording the reason again where a step already did is harmless: same values.
+        refuse(self.state.gate, self.attempt, reason)
         self.state.record(self.attempt)
         self.transport.write(error_response(status, self.attempt, detail))
         self.transport.close()
