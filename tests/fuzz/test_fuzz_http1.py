@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from portcullis.basics.errors import HttpError
 from portcullis.basics.names import normalize_name
+from portcullis.wire import http1
 from portcullis.wire.http1 import (
     KNOWN_METHODS,
     MAX_HEAD_SIZE,
@@ -156,3 +157,44 @@ def test_connect_targets_and_uris(text: str) -> None:
         return
     assert scheme == "http" and path.startswith("/")
     _check_authority(authority)
+
+
+def _checked(parsed: RequestHead | str | None) -> Authority | str | None:
+    if not isinstance(parsed, RequestHead):
+        return None
+    try:
+        return check_request(parsed)
+    except HttpError:
+        return "error"
+
+
+@FUZZ
+@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)),
+                                        min_size=0, max_size=3), st.integers(1, 700))
+def test_remembered_heads_read_as_fresh_ones(valid: bytes, edits: list[tuple[int, int]],
+                                             max_size: int) -> None:
+    # CONNECT heads are remembered by their bytes, their authorities by the head
+    # (wire/http1.py, _HEADS): with every table filled by the bytes seen so far,
+    # and with them emptied, the same bytes give the same answers.
+    data = bytearray(valid)
+    for where, byte in edits:
+        data[where % len(data)] = byte
+    for size in (MAX_HEAD_SIZE, max_size):
+        remembered = outcome(bytes(data), size)
+        remembered_check = _checked(remembered)
+        http1._HEADS.clear()
+        http1._AUTHORITIES.clear()
+        fresh = outcome(bytes(data), size)
+        assert fresh == remembered and _checked(fresh) == remembered_check
+
+
+def test_credentials_are_not_remembered() -> None:
+    data = (b"CONNECT us.icr.io:443 HTTP/1.1\r\nHost: us.icr.io:443\r\n"
+            b"Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=\r\n\r\n")
+    plain = b"CONNECT us.icr.io:443 HTTP/1.1\r\nHost: us.icr.io:443\r\n\r\n"
+    for bytes_ in (data, plain):
+        parsed = parse_request_head(bytes_)
+        assert parsed is not None and check_request(parsed).host == "us.icr.io"
+    assert plain in http1._HEADS and data not in http1._HEADS
+    assert not any(b"secret" in key or b"dXNlcjpzZWNyZXQ" in key for key in http1._HEADS)
+    assert all(h.get("proxy-authorization") is None for h in http1._AUTHORITIES)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.support.tls_hellos import build_message, real_hello, reframe, split_hello
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
+from portcullis.wire import tls
 from portcullis.wire.tls import MAX_HELLO_SIZE, ClientHello, parse_client_hello
 
 FUZZ = settings(max_examples=400, deadline=None)
@@ -282,3 +283,23 @@ def test_random_hello_bodies(tail: bytes, fragment: int) -> None:
     message = b"\x01" + len(body).to_bytes(3, "big") + body
     outcome(reframe(message, [len(message)]))
     outcome(reframe(message, [fragment]))
+
+
+@FUZZ
+@given(
+    st.integers(0, len(HELLOS) - 1),
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=3),
+)
+def test_a_remembered_layout_reads_as_a_fresh_walk(
+    which: int, edits: list[tuple[int, int]]
+) -> None:
+    # The parser keeps the layout of the last hello of each extensions length
+    # (tls._Layout); a hello damaged anywhere must read the same with the real
+    # hello's layout remembered as with nothing remembered.
+    data = bytearray(HELLOS[which])
+    for where, byte in edits:
+        data[where % len(data)] = byte
+    parse_client_hello(HELLOS[which])
+    remembered = outcome(bytes(data))
+    tls._LAYOUTS.clear()
+    assert outcome(bytes(data)) == remembered

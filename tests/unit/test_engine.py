@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import parse_policy
+from portcullis.policy import engine as engine_module
 from portcullis.policy.engine import Engine, SourceIndex
 from portcullis.policy.explain import explain
 
@@ -125,13 +126,11 @@ def test_explain_json_shape() -> None:
     assert [r["matches"] for r in data["rules"]] == [False, False, False, False, False]
 
 
-hosts = st.sampled_from(
-    ["us.icr.io", "icr.io", "a.b.icr.io", "registry.bluemix.net", "deb.example.org",
-     "x.example.org", "example.org", "evil.example", "203.0.113.9"]
-)
-clients = st.sampled_from(
-    ["10.240.0.5", "10.240.1.17", "10.250.3.4", "10.250.8.1", "192.0.2.1", "fd00:1::1"]
-)
+HOSTS = ["us.icr.io", "icr.io", "a.b.icr.io", "registry.bluemix.net", "deb.example.org",
+         "x.example.org", "example.org", "evil.example", "203.0.113.9"]
+CLIENTS = ["10.240.0.5", "10.240.1.17", "10.250.3.4", "10.250.8.1", "192.0.2.1", "fd00:1::1"]
+hosts = st.sampled_from(HOSTS)
+clients = st.sampled_from(CLIENTS)
 
 
 @settings(max_examples=300, deadline=None)
@@ -152,3 +151,19 @@ def test_source_index_caches_an_ipv4_mapped_client_under_its_own_address() -> No
     mapped = ipaddress.ip_address("::ffff:10.240.0.7")
     assert index.groups_of(mapped) == {"workers"}
     assert index._cache.get(mapped) == {"workers"}
+
+
+def test_remembered_verdicts_are_the_rules_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # decide_for keeps its verdicts (a small table here, so it also fills and
+    # starts over): asked twice, in any order, it answers as the rules do.
+    monkeypatch.setattr(engine_module, "_DECIDED_MAX", 7)
+    engine = Engine(parse_policy(POLICY))
+    cases = [(ipaddress.ip_address(c), h, p) for c in CLIENTS for h in HOSTS for p in (80, 443)]
+    for _ in range(2):
+        for client, host, port in cases:
+            groups = engine.groups_of(client)
+            is_ip = host[0].isdigit()
+            assert engine.decide_for(groups, host, port, is_ip=is_ip) == \
+                engine._decide_for(groups, host, port, is_ip)
+        cases.reverse()
+    assert 0 < len(engine._decided) <= 7

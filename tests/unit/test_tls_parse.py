@@ -266,3 +266,16 @@ def test_peek_is_tls(data: bytes, expected: bool | None) -> None:
 def test_error_types_are_value_errors() -> None:
     assert issubclass(NotTLS, ValueError) and issubclass(MalformedClientHello, ValueError)
     assert not issubclass(NotTLS, MalformedClientHello)
+
+
+def test_a_repeated_extension_is_refused_after_its_layout_was_seen() -> None:
+    # The parser remembers the layout of a hello (wire/tls.py, _Layout); one
+    # with the same lengths in the same order but a type repeated must still
+    # be refused.
+    prefix, exts = split_hello(SNI_HELLO)
+    seen = records(build_message(prefix, [*exts, (0xAAAA, b"1234"), (0xBBBB, b"5678")]))
+    repeated = records(build_message(prefix, [*exts, (0xAAAA, b"1234"), (0xAAAA, b"5678")]))
+    hello = parse_client_hello(seen)
+    assert hello is not None and hello.sni == "us.icr.io"
+    with pytest.raises(MalformedClientHello, match="0xaaaa appears twice"):
+        parse_client_hello(repeated)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from portcullis.basics.errors import ConfigError
+from portcullis.basics.memo import remember
 
 _CACHE_MAX = 1024
 # Re-mint a cached leaf this long before it expires, so no client sees one expire mid-use.
@@ -101,9 +102,7 @@ class CertificateAuthority:
         now = datetime.datetime.now(datetime.UTC)
         leaf = self._leaves.get(name)
         if leaf is None or leaf.not_after - now < _RENEW_BEFORE:
-            if len(self._leaves) >= _CACHE_MAX:
-                self._leaves.clear()
-            leaf = self._leaves[name] = self._mint(name, now)
+            leaf = remember(self._leaves, name, self._mint(name, now), _CACHE_MAX)
         return leaf.context
 
     def _mint(self, name: str, now: datetime.datetime) -> _Leaf:

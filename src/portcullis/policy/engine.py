@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from portcullis import catalog
 from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
+from portcullis.basics.memo import remember
 from portcullis.basics.names import parent_suffixes, parse_pattern
 from portcullis.basics.vocabulary import Decision, Reason
 from portcullis.config import Policy, Rule
@@ -21,6 +22,7 @@ from portcullis.policy.identities import IdentityIndex
 from portcullis.policy.inspection import Inspection
 
 _CLIENT_CACHE_MAX = 65536
+_DECIDED_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +105,7 @@ class SourceIndex:
             if hit is not None:
                 found = hit
                 break
-        if len(self._cache) >= _CLIENT_CACHE_MAX:
-            self._cache.clear()
-        self._cache[client] = found
-        return found
+        return remember(self._cache, client, found, _CLIENT_CACHE_MAX)
 
 
 def expand_destinations(rule: Rule) -> list[str]:
@@ -181,6 +180,7 @@ class Engine:
         # Verdicts are immutable: build each once so deciding allocates nothing.
         self._rule_verdicts = tuple(self._verdict_for_rule(r) for r in self.rules)
         self._default = {reason: self._default_verdict(reason) for reason in Reason}
+        self._decided: dict[tuple[frozenset[str], str, int, bool], Verdict] = {}
 
     # -- verdict construction ---------------------------------------------
 
@@ -233,6 +233,18 @@ class Engine:
     def decide_for(self, groups: frozenset[str], host: str, port: int, *,
                    is_ip: bool = False) -> Verdict:
         """Decide for a client in `groups`."""
+        # The rules are fixed for the engine's life (a reload builds a new one)
+        # and the same few (groups, name, port) recur on every connection, so
+        # the verdicts are kept; a client asking for ever new names only
+        # empties the table.
+        key = (groups, host, port, is_ip)
+        verdict = self._decided.get(key)
+        if verdict is None:
+            verdict = remember(self._decided, key, self._decide_for(groups, host, port, is_ip),
+                               _DECIDED_MAX)
+        return verdict
+
+    def _decide_for(self, groups: frozenset[str], host: str, port: int, is_ip: bool) -> Verdict:
         if not groups:
             return self._default[Reason.SOURCE_UNKNOWN]
         if is_ip:

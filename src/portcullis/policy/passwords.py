@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import argon2
 import bcrypt
 
+from portcullis.basics import memo
 from portcullis.basics.errors import PasswordFileError
 from portcullis.basics.filewatch import FileWatch
 
@@ -123,9 +124,7 @@ class VerifiedCache:
     def remember(self, key: bytes) -> None:
         if self._ttl <= 0:
             return
-        if len(self._until) >= self._max:
-            self._until.clear()  # a bound, not a policy: a full cache starts over
-        self._until[key] = self._clock() + self._ttl
+        memo.remember(self._until, key, self._clock() + self._ttl, self._max)
 
 
 class PasswordFile:

@@ -25,6 +25,7 @@ from portcullis.basics.errors import (
     HeaderTooLarge,
     NotImplementedMethod,
 )
+from portcullis.basics.memo import remember
 from portcullis.wire.authority import Authority, parse_authority
 
 __all__ = [
@@ -189,13 +190,37 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
             _check_bytes(buf, start, eol + 1)
             _parse_request_line(buf[start : eol - 1])
         return None
+    key = bytes(buf[: end + 4])
+    head = _HEADS.get(key)
+    if head is not None:
+        return head
     _check_bytes(buf, start, end)
     lines = buf[start:end].split(b"\r\n")
     if len(lines) - 1 > MAX_HEADERS:
         raise BadRequest(f"{len(lines) - 1} header lines; the limit is {MAX_HEADERS}")
     method, target, version = _parse_request_line(lines[0])
     headers = _parse_headers(lines[1:])
-    return RequestHead(method, target, version, headers, end + 4)
+    head = RequestHead(method, target, version, headers, end + 4)
+    if len(key) <= _MAX_REMEMBERED and _rememberable(head):
+        remember(_HEADS, key, head, _MAX_ENTRIES)
+    return head
+
+
+# A runtime sends the same CONNECT head for every connection to a registry
+# (same target, same User-Agent), so the last CONNECT heads parsed are kept by
+# their bytes, and the authority each checks out to by the head: both are
+# functions of their key alone, and their results are immutable. Heads with
+# credentials are not kept, so no secret outlives its connection.
+_HEADS: dict[bytes, RequestHead] = {}
+_AUTHORITIES: dict[RequestHead, Authority] = {}
+_MAX_REMEMBERED = 1024  # bytes of one head
+_MAX_ENTRIES = 256  # a client sending ever new heads only empties the table
+
+
+def _rememberable(head: RequestHead) -> bool:
+    return head.method == "CONNECT" and not any(
+        name == "proxy-authorization" for name, _ in head.headers
+    )
 
 
 def parse_connect_target(target: str) -> Authority:
@@ -293,6 +318,9 @@ def check_request(head: RequestHead) -> Authority:
     `http://` target, a Host header that names the same host and port (required
     for HTTP/1.1), and unambiguous body framing (the body itself is h11's job).
     """
+    authority = _AUTHORITIES.get(head)
+    if authority is not None:
+        return authority
     hosts, lengths, codings = head.framing()
     host_header = _single_host(hosts)
     if head.method == "CONNECT":
@@ -300,6 +328,8 @@ def check_request(head: RequestHead) -> Authority:
         if codings or (lengths and lengths[0] != "0"):
             raise BadRequest("a CONNECT request has no body")
         _check_framing(lengths, codings, head.version)
+        if _rememberable(head):
+            remember(_AUTHORITIES, head, authority, _MAX_ENTRIES)
         return authority
     if head.target.startswith("/") or head.target == "*":
         raise BadRequest(

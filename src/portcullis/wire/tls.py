@@ -18,6 +18,7 @@ import struct
 from typing import NamedTuple
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
+from portcullis.basics.memo import remember
 
 __all__ = [
     "ClientHello",
@@ -171,31 +172,85 @@ def _parse_body(b: bytes | bytearray, i: int, end: int, record_bytes: int) -> Cl
         raise MalformedClientHello("extensions length overruns the ClientHello")
     if i + (b[i - 2] << 8 | b[i - 1]) != end:
         raise MalformedClientHello("extensions length disagrees with the ClientHello length")
-    # The walk only notes where each extension's body starts (runs for every
-    # extension of every hello, so it does as little as it can); the few
-    # extensions the policy reads are parsed after it.
+    layout = _LAYOUTS.get(end - i)
+    if layout is None or layout.headers.unpack_from(b, i) != layout.expected:
+        layout = _walk(b, i, end)
+    at = layout.server_name
+    if at < 0:
+        sni = None
+    else:
+        at += i
+        sni = _server_name(b, at, at + (b[at - 2] << 8 | b[at - 1]))
+    at = layout.alpn
+    if at < 0:
+        alpn: tuple[str, ...] = ()
+    else:
+        at += i
+        alpn = _alpn(b, at, at + (b[at - 2] << 8 | b[at - 1]))
+    return ClientHello(sni, layout.has_ech, alpn, record_bytes)
+
+
+class _Layout(NamedTuple):
+    """Where a hello's extensions lie, relative to the first one's header.
+
+    A client library sends the same extensions in the same order with the same
+    lengths on every connection (only their contents differ: random, key
+    share), so the layout of the last hello with a given extensions length is
+    kept. `headers` reads every extension header at once, skipping the bodies;
+    when they equal `expected`, the walk would have read the same headers at
+    the same offsets and found what this layout says, so it is skipped (the
+    per-connection cost of the walk was ~500 bytecodes: bench/findings.md).
+    """
+
+    headers: struct.Struct
+    expected: tuple[int, ...]  # type, length of each extension in order
+    server_name: int  # offset of the server_name body; -1 for none
+    alpn: int
+    has_ech: bool
+
+
+_LAYOUTS: dict[int, _Layout] = {}
+_MAX_LAYOUTS = 64  # hellos of other lengths (new clients, resumptions, GREASE) replace them
+
+
+def _walk(b: bytes | bytearray, start: int, end: int) -> _Layout:
+    """Read the extension headers one by one from `start` to `end`; refuse a
+    repeated extension or one that overruns the hello; remember the layout."""
     bodies: dict[int, int] = {}
+    expected: list[int] = []
     header = _EXTENSION_HEADER.unpack_from
+    i = start
     try:
         while i < end:
             ext, length = header(b, i)
             if ext in bodies:
                 raise MalformedClientHello(f"extension 0x{ext:04x} appears twice")
-            bodies[ext] = i = i + 4
-            i += length
+            bodies[ext] = i + 4 - start
+            expected += (ext, length)
+            i += 4 + length
     except struct.error:  # a header past the buffer's end
         i = end + 1
     if i != end:
         # A header or a body past the hello's end (the last one read).
         raise MalformedClientHello("an extension overruns the ClientHello")
-    at = bodies.get(_EXT_SERVER_NAME)
-    sni = None if at is None else _server_name(b, at, at + (b[at - 2] << 8 | b[at - 1]))
-    at = bodies.get(_EXT_ALPN)
-    alpn = () if at is None else _alpn(b, at, at + (b[at - 2] << 8 | b[at - 1]))
-    return ClientHello(sni, _EXT_ECH in bodies, alpn, record_bytes)
+    layout = _Layout(
+        struct.Struct(">" + "".join(f"HH{expected[k + 1]}x" for k in range(0, len(expected), 2))),
+        tuple(expected),
+        bodies.get(_EXT_SERVER_NAME, -1),
+        bodies.get(_EXT_ALPN, -1),
+        _EXT_ECH in bodies,
+    )
+    return remember(_LAYOUTS, end - start, layout, _MAX_LAYOUTS)
 
 
 def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
+    # What every client sends: one host_name entry that fills the list.
+    if end - i > 5 and b[i + 2] == _HOST_NAME and (b[i] << 8 | b[i + 1]) == end - i - 2 \
+            and (b[i + 3] << 8 | b[i + 4]) == end - i - 5:
+        raw = b[i + 5 : end]
+        if not raw.isascii():
+            raise MalformedClientHello("host_name in server_name is not ASCII")
+        return raw.decode("ascii")
     if i + 2 > end or i + 2 + (b[i] << 8 | b[i + 1]) != end or i + 2 == end:
         raise MalformedClientHello("server_name list length is wrong or the list is empty")
     i += 2
