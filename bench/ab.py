@@ -23,10 +23,8 @@ that made it, bench/RESULTS.md) and writes `<path>.<label>` on exit.
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import sys
-from pathlib import Path
 
 from bench import connrate, servers, setupcost
 
@@ -48,20 +46,14 @@ finally:
 def start(work: servers.Workdir, label: str, tree: str, profile: str | None,
           env: dict[str, str]) -> servers.PortcullisServer:
     d = work.sub(label)
-    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
-    os.environ.update(env)
-    try:
-        if profile is None:
-            return servers.launch_portcullis(d, servers.portcullis_policy(servers.free_port()),
-                                             label=label)
+    python = None
+    if profile is not None:
         script = d / "profiled.py"
         script.write_text(_PROFILED)
-        return servers.launch_portcullis(
-            d, servers.portcullis_policy(servers.free_port()), label=label,
-            python=[sys.executable, str(script), f"{profile}.{label}"])
-    finally:
-        for name in ("PYTHONPATH", *env):
-            del os.environ[name]
+        python = [sys.executable, str(script), f"{profile}.{label}"]
+    return servers.launch_portcullis(d, servers.portcullis_policy(servers.free_port()),
+                                     label=label, python=python,
+                                     env=servers.tree_env(tree, env))
 
 
 def main() -> None:

@@ -105,18 +105,10 @@ def start_floor(work: servers.Workdir, profile: Path) -> servers.Server:
 
 def start_portcullis(work: servers.Workdir, label: str, tree: str, env: dict[str, str],
                      profile: Path) -> servers.Server:
-    d = work.sub(label)
-    saved = dict(os.environ)
-    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
-    os.environ.update(env)
-    try:
-        return servers.launch_portcullis(
-            d, servers.portcullis_policy(servers.free_port()), label=label,
-            python=[*_callgrind(profile), sys.executable, "-m", "portcullis.cli"],
-            start_timeout=START_TIMEOUT)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return servers.launch_portcullis(
+        work.sub(label), servers.portcullis_policy(servers.free_port()), label=label,
+        python=[*_callgrind(profile), sys.executable, "-m", "portcullis.cli"],
+        start_timeout=START_TIMEOUT, env=servers.tree_env(tree, env))
 
 
 def main() -> None:

@@ -159,10 +159,20 @@ class Workdir:
         return path
 
 
-def popen(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def popen(cmd: list[str], log: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start `cmd` with its output in `log`; `env` adds to (or overrides) this
+    process's environment for it alone."""
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                preexec_fn=raise_nofile, start_new_session=True)
+                                preexec_fn=raise_nofile, start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
+
+
+def tree_env(tree: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a child import `portcullis` from the source
+    tree `tree` (shadowing the venv's editable install), plus `env`."""
+    return {"PYTHONPATH": str(Path(tree).resolve()), **(env or {})}
 
 
 def start_nginx(work: Workdir) -> Server:
@@ -355,27 +365,20 @@ def start_protocol_sketch(work: Workdir, tree: str = "src",
     """bench/protocol_path.py: the connection path as protocols, a measured sketch,
     importing `portcullis` from `tree` (a compiled copy: bench/compiled.py).
     `python` runs it under a tool (bench/instructions.py's callgrind)."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(Path(tree).resolve())
-    try:
-        return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()),
-                                 label="sketch", start_timeout=300.0,
-                                 python=[*(python or [sys.executable]), "-m",
-                                         "bench.protocol_path"])
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()),
+                             label="sketch", start_timeout=300.0, env=tree_env(tree),
+                             python=[*(python or [sys.executable]), "-m", "bench.protocol_path"])
 
 
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
                       uvloop: bool = True, label: str = "portcullis",
                       python: list[str] | None = None,
-                      start_timeout: float = 30.0) -> PortcullisServer:
+                      start_timeout: float = 30.0,
+                      env: dict[str, str] | None = None) -> PortcullisServer:
     """`portcullis serve` on `policy` with its files in `d`; returns once every
     worker listens. The address is the one the log reports (the policy may say :0).
-    `python` replaces `python -m portcullis.cli` (bench/ab.py's profiler)."""
+    `python` replaces `python -m portcullis.cli` (bench/ab.py's profiler); `env`
+    adds to its environment (`tree_env`: another source tree)."""
     policy_path = d / "policy.yaml"
     policy_path.write_text(yaml.safe_dump(policy))
     log = d / "decisions.jsonl"
@@ -384,7 +387,7 @@ def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
            "--log", str(log), "--workers", str(workers)]
     if not uvloop:
         cmd.append("--no-uvloop")
-    proc = popen(cmd, d / "stderr.log")
+    proc = popen(cmd, d / "stderr.log", env)
     server = PortcullisServer(label, proc, ("", 0), policy_path=policy_path, log_path=log)
     deadline = time.monotonic() + start_timeout
     listening: list[dict[str, Any]] = []
