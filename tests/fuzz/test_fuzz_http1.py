@@ -198,3 +198,13 @@ def test_credentials_are_not_remembered() -> None:
     assert plain in http1._HEADS and data not in http1._HEADS
     assert not any(b"secret" in key or b"dXNlcjpzZWNyZXQ" in key for key in http1._HEADS)
     assert all(h.get("proxy-authorization") is None for h in http1._AUTHORITIES)
+
+
+def test_long_heads_are_not_remembered() -> None:
+    data = (b"CONNECT us.icr.io:443 HTTP/1.1\r\nHost: us.icr.io:443\r\nX-Pad: "
+            + b"p" * http1._MAX_REMEMBERED + b"\r\n\r\n")
+    http1._HEADS.clear()
+    http1._AUTHORITIES.clear()
+    parsed = parse_request_head(data)
+    assert parsed is not None and check_request(parsed).port == 443
+    assert not http1._HEADS and not http1._AUTHORITIES

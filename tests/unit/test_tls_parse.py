@@ -15,6 +15,7 @@ from tests.support.tls_hellos import (
 
 from portcullis.basics.errors import MalformedClientHello, NotTLS
 from portcullis.basics.vocabulary import Reason
+from portcullis.wire import tls
 from portcullis.wire.tls import ClientHello, parse_client_hello, peek_is_tls
 
 SNI_HELLO = real_hello("us.icr.io")
@@ -279,3 +280,14 @@ def test_a_repeated_extension_is_refused_after_its_layout_was_seen() -> None:
     assert hello is not None and hello.sni == "us.icr.io"
     with pytest.raises(MalformedClientHello, match="0xaaaa appears twice"):
         parse_client_hello(repeated)
+
+
+def test_a_hello_of_many_extensions_is_read_but_its_layout_not_kept() -> None:
+    prefix, exts = split_hello(SNI_HELLO)
+    many = [*exts, *((0x1000 + k, b"") for k in range(tls._MAX_REMEMBERED_EXTENSIONS))]
+    flight = records(build_message(prefix, many))
+    tls._LAYOUTS.clear()
+    for _ in range(2):
+        hello = parse_client_hello(flight)
+        assert hello is not None and hello.sni == "us.icr.io"
+    assert tls._LAYOUTS == {}

@@ -201,7 +201,7 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
     method, target, version = _parse_request_line(lines[0])
     headers = _parse_headers(lines[1:])
     head = RequestHead(method, target, version, headers, end + 4)
-    if len(key) <= _MAX_REMEMBERED and _rememberable(head):
+    if _rememberable(head):
         remember(_HEADS, key, head, _MAX_ENTRIES)
     return head
 
@@ -218,7 +218,7 @@ _MAX_ENTRIES = 256  # a client sending ever new heads only empties the table
 
 
 def _rememberable(head: RequestHead) -> bool:
-    return head.method == "CONNECT" and not any(
+    return head.method == "CONNECT" and head.head_length <= _MAX_REMEMBERED and not any(
         name == "proxy-authorization" for name, _ in head.headers
     )
 

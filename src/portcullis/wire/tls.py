@@ -211,6 +211,10 @@ class _Layout(NamedTuple):
 
 _LAYOUTS: dict[int, _Layout] = {}
 _MAX_LAYOUTS = 64  # hellos of other lengths (new clients, resumptions, GREASE) replace them
+# Real hellos carry 10-25 extensions; a crafted one may carry thousands of
+# empty ones, whose layout is not worth a Struct of that many fields.
+_MAX_REMEMBERED_EXTENSIONS = 64
+_UNREMEMBERED = struct.Struct(">")
 
 
 def _walk(b: bytes | bytearray, start: int, end: int) -> _Layout:
@@ -233,14 +237,12 @@ def _walk(b: bytes | bytearray, start: int, end: int) -> _Layout:
     if i != end:
         # A header or a body past the hello's end (the last one read).
         raise MalformedClientHello("an extension overruns the ClientHello")
-    layout = _Layout(
-        struct.Struct(">" + "".join(f"HH{expected[k + 1]}x" for k in range(0, len(expected), 2))),
-        tuple(expected),
-        bodies.get(_EXT_SERVER_NAME, -1),
-        bodies.get(_EXT_ALPN, -1),
-        _EXT_ECH in bodies,
-    )
-    return remember(_LAYOUTS, end - start, layout, _MAX_LAYOUTS)
+    found = (bodies.get(_EXT_SERVER_NAME, -1), bodies.get(_EXT_ALPN, -1), _EXT_ECH in bodies)
+    if len(bodies) > _MAX_REMEMBERED_EXTENSIONS:
+        return _Layout(_UNREMEMBERED, (), *found)
+    lengths = expected[1::2]
+    headers = struct.Struct(">" + "".join(f"HH{length}x" for length in lengths))
+    return remember(_LAYOUTS, end - start, _Layout(headers, tuple(expected), *found), _MAX_LAYOUTS)
 
 
 def _server_name(b: bytes | bytearray, i: int, end: int) -> str | None:
