@@ -190,10 +190,13 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
             _check_bytes(buf, start, eol + 1)
             _parse_request_line(buf[start : eol - 1])
         return None
-    key = bytes(buf[: end + 4])
-    head = _HEADS.get(key)
-    if head is not None:
-        return head
+    # Only a short CONNECT head can have been kept: no other head pays for a copy.
+    key = None
+    if end + 4 <= _MAX_REMEMBERED and buf.startswith(b"CONNECT ", start):
+        key = bytes(buf[: end + 4])
+        head = _HEADS.get(key)
+        if head is not None:
+            return head
     _check_bytes(buf, start, end)
     lines = buf[start:end].split(b"\r\n")
     if len(lines) - 1 > MAX_HEADERS:
@@ -201,7 +204,7 @@ def parse_request_head(buf: bytes | bytearray, max_size: int = MAX_HEAD_SIZE) ->
     method, target, version = _parse_request_line(lines[0])
     headers = _parse_headers(lines[1:])
     head = RequestHead(method, target, version, headers, end + 4)
-    if _rememberable(head):
+    if key is not None and _rememberable(head):
         remember(_HEADS, key, head, _MAX_ENTRIES)
     return head
 
@@ -318,12 +321,14 @@ def check_request(head: RequestHead) -> Authority:
     `http://` target, a Host header that names the same host and port (required
     for HTTP/1.1), and unambiguous body framing (the body itself is h11's job).
     """
-    authority = _AUTHORITIES.get(head)
-    if authority is not None:
-        return authority
+    connect = head.method == "CONNECT"
+    if connect:  # only these are kept: no other head is hashed for nothing
+        authority = _AUTHORITIES.get(head)
+        if authority is not None:
+            return authority
     hosts, lengths, codings = head.framing()
     host_header = _single_host(hosts)
-    if head.method == "CONNECT":
+    if connect:
         authority = parse_connect_target(head.target)
         if codings or (lengths and lengths[0] != "0"):
             raise BadRequest("a CONNECT request has no body")
