@@ -65,9 +65,7 @@ def main() -> None:
     parser.add_argument("--profile", help="path prefix for cProfile output (CPU clock)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--light", action="store_true", help="bench/setupcost.py's load")
-    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
-                        help="also bench/protocol_path.py (the connection path as protocols),"
-                             " importing portcullis from DIR (default src)")
+    servers.add_sketch_option(parser)
     parser.add_argument("--env", action="append", default=[],
                         help="label=NAME=VALUE: an environment variable for one tree's process")
     args = parser.parse_args()

@@ -123,9 +123,7 @@ def main() -> None:
     parser.add_argument("--idle", action="store_true",
                         help="count with no load for --duration s (what is not per connection)")
     parser.add_argument("--save", help="a directory to keep each callgrind profile in")
-    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
-                        help="also bench/protocol_path.py (the connection path as protocols),"
-                             " importing portcullis from DIR (default src)")
+    servers.add_sketch_option(parser)
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree or ["main=src"])
     envs: dict[str, dict[str, str]] = {label: {} for label in trees}

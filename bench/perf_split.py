@@ -68,9 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
-                        help="also bench/protocol_path.py (the connection path as protocols),"
-                             " importing portcullis from DIR (default src)")
+    servers.add_sketch_option(parser)
     parser.add_argument("--tls", action="store_true",
                         help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     args = parser.parse_args()

@@ -11,6 +11,7 @@ part of what a proxy costs.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -368,6 +369,13 @@ def start_protocol_sketch(work: Workdir, tree: str = "src",
     return launch_portcullis(work.sub("sketch"), portcullis_policy(free_port()),
                              label="sketch", start_timeout=300.0, env=tree_env(tree),
                              python=[*(python or [sys.executable]), "-m", "bench.protocol_path"])
+
+
+def add_sketch_option(parser: argparse.ArgumentParser) -> None:
+    """`--sketch [DIR]`, for the tools that can measure start_protocol_sketch beside the rest."""
+    parser.add_argument("--sketch", nargs="?", const="src", metavar="DIR",
+                        help="also bench/protocol_path.py (the connection path as protocols),"
+                             " importing portcullis from DIR (default src)")
 
 
 def launch_portcullis(d: Path, policy: dict[str, Any], *, workers: int = 1,
