@@ -7,6 +7,8 @@ import hashlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,6 +151,34 @@ def test_connection_limit_answers_503_then_recovers(proxy: RunningPortcullis,
     [answer] = exchange(proxy, f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
                                "Connection: close\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_reload_changes_the_connection_limit_for_the_next_connection(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    def limited(limit: int) -> dict[str, Any]:
+        policy = policy_for({"echo.example": [ECHO_IP]}, ["echo.example"],
+                            extra={"limits": {"max_connections": limit}})
+        policy["rules"][0]["ports"] = [echo.port]
+        return policy
+
+    host = f"echo.example:{echo.port}"
+    get = f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    with run_portcullis(tmp_path / "p", limited(2)) as running:
+        idle = [socket.create_connection(running.explicit, timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.3)
+            with socket.create_connection(running.explicit, timeout=10) as sock:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 503 ")
+            running.write_policy(limited(3))
+            running.reload()
+            running.wait_for_log(lambda r: r.get("msg") == "policy reloaded")
+            # The two idle connections still hold their slots; the limit is now 3.
+            [answer] = responses(running.explicit, get.encode())
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_slow_header_is_closed_at_the_header_timeout(proxy: RunningPortcullis) -> None:

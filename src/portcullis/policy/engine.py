@@ -36,6 +36,13 @@ class CompiledRule:
     resolves_to: tuple[IPNetwork, ...] | None
     raw: bool = False  # tunnels may carry bytes that are not TLS (ports outside tls_ports)
     inspect: Inspection | None = None  # decrypt and judge each request (policy/inspection.py)
+    # `action is Decision.ALLOW`, read on every connection: under Python 3.11 an
+    # Enum class attribute goes through EnumType's __getattr__ hook on each lookup
+    # (about 500 instructions; bench/findings.md, tenth part).
+    allows: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allows", self.action is Decision.ALLOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +53,10 @@ class Verdict:
     decision: Decision
     reason: Reason
     rule: CompiledRule | None
+    allowed: bool = field(init=False)  # not DENY; a field for the reason CompiledRule.allows is
 
-    @property
-    def allowed(self) -> bool:
-        return self.decision is not Decision.DENY
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", self.decision is not Decision.DENY)
 
     @property
     def rule_name(self) -> str | None:

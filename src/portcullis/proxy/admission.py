@@ -58,7 +58,7 @@ class Checked(NamedTuple):
 def stranger(gate: Gate, client: IPAddress) -> bool:
     """True for a client that no request can get through: in no source group,
     with `default: deny`, in enforce mode. Refused at accept, it holds no slot."""
-    if gate.report_mode or gate.policy.default != "deny":
+    if gate.report_mode or not gate.default_deny:
         return False
     groups = gate.engine.sources.groups_of(client)
     # An identity may yet make a member of a client in no address group.
@@ -98,7 +98,7 @@ def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
     verdict = gate.engine.decide(client, target.host, target.port, is_ip=target.is_ip,
                                  identity=attempt.identity)
     attempt.matched = verdict.rule
-    if verdict.decision is Decision.DENY:
+    if not verdict.allowed:
         # A redirected client cannot log in: asking it to would only mislabel the deny.
         if attempt.identity is None and attempt.mode is not Mode.TRANSPARENT and \
                 gate.engine.could_identify(client, target.host, target.port, is_ip=target.is_ip):
@@ -135,7 +135,7 @@ def vouched_ranges(rule: CompiledRule | None, is_ip: bool) -> tuple[IPNetwork, .
     """The CIDRs the deciding rule vouches for, beyond the global checks; None for none."""
     # A deny rule reaches this point only in report mode: its CIDRs name what it
     # keeps out, and a dry run must not turn them into addresses it may dial.
-    if rule is None or rule.action is not Decision.ALLOW:
+    if rule is None or not rule.allows:
         return None
     if is_ip:
         # A CIDR destination names the addresses itself: it vouches for them.
@@ -311,7 +311,7 @@ async def admit(
     try:
         if parent is not None:
             return await dial_parent(gate, metrics, attempt, parent, target)
-        return await dial(gate.policy.limits.connect_timeout, metrics, attempt, addresses,
+        return await dial(gate.limits.connect_timeout, metrics, attempt, addresses,
                           target.port, mark=gate.mark_upstream)
     except Refusal as refusal:
         refuse(gate, attempt, refusal.reason)

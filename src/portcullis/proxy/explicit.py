@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from portcullis.basics.errors import ClientHelloError, HttpError, Refusal
-from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
+from portcullis.basics.vocabulary import CloseReason, Mode, Reason
 from portcullis.proxy import plain
 from portcullis.proxy.admission import admit, authenticate, check_hello, refuse
 from portcullis.proxy.attempt import Attempt
@@ -45,7 +45,7 @@ def handle_explicit(state: FirewallState, conn: socket.socket, peer: tuple[str, 
 
 
 async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) -> None:
-    limits = state.policy.limits
+    limits = state.gate.limits
     buffer = bytearray()
     try:
         head, rest = await read_head(conn, buffer, limits.header_timeout, limits.header_bytes)
@@ -74,7 +74,7 @@ def _raw_allowed(attempt: Attempt) -> bool:
     """Whether the tunnel may carry bytes that are not TLS: only on a port outside
     `tls_ports`, and only when an allow rule with `raw: true` decided it."""
     rule = attempt.matched
-    return rule is not None and rule.raw and rule.action is Decision.ALLOW
+    return rule is not None and rule.raw and rule.allows
 
 
 async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
@@ -91,10 +91,10 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
     try:
         await send_all(conn, ESTABLISHED)
         peeked, alpn = rest, tuple[str, ...]()
-        if authority.port in gate.policy.tls_ports or not _raw_allowed(attempt):
+        if authority.port in gate.tls_ports or not _raw_allowed(attempt):
             try:
                 hello, peeked = await read_client_hello(
-                    conn, rest, gate.policy.limits.client_hello_timeout
+                    conn, rest, gate.limits.client_hello_timeout
                 )
                 go_on = check_hello(gate, attempt, hello.sni, hello.has_ech)
                 alpn = hello.alpn
@@ -120,4 +120,4 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
     if inspection is not None:
         await serve_inspected(state, conn, upstream, peeked, attempt, alpn, inspection)
         return
-    await state.relay_tunnel(attempt, conn, upstream, peeked, gate.policy.limits.idle_timeout)
+    await state.relay_tunnel(attempt, conn, upstream, peeked, gate.limits.idle_timeout)

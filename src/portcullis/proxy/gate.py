@@ -5,14 +5,36 @@ replaced whole on reload."""
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
 from portcullis.basics.hostport import parse_hostport
 from portcullis.basics.ip import IPAddress
 from portcullis.config import Policy
+from portcullis.config.chaining import UpstreamProxy, rule_parent
+from portcullis.config.models import Limits
 from portcullis.net.resolver import Resolver
 from portcullis.policy.engine import Engine
 from portcullis.policy.limiter import Quotas
 from portcullis.proxy.identify import Authenticator
+
+
+class PathLimits(NamedTuple):
+    """`limits:` as plain values. A connection reads several of them on its way,
+    and each attribute of a pydantic model goes through the model's
+    `__getattr__` hook (about 500 instructions under Python 3.11)."""
+
+    max_connections: int
+    header_timeout: float
+    header_bytes: int
+    client_hello_timeout: float
+    connect_timeout: float
+    idle_timeout: float
+    drain_timeout: float
+
+    @classmethod
+    def of(cls, limits: Limits) -> PathLimits:
+        # Every field: a field added to Limits and not here fails here, at start-up.
+        return cls(**limits.model_dump())
 
 
 class Gate:
@@ -29,6 +51,14 @@ class Gate:
         self.engine = engine if engine is not None else Engine(policy)
         self.resolver = resolver if resolver is not None else build_resolver(policy)
         self.report_mode = policy.mode == "report"
+        # What a connection reads of the policy, as plain values (PathLimits says why).
+        self.limits = PathLimits.of(policy.limits)
+        self.tls_ports = frozenset(policy.tls_ports)
+        self.default_deny = policy.default == "deny"
+        # The parent of what each rule allows (by rule index), and of the rest.
+        self.rule_parents = tuple(rule_parent(r.upstream_proxy, policy.upstream_proxy)
+                                  for r in policy.rules)
+        self.default_parent: UpstreamProxy | None = policy.upstream_proxy
         self.allow_ranges = tuple(policy.resolver.allow_ranges)
         self.own = frozenset(listen_addresses(policy))
         # A transparent listener on this host means nftables redirect rules that

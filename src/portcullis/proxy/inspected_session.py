@@ -53,7 +53,7 @@ class Session:
                  client: TlsStream, upstream: TlsStream) -> None:
         self.state, self.attempt, self.rule = state, attempt, rule
         self.client, self.upstream = client, upstream
-        self.limits = state.policy.limits
+        self.limits = state.gate.limits
         self.host = attempt.host or ""
         self.authority = format_authority(self.host, attempt.port, 443)
         self.pending = bytearray()

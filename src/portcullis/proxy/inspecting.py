@@ -35,7 +35,9 @@ from portcullis.wire.http1 import parse_request_head
 def inspects(attempt: Attempt) -> Inspection | None:
     """The inspection of the rule that allowed `attempt`, if it inspects."""
     rule = attempt.matched
-    return inspection_for(rule.inspect if rule else None, attempt.decision)
+    if rule is None or rule.inspect is None:
+        return None  # most rules: no call, no lookup of Decision.ALLOW
+    return inspection_for(rule.inspect, attempt.decision)
 
 
 async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_sock: socket.socket,
@@ -44,7 +46,7 @@ async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_so
     """Serve an admitted, inspected connection until either side is done; closes
     `upstream_sock` (the caller closes `conn`)."""
     gate = state.gate
-    tls, limits = gate.policy.tls_inspection, gate.policy.limits
+    tls, limits = gate.policy.tls_inspection, gate.limits
     assert tls is not None and attempt.host is not None  # the policy model requires both
     host = attempt.host
     try:

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from portcullis.basics.errors import DnsFailure, ParentAnswerError, Refusal
 from portcullis.basics.hostport import format_hostport
 from portcullis.basics.ip import IPAddress
-from portcullis.basics.vocabulary import Decision, Reason
-from portcullis.config.chaining import UpstreamProxy, rule_parent
+from portcullis.basics.vocabulary import Reason
+from portcullis.config.chaining import UpstreamProxy
 from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
@@ -43,10 +43,9 @@ def parent_for(gate: Gate, rule: CompiledRule | None) -> UpstreamProxy | None:
     An allow rule's own `upstream_proxy` wins (`direct`: none); everything else
     (the default, report mode's would-denies) takes the policy's.
     """
-    if rule is not None and rule.action is Decision.ALLOW:
-        return rule_parent(gate.policy.rules[rule.index].upstream_proxy,
-                           gate.policy.upstream_proxy)
-    return gate.policy.upstream_proxy
+    if rule is not None and rule.allows:
+        return gate.rule_parents[rule.index]
+    return gate.default_parent
 
 
 def connect_request(parent: UpstreamProxy, target: Authority) -> bytes:
@@ -78,7 +77,7 @@ async def dial_parent(gate: Gate, metrics: Metrics, attempt: Attempt, parent: Up
     """A socket that is a tunnel to `target` through `parent`, or Refusal
     (`parent_failed`, `parent_refused`, `over_capacity`), all within `connect_timeout`."""
     attempt.parent = str(parent)
-    timeout = gate.policy.limits.connect_timeout
+    timeout = gate.limits.connect_timeout
     deadline = time.monotonic() + timeout
     addresses = await _addresses(gate, parent)
     try:
@@ -92,7 +91,7 @@ async def dial_parent(gate: Gate, metrics: Metrics, attempt: Attempt, parent: Up
     try:
         async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
             return await _open_tunnel(parent, sock, target, attempt,
-                                      gate.policy.limits.idle_timeout)
+                                      gate.limits.idle_timeout)
     except TimeoutError:
         raise _failed(parent, f"no answer to CONNECT within {timeout:g} s", 504) from None
     except ParentAnswerError as exc:

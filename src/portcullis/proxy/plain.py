@@ -61,7 +61,7 @@ async def serve(
     connection's original destination (transparent port 80), which admission
     uses to order (and in `strict` mode check) the addresses it dials.
     """
-    limits = state.policy.limits
+    limits = state.gate.limits
     pending = bytearray(raw)
     head_timeout = first_head_timeout or limits.header_timeout
     upstream: Upstream | None = None
@@ -122,7 +122,7 @@ async def _next_head(
     """Read and check the next request head into `pending`; None when the
     connection ends here (the client left, went quiet, or was refused)."""
     try:
-        head, _ = await read_head(conn, pending, timeout, state.policy.limits.header_bytes)
+        head, _ = await read_head(conn, pending, timeout, state.gate.limits.header_bytes)
         return authority_of(head), head
     except ClientGone:
         return None

@@ -61,7 +61,7 @@ def behind_balancer(handler: Handler, mode: Mode) -> Handler:
     async def serve(state: FirewallState, conn: socket.socket, peer: tuple[str, int]) -> None:
         balancer = format_hostport(peer[0], peer[1])
         try:
-            header = await read_proxy_header(conn, state.policy.limits.header_timeout)
+            header = await read_proxy_header(conn, state.gate.limits.header_timeout)
         except ClientGone:
             conn.close()
             return

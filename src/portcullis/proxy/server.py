@@ -146,7 +146,7 @@ class Server:
         await asyncio.gather(*self._accepting, return_exceptions=True)
         for sock in self.listeners.values():
             sock.close()
-        timeout = self.state.policy.limits.drain_timeout
+        timeout = self.state.gate.limits.drain_timeout
         if self._tasks:
             # drain_timeout 0 cancels open connections at once.
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -168,7 +168,6 @@ class Server:
         # register and unregister the listener (four to eight syscalls under
         # uvloop) for every connection (bench/findings.md).
         loop = asyncio.get_running_loop()
-        limits = self.state.policy.limits
         fd = listener.fileno()
         family = listener.family
         waiter: asyncio.Future[None] | None = None
@@ -208,7 +207,7 @@ class Server:
                         "accepting again", mode=mode, after_s=round(time.monotonic() - failing, 3)
                     )
                     failing = None
-                self._start(loop, conn, peer, handler, mode, limits.max_connections)
+                self._start(loop, conn, peer, handler, mode)
                 accepted += 1
                 if accepted >= ACCEPT_BATCH:
                     accepted = 0
@@ -217,7 +216,7 @@ class Server:
             loop.remove_reader(fd)
 
     def _start(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, peer: tuple[str, int],
-               handler: Handler, mode: Mode, max_connections: int) -> None:
+               handler: Handler, mode: Mode) -> None:
         conn.setblocking(False)
         client = peer_address(peer[0])
         balancers = self.balancers.get(mode)
@@ -237,7 +236,8 @@ class Server:
             self._refuse_at_accept(conn, peer, mode, Reason.SOURCE_UNKNOWN, 403,
                                    "this client is in no source group")
             return
-        if len(self._tasks) >= max_connections or self.state.draining:
+        # The current policy's limit: a reload may change it.
+        if len(self._tasks) >= self.state.gate.limits.max_connections or self.state.draining:
             reason = Reason.DRAINING if self.state.draining else Reason.OVER_CAPACITY
             self._refuse_at_accept(conn, peer, mode, reason, 503,
                                    "the proxy is at its connection limit")

@@ -70,7 +70,7 @@ async def handle_explicit_tls(state: FirewallState, conn: socket.socket,
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_READ)
     protocol = asyncio.StreamReaderProtocol(reader)
-    timeout = state.policy.limits.header_timeout
+    timeout = state.gate.limits.header_timeout
     # A PROXY header read before left the socket in our epoll; the transport watches it now.
     reactor_for(loop).forget(conn)
     try:

@@ -71,8 +71,8 @@ async def _serve(state: FirewallState, conn: socket.socket, attempt: Attempt) ->
         return
     attempt.original_dst = format_endpoint(original)
     attempt.port = original[1]
-    tls_ports = state.policy.tls_ports
-    header_timeout = state.policy.limits.header_timeout
+    tls_ports = state.gate.tls_ports
+    header_timeout = state.gate.limits.header_timeout
     started = asyncio.get_running_loop().time()
     try:
         first = b"" if original[1] in tls_ports else await _first_bytes(state, conn)
@@ -99,7 +99,7 @@ async def _first_bytes(state: FirewallState, conn: socket.socket) -> bytes:
     """The first chunk, to tell TLS from plain HTTP on a port that allows either."""
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(state.policy.limits.header_timeout):
+        async with asyncio.timeout(state.gate.limits.header_timeout):
             data = await loop.sock_recv(conn, _READ)
     except TimeoutError:
         raise  # an OSError subclass, but it means "too slow", not "gone"
@@ -127,7 +127,7 @@ async def _serve_tls(
     gate = state.gate
     try:
         hello, peeked = await read_client_hello(
-            conn, first, gate.policy.limits.client_hello_timeout
+            conn, first, gate.limits.client_hello_timeout
         )
     except ClientGone:
         return
@@ -170,7 +170,7 @@ async def _serve_tls(
             await serve_inspected(state, conn, upstream, peeked, attempt, hello.alpn, inspection)
             return
         await state.relay_tunnel(attempt, conn, upstream, peeked,
-                                 gate.policy.limits.idle_timeout)
+                                 gate.limits.idle_timeout)
     finally:
         if ours is not None:
             _our_ends.discard(ours)
@@ -188,7 +188,7 @@ def refuse_at_accept(state: FirewallState, conn: socket.socket, attempt: Attempt
         _log_loop(state, attempt)
         reason = Reason.ADDRESS_FORBIDDEN
     state.refuse_and_record(attempt, reason)
-    if original[1] in state.policy.tls_ports:
+    if original[1] in state.gate.tls_ports:
         with contextlib.suppress(OSError):
             conn.send(ACCESS_DENIED_ALERT)
 
