@@ -4,14 +4,16 @@ place report mode is applied (table-driven, no sockets: static resolver hosts)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 
 import pytest
 
 from portcullis.basics.errors import Refusal
+from portcullis.basics.ip import address_text
 from portcullis.basics.vocabulary import REPORTABLE, Decision, Mode, Reason
 from portcullis.config import parse_policy
-from portcullis.proxy.admission import prepare, refuse
+from portcullis.proxy.admission import _check, prepare, refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.gate import Gate
 from portcullis.wire.authority import Authority
@@ -154,3 +156,40 @@ def test_ip_literal_client_is_unmapped_for_the_source_groups() -> None:
     mapped = str(ipaddress.IPv6Address("::ffff:" + CLIENT))
     attempt, addresses = _prepare(_gate("enforce"), "us.icr.io", client=mapped)
     assert attempt.decision is Decision.ALLOW and addresses == ["198.51.100.7"]
+
+
+def test_one_gate_answers_every_case_again_as_a_fresh_gate_does() -> None:
+    # The gate keeps address checks (and the engine its verdicts and source
+    # groups) between connections: asked again, in the other order, the same
+    # gate must answer each case as a gate that kept nothing.
+    gates = {mode: _gate(mode) for mode in ("enforce", "report")}
+    for cases in (CASES, CASES[::-1]):
+        for mode, host, port, client, sni, decision, reason, rule, _ in cases:
+            kept, fresh = (Attempt(Mode.EXPLICIT, client, 1, "t") for _ in range(2))
+            hello = (sni, False) if sni is not None else None
+            for gate, attempt in ((gates[mode], kept), (_gate(mode), fresh)):
+                with contextlib.suppress(Refusal):
+                    asyncio.run(prepare(gate, attempt, Authority(host, port, False),
+                                        hello=hello))
+            assert (kept.decision.value, kept.reason.value, kept.rule) == (decision, reason, rule)
+            assert (kept.resolved, kept.checked) == (fresh.resolved, fresh.checked)
+
+
+def test_address_checks_are_kept_by_both_the_addresses_and_the_vouching_ranges() -> None:
+    gate = _gate("enforce")
+    addresses = (ipaddress.ip_address("203.0.113.5"),)
+    vouching = (ipaddress.ip_network("203.0.113.0/24"),)
+    other = (ipaddress.ip_network("192.0.2.0/24"),)
+    for _ in range(2):  # the second round answers from the table
+        assert [v.allowed for v in _check(gate, addresses, vouching)[1]] == [True]
+        assert [v.allowed for v in _check(gate, addresses, other)[1]] == [False]
+        # Equal addresses in another tuple: found by value, answered the same.
+        texts, verdicts = _check(gate, (ipaddress.ip_address("203.0.113.5"),), vouching)
+        assert texts == ("203.0.113.5",) and verdicts[0].allowed
+
+
+def test_address_text_is_str_for_every_address_object() -> None:
+    addresses = [ipaddress.ip_address(t) for t in ("192.0.2.1", "2001:db8::1", "::ffff:10.0.0.1")]
+    for _ in range(2):
+        for address in addresses + [ipaddress.ip_address(str(a)) for a in addresses]:
+            assert address_text(address) == str(address)

@@ -153,6 +153,19 @@ def test_source_index_caches_an_ipv4_mapped_client_under_its_own_address() -> No
     assert index._cache.get(mapped) == {"workers"}
 
 
+@pytest.mark.parametrize(("text", "groups"), [
+    ("10.240.0.7", {"workers"}), ("::ffff:10.240.0.7", {"workers"}), ("10.241.0.7", set()),
+    ("fe80::1%eth0", set()),
+])
+def test_source_index_answers_a_peer_text_as_its_address(text: str, groups: set[str]) -> None:
+    # The proxy asks with the socket's peer text (a str hashes in C); the
+    # answer must be the address's, asked first or second.
+    index = SourceIndex({"workers": [ipaddress.ip_network("10.240.0.0/24")]})
+    address = ipaddress.ip_address(text.partition("%")[0])
+    for _ in range(2):
+        assert index.groups_of(text) == index.groups_of(address) == groups
+
+
 def test_remembered_verdicts_are_the_rules_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
     # decide_for keeps its verdicts (a small table here, so it also fills and
     # starts over): asked twice, in any order, it answers as the rules do.

@@ -6,6 +6,8 @@ import functools
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from portcullis.basics.memo import remember
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -60,3 +62,17 @@ def peer_address(text: str) -> IPAddress:
     reconnect from the same few addresses.
     """
     return unmap(ipaddress.ip_address(text.partition("%")[0]))
+
+
+_TEXTS: dict[int, tuple[IPAddress, str]] = {}
+
+
+def address_text(address: IPAddress) -> str:
+    """str(address), remembered by the object: ipaddress formats in Python (about
+    8,000 instructions), and the resolver hands out the same address objects
+    for a name on every connection to it. An entry holds its object, so the id
+    cannot be reused while it stands."""
+    hit = _TEXTS.get(id(address))
+    if hit is not None and hit[0] is address:
+        return hit[1]
+    return remember(_TEXTS, id(address), (address, str(address)), 4096)[1]

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from portcullis import catalog
-from portcullis.basics.ip import IPAddress, IPNetwork, parse_network
+from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address, unmap
 from portcullis.basics.memo import remember
 from portcullis.basics.names import parent_suffixes, parse_pattern
 from portcullis.basics.vocabulary import Decision, Reason
@@ -40,9 +40,13 @@ class CompiledRule:
     # Enum class attribute goes through EnumType's __getattr__ hook on each lookup
     # (about 500 instructions; bench/findings.md, tenth part).
     allows: bool = field(init=False)
+    # The CIDR destinations, parsed once: they vouch for an IP literal's address.
+    cidrs: tuple[IPNetwork, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allows", self.action is Decision.ALLOW)
+        object.__setattr__(self, "cidrs",
+                           tuple(parse_network(d) for d in self.destinations if "/" in d))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +97,20 @@ class SourceIndex:
             self._tables[version].append((prefixlen, full))
         for version in (4, 6):
             self._tables[version].sort(key=lambda item: -item[0])
-        self._cache: dict[IPAddress, frozenset[str]] = {}
+        # By the address, or by the text a socket gave as its peer: the proxy
+        # asks with the text, whose hash is C's and kept in the string, where an
+        # ipaddress object hashes in Python (a few thousand instructions).
+        self._cache: dict[IPAddress | str, frozenset[str]] = {}
 
-    def groups_of(self, client: IPAddress) -> frozenset[str]:
+    def groups_of(self, client: IPAddress | str) -> frozenset[str]:
+        """The groups of `client`: an address, or a socket peer's address text."""
         cached = self._cache.get(client)
         if cached is not None:
             return cached
         found: frozenset[str] = frozenset()
-        looked_up = client
-        version = client.version
-        if version == 6 and client.ipv4_mapped is not None:  # type: ignore[union-attr]
-            looked_up = client.ipv4_mapped  # type: ignore[union-attr]
-            version = 4
+        # An IPv4-mapped IPv6 address is looked up as the IPv4 address it carries.
+        looked_up = peer_address(client) if isinstance(client, str) else unmap(client)
+        version = looked_up.version
         bits = 32 if version == 4 else 128
         address = int(looked_up)
         for prefixlen, table in self._tables[version]:
@@ -214,14 +220,15 @@ class Engine:
             found.sort()
         return found
 
-    def groups_of(self, client: IPAddress, identity: str | None = None) -> frozenset[str]:
-        """The client's source groups: by its address, and by its proven identity."""
+    def groups_of(self, client: IPAddress | str, identity: str | None = None) -> frozenset[str]:
+        """The client's source groups: by its address (or a socket peer's address
+        text), and by its proven identity."""
         groups = self.sources.groups_of(client)
         if identity is None or not self.identities:
             return groups
         return groups | self.identities.groups_of(identity, groups)
 
-    def could_identify(self, client: IPAddress, host: str, port: int, *,
+    def could_identify(self, client: IPAddress | str, host: str, port: int, *,
                        is_ip: bool = False) -> bool:
         """Whether some identity would get `client` an allow the address alone does not:
         then missing credentials are what stands in the way (407, not 403)."""
@@ -232,7 +239,7 @@ class Engine:
         return bool(reachable) and self.decide_for(groups | reachable, host, port,
                                                    is_ip=is_ip).allowed
 
-    def decide(self, client: IPAddress, host: str, port: int, *, is_ip: bool = False,
+    def decide(self, client: IPAddress | str, host: str, port: int, *, is_ip: bool = False,
                identity: str | None = None) -> Verdict:
         """Decide for a normalized `host` (or an IP literal when `is_ip`)."""
         return self.decide_for(self.groups_of(client, identity), host, port, is_ip=is_ip)

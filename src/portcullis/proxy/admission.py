@@ -21,7 +21,8 @@ import time
 from typing import NamedTuple
 
 from portcullis.basics.errors import DnsFailure, InvalidName, QuotaExceeded, Refusal
-from portcullis.basics.ip import IPAddress, IPNetwork, parse_network, peer_address
+from portcullis.basics.ip import IPAddress, IPNetwork, address_text
+from portcullis.basics.memo import remember
 from portcullis.basics.names import normalize_name
 from portcullis.basics.vocabulary import REPORTABLE, Decision, Mode, Reason
 from portcullis.net.addresses import AddressVerdict, check_addresses
@@ -55,7 +56,7 @@ class Checked(NamedTuple):
 # --- the steps --------------------------------------------------------------------
 
 
-def stranger(gate: Gate, client: IPAddress) -> bool:
+def stranger(gate: Gate, client: IPAddress | str) -> bool:
     """True for a client that no request can get through: in no source group,
     with `default: deny`, in enforce mode. Refused at accept, it holds no slot."""
     if gate.report_mode or not gate.default_deny:
@@ -94,7 +95,7 @@ async def authenticate(gate: Gate, metrics: Metrics, attempt: Attempt, head: Req
 def decide(gate: Gate, attempt: Attempt, target: Authority) -> bool:
     """Decide on the rules; True when the connection may go on."""
     attempt.host, attempt.port, attempt.is_ip = target.host, target.port, target.is_ip
-    client = peer_address(attempt.client)
+    client = attempt.client  # the text: the engine's caches hash it in C
     verdict = gate.engine.decide(client, target.host, target.port, is_ip=target.is_ip,
                                  identity=attempt.identity)
     attempt.matched = verdict.rule
@@ -139,24 +140,39 @@ def vouched_ranges(rule: CompiledRule | None, is_ip: bool) -> tuple[IPNetwork, .
         return None
     if is_ip:
         # A CIDR destination names the addresses itself: it vouches for them.
-        return tuple(parse_network(d) for d in rule.destinations if "/" in d)
+        return rule.cidrs
     return rule.resolves_to
 
 
-@functools.lru_cache(maxsize=4096)
-def _check(
-    addresses: tuple[IPAddress, ...],
-    allow_ranges: tuple[IPNetwork, ...],
-    resolves_to: tuple[IPNetwork, ...] | None,
-    own: frozenset[IPAddress],
-) -> tuple[tuple[str, ...], tuple[AddressVerdict, ...]]:
-    # Pure in its arguments, and the same few answers recur for every
-    # connection to a name: classifying and describing them each time was a
-    # visible share of the per-connection CPU (bench/RESULTS.md).
+_CHECKS_MAX = 4096
+
+
+def _check(gate: Gate, addresses: tuple[IPAddress, ...],
+           resolves_to: tuple[IPNetwork, ...] | None
+           ) -> tuple[tuple[str, ...], tuple[AddressVerdict, ...]]:
+    # Pure in its arguments and the gate's ranges, and the same few answers
+    # recur for every connection to a name: classifying and describing them
+    # each time was a visible share of the per-connection CPU. Kept by the
+    # objects' identities: the resolver hands out the same tuple for a name
+    # while its answer holds, a rule the same `resolves_to`, and hashing their
+    # ipaddress values runs in Python (bench/findings.md, tenth part). An entry
+    # holds both objects, so their ids cannot be reused while it stands.
+    key = (id(addresses), id(resolves_to))
+    hit = gate.checks.get(key)
+    if hit is not None and hit[0] is addresses and hit[1] is resolves_to:
+        return hit[2]
     verdicts = check_addresses(
-        addresses, allow_ranges=allow_ranges, resolves_to=resolves_to, own=own
+        addresses, allow_ranges=gate.allow_ranges, resolves_to=resolves_to, own=gate.own
     )
-    return tuple(str(a) for a in addresses), tuple(verdicts)
+    answer = tuple(address_text(a) for a in addresses), tuple(verdicts)
+    remember(gate.checks, key, (addresses, resolves_to, answer), _CHECKS_MAX)
+    return answer
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_addresses(host: str) -> tuple[IPAddress, ...]:
+    # One tuple per literal, so that _check finds it again.
+    return (ipaddress.ip_address(host),)
 
 
 async def resolve_and_check(gate: Gate, attempt: Attempt) -> Checked:
@@ -164,7 +180,7 @@ async def resolve_and_check(gate: Gate, attempt: Attempt) -> Checked:
     host = attempt.host
     assert host is not None
     if attempt.is_ip:
-        addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
+        addresses = _literal_addresses(host)
         source, cnames = "literal", tuple[str, ...]()
     else:
         started = time.monotonic()
@@ -176,7 +192,7 @@ async def resolve_and_check(gate: Gate, attempt: Attempt) -> Checked:
         attempt.dns_ms = (time.monotonic() - started) * 1000
         addresses, source, cnames = answer.addresses, answer.source, answer.cnames
     attempt.resolved, verdicts = _check(
-        addresses, gate.allow_ranges, vouched_ranges(attempt.matched, attempt.is_ip), gate.own
+        gate, addresses, vouched_ranges(attempt.matched, attempt.is_ip)
     )
     return Checked(source, cnames, verdicts)
 
@@ -236,7 +252,7 @@ def charge_quotas(gate: Gate, attempt: Attempt) -> None:
     connection; QuotaExceeded (429 or 503, recorded on `attempt`) when over."""
     if attempt.leases or not gate.quotas:
         return
-    groups = gate.engine.groups_of(peer_address(attempt.client), attempt.identity)
+    groups = gate.engine.groups_of(attempt.client, attempt.identity)
     try:
         attempt.leases.append(gate.quotas.admit(groups, attempt.identity or attempt.client))
     except QuotaExceeded as exc:

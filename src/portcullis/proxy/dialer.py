@@ -12,10 +12,11 @@ import errno
 import os
 import socket
 import time
+from ipaddress import IPv4Address
 
 from portcullis.basics.errors import Refusal
 from portcullis.basics.hostport import format_hostport
-from portcullis.basics.ip import IPAddress
+from portcullis.basics.ip import IPAddress, address_text
 from portcullis.basics.vocabulary import Reason
 from portcullis.net.sockets import SOCKET_MARK
 from portcullis.observe.metrics import Metrics
@@ -66,7 +67,7 @@ async def dial(
     deadline = loop.time() + timeout
     last: Refusal | None = None
     for address in addresses:
-        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        family = socket.AF_INET if isinstance(address, IPv4Address) else socket.AF_INET6
         try:
             # Non-blocking from the start: no FIONBIO ioctl afterwards.
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -80,7 +81,7 @@ async def dial(
             # Needs CAP_NET_ADMIN; without it the operator exempts the proxy's uid.
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK)
-        text = str(address)
+        text = address_text(address)
         try:
             if loop.time() >= deadline:
                 raise TimeoutError

@@ -12,10 +12,14 @@ from portcullis.basics.ip import IPAddress
 from portcullis.config import Policy
 from portcullis.config.chaining import UpstreamProxy, rule_parent
 from portcullis.config.models import Limits
+from portcullis.net.addresses import AddressVerdict
 from portcullis.net.resolver import Resolver
 from portcullis.policy.engine import Engine
 from portcullis.policy.limiter import Quotas
 from portcullis.proxy.identify import Authenticator
+
+# The texts of some addresses, and the check of each (proxy/admission.py).
+CheckedAddresses = tuple[tuple[str, ...], tuple[AddressVerdict, ...]]
 
 
 class PathLimits(NamedTuple):
@@ -61,6 +65,8 @@ class Gate:
         self.default_parent: UpstreamProxy | None = policy.upstream_proxy
         self.allow_ranges = tuple(policy.resolver.allow_ranges)
         self.own = frozenset(listen_addresses(policy))
+        # Address checks already made under this gate's ranges (admission._check).
+        self.checks: dict[tuple[int, int], tuple[object, object, CheckedAddresses]] = {}
         # A transparent listener on this host means nftables redirect rules that
         # must not catch the proxy's own upstream connections: those carry the mark.
         self.mark_upstream = policy.listen.transparent is not None

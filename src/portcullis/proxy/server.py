@@ -227,7 +227,7 @@ class Server:
             self._refuse_at_accept(conn, peer, mode, Reason.BALANCER_UNKNOWN, 403,
                                    "this listener takes connections from its load balancers only")
             return
-        elif stranger(self.state.gate, client) and not (
+        elif stranger(self.state.gate, peer[0]) and not (
             # A redirected connection from this very host may be our own upstream
             # looping back: the handler tells, once its SNI is read.
             mode is Mode.TRANSPARENT and is_local_address(client)
