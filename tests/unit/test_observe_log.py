@@ -278,6 +278,13 @@ def test_connection_ids_unique_and_short() -> None:
     assert len({i.split("-")[0] for i in ids}) == 1
 
 
+def test_connection_ids_count_up_in_base_36() -> None:
+    # The text of all but the last digit is kept between ids: it must change
+    # exactly when the count carries into it.
+    numbers = [int(new_connection_id().split("-")[1], 36) for _ in range(5000)]
+    assert numbers == list(range(numbers[0], numbers[0] + 5000))
+
+
 def test_connection_id_prefix_changes_after_fork() -> None:
     parent = new_connection_id()
     r, w = os.pipe()

@@ -73,19 +73,29 @@ def _fresh_prefix() -> str:
 
 _prefix = _fresh_prefix()
 _counter = itertools.count(1)
+# The id's text but its last digit, for ids from 36 * _high on: the loop in
+# _base36 then runs once every 36 connections, not for each.
+_high = 0
+_high_text = f"{_prefix}-"
 
 
 def _reset_after_fork() -> None:
     # Forked workers (SO_REUSEPORT) would otherwise all count from the same
     # prefix and the same value and log colliding ids.
-    global _prefix, _counter
+    global _prefix, _counter, _high, _high_text
     _prefix = _fresh_prefix()
     _counter = itertools.count(1)
+    _high, _high_text = 0, f"{_prefix}-"
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def new_connection_id() -> str:
-    """A short id unique within this process and, with high odds, across processes."""
-    return f"{_prefix}-{_base36(next(_counter))}"
+    """A short id unique within this process and, with high odds, across processes:
+    the prefix, a dash and the connection's number in base 36."""
+    global _high, _high_text
+    high, low = divmod(next(_counter), 36)
+    if high != _high:
+        _high, _high_text = high, f"{_prefix}-{_base36(high) if high else ''}"
+    return _high_text + _ALPHABET[low]
