@@ -94,5 +94,5 @@ async def relay(
         raise
     reason = tunnel.reason
     assert reason is not None
-    tunnel.close()
-    return RelayResult(tunnel.up.nbytes, tunnel.down.nbytes, reason)
+    bytes_up, bytes_down = tunnel.close()
+    return RelayResult(bytes_up, bytes_down, reason)

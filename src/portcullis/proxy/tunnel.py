@@ -114,13 +114,21 @@ class Tunnel:
         if not self.future.done():
             self.future.set_result(reason)
 
-    def close(self) -> None:
+    def close(self) -> tuple[int, int]:
+        """Close both sockets (after `finish`); the bytes written up and down."""
         # A reset on one side is passed on as a reset, so the other peer does
         # not mistake a cut-off stream for a complete one.
         if self.reset_to is not None:
             _set_linger_reset(self.reset_to)
         self.client.close()
         self.upstream.close()
+        up, down = self.up, self.down
+        # Each direction points back at the tunnel: without this cycle the
+        # tunnel, its directions, watches, sockets and future are freed by
+        # reference counting now, not found by the collector later (about four
+        # objects of every connection were, bench/findings.md, tenth part).
+        del self.up, self.down
+        return up.nbytes, down.nbytes
 
 
 def _set_linger_reset(sock: socket.socket) -> None:
