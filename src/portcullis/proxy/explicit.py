@@ -93,8 +93,10 @@ async def _connect(state: FirewallState, conn: socket.socket, attempt: Attempt,
         peeked, alpn = rest, tuple[str, ...]()
         if authority.port in gate.tls_ports or not _raw_allowed(attempt):
             try:
+                # Right after the 200: a read now would almost always fail
+                # (one exception per connection), the client has yet to see it.
                 hello, peeked = await read_client_hello(
-                    conn, rest, gate.limits.client_hello_timeout
+                    conn, rest, gate.limits.client_hello_timeout, answered=True
                 )
                 go_on = check_hello(gate, attempt, hello.sni, hello.has_ech)
                 alpn = hello.alpn

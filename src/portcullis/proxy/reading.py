@@ -31,10 +31,14 @@ class ClientGone(Exception):
 
 
 async def read_until(
-    conn: socket.socket, buffer: bytearray, timeout: float, parse: Callable[[bytearray], T | None]
+    conn: socket.socket, buffer: bytearray, timeout: float, parse: Callable[[bytearray], T | None],
+    *, answered: bool = False,
 ) -> T:
     """Receive into `buffer` until `parse` returns a value, within `timeout` overall.
 
+    `answered`: the client was sent an answer just now and waits for it before
+    it goes on, so its next bytes cannot be in yet (unless an event already
+    said some came): wait for them rather than try a read that fails.
     TimeoutError when too slow, ClientGone when the client closed or reset, and
     whatever `parse` raises for bad bytes.
     """
@@ -44,6 +48,12 @@ async def read_until(
         result = parse(buffer) if buffer else None
         if result is not None:
             return result
+        if answered:
+            answered = False
+            # A socket watched for the first time is reported as it is at the
+            # next poll, so bytes that are in after all end the wait at once.
+            if not reactor_for(loop).watch(conn).readable:
+                await wait_ready(loop, conn, deadline)
         while True:
             try:
                 # The bytes are often in already: a plain recv() then saves a
@@ -113,11 +123,12 @@ async def read_head(
 
 
 async def read_client_hello(
-    conn: socket.socket, peeked: bytes, timeout: float
+    conn: socket.socket, peeked: bytes, timeout: float, *, answered: bool = False
 ) -> tuple[ClientHello, bytes]:
-    """Read until a whole ClientHello is in; TimeoutError, ClientGone or ClientHelloError."""
+    """Read until a whole ClientHello is in; TimeoutError, ClientGone or ClientHelloError.
+    (`answered`: as for read_until; after the `200` to a CONNECT.)"""
     buffer = bytearray(peeked)
-    hello = await read_until(conn, buffer, timeout, parse_client_hello)
+    hello = await read_until(conn, buffer, timeout, parse_client_hello, answered=answered)
     return hello, bytes(buffer)
 
 
