@@ -183,7 +183,8 @@ def test_address_checks_are_kept_by_both_the_addresses_and_the_vouching_ranges()
     for _ in range(2):  # the second round answers from the table
         assert [v.allowed for v in _check(gate, addresses, vouching)[1]] == [True]
         assert [v.allowed for v in _check(gate, addresses, other)[1]] == [False]
-        # Equal addresses in another tuple: found by value, answered the same.
+        # Equal addresses in another tuple: not found (kept by identity), so
+        # checked again, with the same answer.
         texts, verdicts = _check(gate, (ipaddress.ip_address("203.0.113.5"),), vouching)
         assert texts == ("203.0.113.5",) and verdicts[0].allowed
 

@@ -256,8 +256,11 @@ class Resolver:
             if any(k not in _NEGATIVE for k in kinds):
                 # One family failed transiently: use what we got, ask again soon.
                 ttl = min(ttl, self._min_ttl)
-            self._store(name, _Entry(self._clock() + ttl, tuple(addresses), cnames))
-            return Resolution(name, tuple(addresses), "dns", ttl, cnames, elapsed)
+            # One tuple for the entry and the answer: admission keeps its address
+            # checks by the tuple's identity.
+            found = tuple(addresses)
+            self._store(name, _Entry(self._clock() + ttl, found, cnames))
+            return Resolution(name, found, "dns", ttl, cnames, elapsed)
         # The authority's "no such name" outranks a family that timed out.
         kind: FailureKind = next((k for k in _PRECEDENCE if k in kinds), "error")
         if kind in _NEGATIVE:

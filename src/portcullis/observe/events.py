@@ -93,7 +93,8 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def new_connection_id() -> str:
     """A short id unique within this process and, with high odds, across processes:
-    the prefix, a dash and the connection's number in base 36."""
+    the prefix, a dash and the connection's number in base 36. Called on the
+    event loop's thread only: the two globals are not updated atomically."""
     global _high, _high_text
     high, low = divmod(next(_counter), 36)
     if high != _high:

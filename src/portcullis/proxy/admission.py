@@ -30,7 +30,7 @@ from portcullis.observe.metrics import Metrics
 from portcullis.policy.engine import CompiledRule
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.dialer import dial
-from portcullis.proxy.gate import Gate
+from portcullis.proxy.gate import CheckedAddresses, Gate
 from portcullis.proxy.identify import identify
 from portcullis.proxy.parent import dial_parent, parent_for
 from portcullis.wire.authority import Authority
@@ -148,8 +148,7 @@ _CHECKS_MAX = 4096
 
 
 def _check(gate: Gate, addresses: tuple[IPAddress, ...],
-           resolves_to: tuple[IPNetwork, ...] | None
-           ) -> tuple[tuple[str, ...], tuple[AddressVerdict, ...]]:
+           resolves_to: tuple[IPNetwork, ...] | None) -> CheckedAddresses:
     # Pure in its arguments and the gate's ranges, and the same few answers
     # recur for every connection to a name: classifying and describing them
     # each time was a visible share of the per-connection CPU. Kept by the

@@ -24,8 +24,9 @@ CheckedAddresses = tuple[tuple[str, ...], tuple[AddressVerdict, ...]]
 
 class PathLimits(NamedTuple):
     """`limits:` as plain values. A connection reads several of them on its way,
-    and each attribute of a pydantic model goes through the model's
-    `__getattr__` hook (about 500 instructions under Python 3.11)."""
+    and each attribute of a pydantic model is found through the model's
+    `__getattr__` hook (about 500 instructions under callgrind with Python 3.11,
+    twice a plain attribute's time when timed hot)."""
 
     max_connections: int
     header_timeout: float

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from portcullis.basics.errors import ProxyHeaderError
 from portcullis.basics.hostport import format_hostport
-from portcullis.basics.ip import IPAddress, IPNetwork, peer_address
+from portcullis.basics.ip import IPAddress, IPNetwork
 from portcullis.basics.vocabulary import Mode, Reason
 from portcullis.config import Policy
 from portcullis.observe.events import new_connection_id
@@ -75,7 +75,7 @@ def behind_balancer(handler: Handler, mode: Mode) -> Handler:
         # LOCAL / UNKNOWN: the balancer's own connection (a health check): it is the client.
         client = (str(header.source[0]), header.source[1]) if header.source else peer
         BALANCED.set(Balanced(balancer, header.destination))
-        if stranger(state.gate, peer_address(client[0])):
+        if stranger(state.gate, client[0]):
             attempt = Attempt(mode, client[0], client[1], new_connection_id())
             refuse_early(state, conn, attempt, Reason.SOURCE_UNKNOWN, 403,
                          "this client is in no source group")
