@@ -143,3 +143,14 @@ def full_listener(host: str, port: int = 0) -> Iterator[int]:
     finally:
         filler.close()
         listener.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of one loopback TCP connection, both non-blocking: the side that
+    connected, then the side that was accepted."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
+from tests.support.servers import tcp_pair
 from tests.support.tls_hellos import real_hello
 
 from portcullis.proxy import loop as proxy_loop
@@ -26,14 +27,6 @@ def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Coroutine[Any, Any
     yield lambda main: proxy_loop.run(main, use_uvloop=request.param)
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        proxy_side, _ = listener.accept()
-    proxy_side.setblocking(False)
-    return client, proxy_side
-
-
 def _hello_after(client: socket.socket, delay: float) -> None:
     asyncio.get_running_loop().call_later(delay, client.sendall, HELLO)
 
@@ -43,7 +36,7 @@ def test_a_hello_that_comes_later_is_read(
     run: Callable[[Coroutine[Any, Any, Any]], Any], answered: bool
 ) -> None:
     async def main() -> None:
-        client, conn = _pair()
+        client, conn = tcp_pair()
         with client, conn:
             _hello_after(client, 0.05)
             hello, rest = await read_client_hello(conn, b"", TIMEOUT, answered=answered)
@@ -60,7 +53,7 @@ def test_a_hello_already_in_ends_the_wait_at_once(
     # before the read (`watched`), no new event comes; the read must not
     # wait for one. A socket watched for the first time is reported as it is.
     async def main() -> float:
-        client, conn = _pair()
+        client, conn = tcp_pair()
         with client, conn:
             client.sendall(HELLO)
             if watched:
@@ -79,7 +72,7 @@ def test_a_hello_sent_with_the_connect_is_not_waited_for(
     run: Callable[[Coroutine[Any, Any, Any]], Any]
 ) -> None:
     async def main() -> None:
-        client, conn = _pair()
+        client, conn = tcp_pair()
         with client, conn:
             hello, rest = await asyncio.wait_for(
                 read_client_hello(conn, HELLO, TIMEOUT, answered=True), TIMEOUT / 2)
@@ -88,25 +81,20 @@ def test_a_hello_sent_with_the_connect_is_not_waited_for(
     run(main())
 
 
-def test_a_client_that_leaves_instead_is_gone(
-    run: Callable[[Coroutine[Any, Any, Any]], Any]
+@pytest.mark.parametrize(("leaves", "timeout", "raised"), [
+    (True, TIMEOUT, ClientGone),  # the client closes instead of sending a hello
+    (False, 0.2, TimeoutError),  # the client stays silent
+])
+def test_no_hello_ends_the_wait(
+    run: Callable[[Coroutine[Any, Any, Any]], Any], leaves: bool, timeout: float,
+    raised: type[Exception],
 ) -> None:
     async def main() -> None:
-        client, conn = _pair()
-        with conn:
-            asyncio.get_running_loop().call_later(0.05, client.close)
-            with pytest.raises(ClientGone):
-                await read_client_hello(conn, b"", TIMEOUT, answered=True)
-
-    run(main())
-
-
-def test_a_hello_that_never_comes_times_out(
-    run: Callable[[Coroutine[Any, Any, Any]], Any]
-) -> None:
-    async def main() -> None:
-        client, conn = _pair()
-        with client, conn, pytest.raises(TimeoutError):
-            await read_client_hello(conn, b"", 0.2, answered=True)
+        client, conn = tcp_pair()
+        with client, conn:
+            if leaves:
+                asyncio.get_running_loop().call_later(0.05, client.close)
+            with pytest.raises(raised):
+                await read_client_hello(conn, b"", timeout, answered=True)
 
     run(main())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+from tests.support.servers import tcp_pair
 
 from portcullis.basics.vocabulary import CloseReason
 from portcullis.proxy import loop as proxy_loop
@@ -55,15 +56,6 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     assert not use_splice or relay_mod.USE_SPLICE, "os.splice is unavailable"
     yield Env(use_uvloop, use_splice)
     close_pipe_pool()
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
 
 
 @dataclass
