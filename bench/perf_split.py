@@ -3,7 +3,8 @@
 software clock: it works where this machine has no hardware counters) over
 each target's process (every thread; one worker) while the load runs, the floor first.
 
-    .venv/bin/python -m bench.perf_split [--tls] [--tree LABEL=DIR ...] [--sketch] [--duration 5]
+    .venv/bin/python -m bench.perf_split [--tls] [--tree LABEL=DIR ...] [--sketch]
+        [--duration 5] [--symbols N]
 
 Where bench/instructions.py counts user-space instructions and
 bench/syscalls.py counts syscalls, this puts time on both sides: the
@@ -41,6 +42,18 @@ def samples_by_object(data: Path) -> dict[str, int]:
     return counts
 
 
+def top_symbols(data: Path, count: int) -> list[tuple[str, str, int]]:
+    """`perf report --sort dso,symbol`: the `count` symbols with the most samples."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--sort", "dso,symbol", "-n",
+                          "--stdio"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        match = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\[.\]\s+(\S+)", line)
+        if match:
+            rows.append((match.group(2), match.group(3), int(match.group(1))))
+    return sorted(rows, key=lambda row: -row[2])[:count]
+
+
 def grouped(counts: dict[str, int]) -> dict[str, int]:
     out = dict.fromkeys([name for name, _ in _GROUPS] + ["other"], 0)
     for dso, n in counts.items():
@@ -51,6 +64,7 @@ def grouped(counts: dict[str, int]) -> dict[str, int]:
 
 def _sampled(proxy: servers.Server, data: Path, duration: float, ca: str | None
              ) -> tuple[dict[str, int], int]:
+    """Samples per group of object files, and the connections the load made."""
     perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(RATE),
                              "-o", str(data), "-p", str(proxy.pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,6 +83,8 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], help="label=dir (default main=src)")
     parser.add_argument("--duration", type=float, default=5.0)
     servers.add_sketch_option(parser)
+    parser.add_argument("--symbols", type=int, default=0, metavar="N",
+                        help="also print each target's N hottest symbols, us per connection")
     parser.add_argument("--tls", action="store_true",
                         help="the TLS rate load (bench/connrate.py, nginx as the origin)")
     args = parser.parse_args()
@@ -85,6 +101,10 @@ def main() -> None:
                      else servers.start_protocol_sketch(work, args.sketch) if label == "sketch"
                      else ab.start(work, label, trees[label], None, {}))
             rows[label] = _sampled(proxy, work.root / f"perf.{label}", args.duration, ca)
+            if args.symbols:
+                print(f"{label}: hottest symbols, us per connection")
+                for dso, symbol, n in top_symbols(work.root / f"perf.{label}", args.symbols):
+                    print(f"  {n / RATE / rows[label][1] * 1e6:7.1f}  {dso:<28.28} {symbol}")
         if origin is not None:
             origin.stop()
     columns = [name for name, _ in _GROUPS] + ["other", "total"]
