@@ -42,6 +42,7 @@ _ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/explain"})
 # response before the client has read it.
 _LINGER_S = 1.0
 _LINGER_BYTES = 64 * 1024
+_AT_CAPACITY = Response(503, "too many admin connections\n", extra=(("Retry-After", "1"),))
 
 
 def client_address(peername: Any) -> IPAddress | None:
@@ -85,7 +86,7 @@ class AdminServer:
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lingering = 0  # refused clients being given their 403
+        self._lingering = 0  # turned-away clients being given their answer
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -124,11 +125,23 @@ class AdminServer:
         if not self._is_allowed(peername):
             # Decided at accept, before a slot is taken: clients outside
             # admin_allow can never starve the probes of those inside it.
-            await self._refuse(reader, writer, peername)
+            # An audit trail: a refused admin client is someone probing the firewall.
+            await self._turn_away(
+                reader, writer, Response(403, "forbidden\n"), "admin client refused", peername
+            )
             return
         task = asyncio.current_task()
         if task is None or len(self._tasks) >= self._max_connections:
-            writer.close()
+            # Said and logged, not a bare close: a probe that finds every slot
+            # taken would otherwise read a reset as a dead firewall.
+            await self._turn_away(
+                reader,
+                writer,
+                _AT_CAPACITY,
+                "admin connection refused: at capacity",
+                peername,
+                max_connections=self._max_connections,
+            )
             return
         self._tasks.add(task)
         try:
@@ -158,23 +171,28 @@ class AdminServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    async def _refuse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peername: Any
+    async def _turn_away(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        message: str,
+        peername: Any,
+        **fields: object,
     ) -> None:
-        # An audit trail: a refused admin client is someone probing the firewall.
+        """Answer `response` without taking a slot, log `message`, and close."""
         if self._log is not None:
             client = client_address(peername)
             self._log.log_info(
-                "admin client refused",
-                client=str(client) if client is not None else repr(peername),
+                message, client=str(client) if client is not None else repr(peername), **fields
             )
         try:
-            writer.write(Response(403, "forbidden\n").encode())
+            writer.write(response.encode())
             if writer.can_write_eof():
                 writer.write_eof()
             # A short linger so the request the client already sent does not turn
-            # the close into a reset that loses the 403; bounded in count too, so
-            # a flood of strangers costs a constant.
+            # the close into a reset that loses the answer; bounded in count too,
+            # so a flood costs a constant.
             if self._lingering < self._max_connections:
                 self._lingering += 1
                 try:
