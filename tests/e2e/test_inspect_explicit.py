@@ -13,10 +13,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from tests.support.containerd import hosts_dir, private_containerd
@@ -30,6 +32,7 @@ from tests.support.inspection import (
     request,
 )
 from tests.support.portcullis_proc import PORTCULLIS, RunningPortcullis, run_portcullis
+from tests.support.servers import ScriptedOrigin
 from tests.support.testbed import Testbed, skopeo_pull, start_testbed, verify_pulled
 from tests.support.testbed.procs import clean_env
 
@@ -172,6 +175,85 @@ def test_request_smuggling_is_a_400_and_a_close(
         assert status == 400, head
         assert b"both Transfer-Encoding and Content-Length" in body
         assert tls.recv(65536) == b""
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        (b"Transfer-Encoding: chunked\r\n\r\n-5\r\nscope\r\n0\r\n\r\n", 400,
+         "request body: "),
+        (b"Content-Length: 70000\r\n\r\n" + b"s" * 70000, 413,
+         "a token request's form is over 65536 bytes"),
+    ],
+    ids=["bad-chunk-size", "too-large"],
+)
+def test_a_token_form_the_proxy_cannot_read_is_answered_and_audited(
+    proxy: RunningPortcullis, ca: InspectionCA, body: bytes, status: int, detail: str
+) -> None:
+    # Before, the connection ended without a word and without an audit line.
+    with inspected_tls(proxy.explicit, client_context(ca.cert)) as tls:
+        tls.sendall(b"POST /token HTTP/1.1\r\nHost: us.icr.io\r\n" + body)
+        answer = read_to_close(tls)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
+    assert detail.encode() in answer, answer
+    record = proxy.wait_for_log(lambda r: r.get("event") == "audit" and r.get("path") == "/token"
+                                and r.get("status") == status)
+    assert (record["decision"], record["reason"]) == ("deny", "bad_request")
+    assert detail in record["message"]
+
+
+SCRIPTED_IP = "127.0.0.47"
+
+
+@pytest.fixture(scope="module")
+def scripted_registry(tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[tuple[ScriptedOrigin, Path]]:
+    """An HTTPS origin for us.icr.io that answers as a test tells it to; its CA's PEM."""
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("us.icr.io").configure_cert(context)
+    ca_pem = tmp_path_factory.mktemp("scripted-ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_pem))
+    with ScriptedOrigin(SCRIPTED_IP, 443, tls=context) as origin:
+        yield origin, ca_pem
+
+
+@pytest.mark.parametrize(
+    ("replies", "detail"),
+    [
+        # Closed without close_notify: the TLS stream was cut.
+        ([b""], "the upstream failed before answering: "),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"],
+         "the upstream's answer is not HTTP/1.1"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"], None),
+    ],
+    ids=["closed", "bad-length", "kept-alive-then-closed"],
+)
+def test_an_inspected_upstream_that_fails_before_answering(
+    testbed: Testbed, ca: InspectionCA, scripted_registry: tuple[ScriptedOrigin, Path],
+    tmp_path: Path, replies: list[bytes], detail: str | None
+) -> None:
+    origin, origin_ca = scripted_registry
+    origin.replies = replies
+    policy = inspect_policy(testbed, ca, ["ns/small"], upstream_ca=[str(origin_ca)])
+    policy["resolver"]["hosts"]["us.icr.io"] = [SCRIPTED_IP]
+    policy["resolver"]["allow_ranges"].append(f"{SCRIPTED_IP}/32")
+    with run_portcullis(tmp_path / "p", policy) as running, \
+            inspected_tls(running.explicit, client_context(ca.cert)) as tls:
+        if detail is None:
+            # The first request is answered; the upstream then closes, as a
+            # kept-alive connection may: the client's closes as quietly (the race
+            # every HTTP client retries on), not with a 502.
+            assert request(tls, "GET", "/v2/")[0] == 200
+            time.sleep(0.3)
+            tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: us.icr.io\r\n\r\n")
+            assert read_to_close(tls) == b""
+            return
+        status, _, body = request(tls, "GET", "/v2/")
+        assert status == 502 and detail in json.loads(body)["errors"][0]["message"], body
+        record = running.wait_for_log(lambda r: r.get("event") == "audit")
+        assert (record["decision"], record["status"], record["path"]) == ("allow", 502, "/v2/")
+        assert detail in record["message"]
 
 
 def test_an_http2_only_client_is_refused_not_http1(

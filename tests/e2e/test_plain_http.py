@@ -1,5 +1,6 @@
 """Plain HTTP through the explicit listener (absolute-form), and the proxy's
-error answers: 400, 403, 431, 502 (DNS, refused), 503 (limit), 504 (timeout)."""
+error answers: 400, 403, 431, 502 (DNS, refused, an upstream that does not
+answer HTTP), 503 (limit), 504 (timeout)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import pytest
 from tests.support.dnsserver import DnsServer
 from tests.support.http import body_of, read_to_close, responses
 from tests.support.portcullis_proc import RunningPortcullis, policy_for, run_portcullis
-from tests.support.servers import EchoServer, full_listener
+from tests.support.servers import EchoServer, ScriptedOrigin, full_listener
 
 pytestmark = [pytest.mark.e2e, pytest.mark.privileged]
 
 ECHO_IP = "127.0.0.4"
 SILENT_IP = "127.0.0.5"
 CLOSED_IP = "127.0.0.6"
+SCRIPTED_IP = "127.0.0.7"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,18 @@ def silent() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, silent: int
-          ) -> Iterator[RunningPortcullis]:
+def scripted() -> Iterator[ScriptedOrigin]:
+    with ScriptedOrigin(SCRIPTED_IP) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, silent: int,
+          scripted: ScriptedOrigin) -> Iterator[RunningPortcullis]:
     with DnsServer().start() as dns:
         dns.fail(None, "nxdomain")
         hosts = {"echo.example": [ECHO_IP], "silent.example": [SILENT_IP],
-                 "closed.example": [CLOSED_IP]}
+                 "closed.example": [CLOSED_IP], "scripted.example": [SCRIPTED_IP]}
         policy = policy_for(hosts, [], extra={"limits": {
             "max_connections": 4, "header_timeout": 3, "connect_timeout": 1,
         }})
@@ -51,8 +59,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, silent: in
         policy["resolver"]["timeout"] = 1
         policy["rules"] = [{
             "name": "web", "from": ["workers"],
-            "to": ["echo.example", "silent.example", "closed.example", "missing.example"],
-            "ports": [echo.port, silent, 80],
+            "to": ["echo.example", "silent.example", "closed.example", "missing.example",
+                   "scripted.example"],
+            "ports": [echo.port, silent, 80, scripted.port],
         }]
         with run_portcullis(tmp_path_factory.mktemp("plain"), policy) as running:
             yield running
@@ -132,6 +141,72 @@ def test_error_answers(proxy: RunningPortcullis, echo: EchoServer, silent: int,
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert f"X-Portcullis-Reason: {reason}".encode() in answer
     proxy.wait_for_log(lambda r: r.get("event") == "decision" and r["reason"] == reason)
+
+
+@pytest.mark.parametrize(
+    ("reply", "detail"),
+    [
+        (b"", b"the upstream closed the connection without answering"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b"the upstream's answer is not HTTP/1.1"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", b"the upstream's answer is not HTTP/1.1"),
+    ],
+    ids=["closed", "bad-length", "not-http"],
+)
+def test_an_upstream_that_does_not_answer_http_is_a_502(
+    proxy: RunningPortcullis, scripted: ScriptedOrigin, reply: bytes, detail: bytes
+) -> None:
+    # Before, the client's connection was closed without a word.
+    scripted.replies = [reply]
+    host = f"scripted.example:{scripted.port}"
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        answer = read_to_close(sock, reset_ok=False)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+    assert detail in answer, answer
+    proxy.wait_for_log(lambda r: r.get("event") == "close" and r["host"] == "scripted.example")
+
+
+def test_a_kept_alive_upstream_that_closed_closes_the_client_quietly(
+    proxy: RunningPortcullis, scripted: ScriptedOrigin
+) -> None:
+    # The keep-alive race every client retries on (RFC 9112 §9.3.1): no 502 for it.
+    scripted.replies = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+    host = f"scripted.example:{scripted.port}"
+    get = f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(get)
+        first = b""
+        while not first.endswith(b"ok"):
+            first += sock.recv(65536) or b"<closed>"
+        time.sleep(0.3)  # the origin has closed its end by now
+        sock.sendall(get)
+        rest = read_to_close(sock)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"ok"), first
+    assert rest == b""
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"-5\r\nhello\r\n0\r\n\r\n", b"request body: "),
+        (b"5\nhello\n0\n\n", b"request body: "),
+        (b"5\r\nhel", b"request body: peer closed connection without sending complete"),
+    ],
+    ids=["negative-size", "bare-lf", "ends-early"],
+)
+def test_a_body_that_breaks_its_framing_is_a_400(
+    proxy: RunningPortcullis, echo: EchoServer, body: bytes, detail: bytes
+) -> None:
+    # The head has gone upstream by then; the client still hears why it ended.
+    host = f"echo.example:{echo.port}"
+    with socket.create_connection(proxy.explicit, timeout=10) as sock:
+        sock.sendall(f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_to_close(sock, reset_ok=False)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert detail in answer, answer
+    proxy.wait_for_log(lambda r: r.get("event") == "close" and r["close_reason"] == "bad_request")
 
 
 def test_connection_limit_answers_503_then_recovers(proxy: RunningPortcullis,

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Self
@@ -122,6 +123,36 @@ class EchoServer(ThreadedServer):
                 if server.our_state is h11.MUST_CLOSE:
                     return
                 server.start_next_cycle()
+
+
+class ScriptedOrigin(ThreadedServer):
+    """An HTTP origin that answers as told, however wrongly: on each connection
+    it reads a request head (requests without bodies), writes `replies[0]`,
+    reads the next head, writes `replies[1]`, and so on, then closes. Set
+    `replies` before the requests it is for."""
+
+    def __init__(self, host: str, port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(socket.create_server((host, port)))
+        self.replies: list[bytes] = []
+        self.tls = tls  # a server context: the origin speaks HTTPS
+
+    def serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                conn.close()
+                return
+        with conn:
+            pending = b""
+            for reply in list(self.replies):
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                pending = pending.split(b"\r\n\r\n", 1)[1]
+                conn.sendall(reply)
 
 
 @contextlib.contextmanager

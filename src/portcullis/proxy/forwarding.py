@@ -45,11 +45,18 @@ _NOT_IN_TRAILERS = _HOP_BY_HOP | _END_TO_END | frozenset(
 
 
 class Closed(Exception):
-    """One side closed or failed: stop serving this connection."""
+    """One side closed or failed: stop serving this connection.
 
-    def __init__(self, reason: CloseReason = CloseReason.CLOSED) -> None:
+    `answer` is the status and detail the client is still owed when nothing of
+    a final response has reached it yet (`exchange`); None when it has, or
+    when the client itself is gone.
+    """
+
+    def __init__(self, reason: CloseReason = CloseReason.CLOSED,
+                 answer: tuple[int, str] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason  # the close record's close_reason
+        self.answer = answer
 
 
 def forwardable(headers: Any, host: str | None = None) -> list[tuple[bytes, bytes]]:
@@ -113,6 +120,14 @@ class Upstream:
         self.resolved = attempt.resolved
         self.dialed = attempt.dialed
         self.parent = attempt.parent
+        self.served = 0  # exchanges completed on it
+
+    def owes_answer_for_a_close(self) -> bool:
+        """Whether a close (or reset) before any answer is the client's to hear
+        as a 502. Not on a kept-alive connection: there it is the race every
+        HTTP client retries on (RFC 9112 §9.3.1), so the client's connection is
+        closed as quietly as the upstream closed this one."""
+        return self.served == 0
 
 
 async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) -> Any:
@@ -125,7 +140,9 @@ async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) 
         try:
             async with asyncio.timeout(timeout):  # not wait_for: a Task per call on 3.11
                 data = await loop.sock_recv(sock, _READ)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise Closed(CloseReason.IDLE_TIMEOUT) from exc
+        except OSError as exc:
             raise Closed from exc
         conn.receive_data(data)
 
@@ -146,31 +163,65 @@ async def exchange(
     request: h11.Request,
     authority: Authority,
 ) -> tuple[int, int]:
-    """Forward one request with its body, then its response; return body byte counts."""
-    up = down = 0
-    await send(upstream.sock, upstream.conn.send(outgoing_request(request, authority)))
+    """Forward one request with its body, then its response; return body byte counts.
+
+    Raises Closed, with the answer the client is owed while no final response
+    head has gone to it: 400 for a body that broke its framing or ended early,
+    408 for one that stalled, 502 for an upstream that closed, failed or
+    answered something that is not HTTP/1.1, 504 for one that did not answer.
+    """
+    await _send_upstream(upstream, upstream.conn.send(outgoing_request(request, authority)))
+    up = await _request_body(idle_timeout, client, conn, upstream)
+    down = await _response(idle_timeout, client, conn, upstream)
+    upstream.served += 1
+    return up, down
+
+
+async def _send_upstream(upstream: Upstream, data: bytes | None) -> None:
+    try:
+        await send(upstream.sock, data)
+    except Closed as closed:
+        if upstream.owes_answer_for_a_close():
+            closed.answer = (502, f"the upstream failed while the request was sent:"
+                                  f" {closed.__cause__}")
+        raise
+
+
+async def _request_body(idle_timeout: float, client: h11.Connection, conn: socket.socket,
+                        upstream: Upstream) -> int:
+    up = 0
     while True:
         try:
             event = await next_event(client, conn, idle_timeout)
         except h11.RemoteProtocolError as exc:
             # The body broke its own framing after the head went upstream: the
             # upstream holds half a request, so both connections end here.
-            raise Closed(CloseReason.BAD_REQUEST) from exc
+            raise Closed(CloseReason.BAD_REQUEST, (400, f"request body: {exc}")) from exc
+        except Closed as closed:
+            if closed.reason is CloseReason.IDLE_TIMEOUT:
+                closed.answer = (408, f"request body: nothing came for {idle_timeout:g} s")
+            raise
         if isinstance(event, h11.Data):
             up += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
             event = allowed_trailers(event)
-        await send(upstream.sock, upstream.conn.send(event))
+        await _send_upstream(upstream, upstream.conn.send(event))
         if isinstance(event, h11.EndOfMessage):
-            break
+            return up
+
+
+async def _response(idle_timeout: float, client: h11.Connection, conn: socket.socket,
+                    upstream: Upstream) -> int:
+    down = 0
+    answered = False  # a final response head went to the client
     while True:
         try:
-            event = await next_event(upstream.conn, upstream.sock, idle_timeout)
-        except h11.RemoteProtocolError as exc:
-            raise Closed from exc
-        if isinstance(event, h11.ConnectionClosed):
-            raise Closed
+            event = await _upstream_event(upstream, idle_timeout)
+        except Closed as closed:
+            closed.answer = None if answered else _owed(closed, upstream, idle_timeout)
+            raise
         if isinstance(event, h11.InformationalResponse | h11.Response):
+            answered = answered or isinstance(event, h11.Response)
             event = type(event)(
                 status_code=event.status_code, headers=forwardable(event.headers),
                 reason=event.reason, http_version=event.http_version,
@@ -181,5 +232,32 @@ async def exchange(
             event = allowed_trailers(event)
         await send(conn, client.send(event))
         if isinstance(event, h11.EndOfMessage):
-            break
-    return up, down
+            return down
+
+
+async def _upstream_event(upstream: Upstream, idle_timeout: float) -> Any:
+    """The upstream's next event. Closed when it closed, failed or stalled, or
+    broke HTTP/1.1 (then with the 502 that says so)."""
+    try:
+        event = await next_event(upstream.conn, upstream.sock, idle_timeout)
+    except h11.RemoteProtocolError as exc:
+        received, ended = upstream.conn.trailing_data
+        if ended and not received:
+            raise Closed() from None  # h11's word for a close where a response was due
+        raise Closed(answer=(502, f"the upstream's answer is not HTTP/1.1: {exc}")) from exc
+    if isinstance(event, h11.ConnectionClosed):
+        raise Closed()
+    return event
+
+
+def _owed(closed: Closed, upstream: Upstream, idle_timeout: float) -> tuple[int, str] | None:
+    """The answer a client not yet answered is owed for how its upstream ended."""
+    if closed.answer is not None:
+        return closed.answer
+    if closed.reason is CloseReason.IDLE_TIMEOUT:
+        return 504, f"no answer from the upstream in {idle_timeout:g} s"
+    if not upstream.owes_answer_for_a_close():
+        return None
+    if closed.__cause__ is None:
+        return 502, "the upstream closed the connection without answering"
+    return 502, f"the upstream failed before answering: {closed.__cause__}"

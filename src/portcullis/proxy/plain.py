@@ -25,7 +25,7 @@ from portcullis.observe.events import new_connection_id
 from portcullis.proxy.admission import admit, authenticate, decide, refused
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange, send
-from portcullis.proxy.reading import ClientGone, read_head
+from portcullis.proxy.reading import ClientGone, read_head, send_quietly
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
 from portcullis.wire.authority import Authority
@@ -104,6 +104,9 @@ async def serve(
             attempt = attempt.next_request(new_connection_id())
     except Closed as closed:
         close_reason = closed.reason
+        if closed.answer is not None:
+            status, detail = closed.answer
+            await send_quietly(conn, error_response(status, attempt, detail))
     except asyncio.CancelledError:
         close_reason = CloseReason.CANCELLED
         state.abandon(attempt)
