@@ -184,6 +184,9 @@ def through_proxy(net: Net, case: Case) -> dict[str, Any]:
     """Make the connection for real; the proxy's decision record for it."""
     explicit = (FW_WORKER_IP, EXPLICIT_PORT)
     target = f"{case.host}:{case.port}"
+    # Only this connection's record: an earlier case's connection, from another
+    # address, may have had the same port.
+    mark = len(net.proxy.records())
     if case.listener == "explicit":
         sock = _from_worker(net, case.client, explicit)
         sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
@@ -203,9 +206,7 @@ def through_proxy(net: Net, case: Case) -> dict[str, Any]:
         _read_some(sock)
     port = sock.getsockname()[1]
     try:
-        return net.proxy.wait_for_log(
-            lambda r: r.get("event") == "decision" and r.get("client_port") == port
-        )
+        return net.proxy.decision_since(mark, port)
     finally:
         sock.close()
 

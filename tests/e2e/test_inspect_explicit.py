@@ -236,10 +236,8 @@ def test_an_inspected_upstream_that_fails_before_answering(
     origin, origin_ca = scripted_registry
     origin.replies = replies
     policy = inspect_policy(testbed, ca, ["ns/small"], upstream_ca=[str(origin_ca)])
-    # New containers: the policy's are the session testbed's own.
-    resolver = policy["resolver"]
-    resolver["hosts"] = {**resolver["hosts"], "us.icr.io": [SCRIPTED_IP]}
-    resolver["allow_ranges"] = [*resolver["allow_ranges"], f"{SCRIPTED_IP}/32"]
+    policy["resolver"]["hosts"]["us.icr.io"] = [SCRIPTED_IP]
+    policy["resolver"]["allow_ranges"].append(f"{SCRIPTED_IP}/32")
     with run_portcullis(tmp_path / "p", policy) as running, \
             inspected_tls(running.explicit, client_context(ca.cert)) as tls:
         if detail is None:

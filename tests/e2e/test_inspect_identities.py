@@ -276,12 +276,12 @@ def test_report_mode_proxy_and_explain_agree_on_identities(
     reporting: RunningPortcullis, source: str, login: str | None, identity: str | None,
     expected: tuple[str, str, str | None],
 ) -> None:
+    mark = len(reporting.records())
     sock, answer = login_connect(reporting, source, login)
     port = sock.getsockname()[1]
     sock.close()
     assert answer.status == 200, answer.data
-    record = reporting.wait_for_log(lambda r: r.get("event") == "decision"
-                                    and r.get("client_port") == port)
+    record = reporting.decision_since(mark, port)
     assert essence(record) == expected
     assert record.get("identity") == identity
     assert essence(by_cli(reporting, source, identity)) == expected
@@ -298,13 +298,13 @@ def test_report_mode_refuses_what_it_cannot_report(reporting: RunningPortcullis)
     held = [login_connect(reporting, LIMITED, None) for _ in range(2)]
     try:
         assert [a.status for _, a in held] == [200, 200]
+        mark = len(reporting.records())
         sock, answer = login_connect(reporting, LIMITED, None)
         port = sock.getsockname()[1]
         read_to_close(sock)
         sock.close()
         assert (answer.status, answer.header("X-Portcullis-Reason")) == (503, "over_capacity")
-        record = reporting.wait_for_log(lambda r: r.get("client_port") == port
-                                        and r.get("event") == "decision")
+        record = reporting.decision_since(mark, port)
         assert essence(record) == ("deny", "over_capacity", "registry-images")
         assert essence(by_cli(reporting, LIMITED, None))[2] == record["rule"]
     finally:
@@ -338,14 +338,14 @@ def test_report_mode_proxy_and_explain_agree_on_requests(
 
     # A reported SNI mismatch is relayed as the name decides: nothing is judged,
     # and explain says it is not inspected.
+    mark = len(reporting.records())
     sock, answer = login_connect(reporting, "127.0.0.1", f"{USER}:{SECRET}")
     port = sock.getsockname()[1]
     blind = ssl.create_default_context(cafile=str(testbed.ca_pem))
     blind.check_hostname = False  # the registry's certificate names us.icr.io
     with blind.wrap_socket(sock, server_hostname="dd0.icr.io") as tls:
         assert request(tls, "GET", path, extra=MANIFEST)[0] == 200
-    record = reporting.wait_for_log(lambda r: r.get("event") == "decision"
-                                    and r.get("client_port") == port)
+    record = reporting.decision_since(mark, port)
     assert essence(record) == ("report", "sni_mismatch", "registry-images")
     assert not [a for a in reporting.records("audit") if a["id"] == record["id"]]
     assert explain_request_json(reporting, path, "--sni", "dd0.icr.io")["inspected"] is False

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class Net:
     attacker: socket.socket
     plain_paths: list[str]
     workdir: Path
+    # worker_socket's port -> the count of records before it connected.
+    opened_at: dict[int, int] = field(default_factory=dict)
 
     def use(self, **transparent: Any) -> None:
         """Install the module's policy (with these `transparent:` settings) and wait for it."""
@@ -76,10 +78,16 @@ class Net:
         return [r for r in self.proxy.records()[mark:] if r.get("event") == "decision"]
 
     def decision_for(self, client_port: int, timeout: float = 10) -> dict[str, Any]:
-        return self.proxy.wait_for_log(
-            lambda r: r.get("event") == "decision" and r.get("client_port") == client_port,
-            timeout=timeout,
-        )
+        """The decision on the worker_socket that had this port, from the records
+        made since it was opened: an earlier test's connection may have had the
+        same port."""
+        return self.proxy.decision_since(self.opened_at.get(client_port, 0), client_port,
+                                         timeout)
+
+    def decisions_on(self, client_port: int) -> list[dict[str, Any]]:
+        """Every decision on the worker_socket that had this port (decision_for)."""
+        return [r for r in self.decisions_since(self.opened_at.get(client_port, 0))
+                if r.get("client_port") == client_port]
 
     def pull(self, ref: str, dest: Path) -> Any:
         return self.bed.pull(dest, proxy=None, ref=ref, netns=self.ns.worker)
@@ -154,8 +162,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 @contextlib.contextmanager
 def worker_socket(net: Net, address: tuple[str, int], timeout: float = 10
                   ) -> Iterator[socket.socket]:
+    mark = net.mark()
     with inside(net.ns.worker):
         sock = socket.create_connection(address, timeout=timeout)
+    net.opened_at[sock.getsockname()[1]] = mark
     with sock:
         yield sock
 
@@ -395,8 +405,7 @@ def test_plain_http_on_port_80_is_decided_on_each_host(net: Net) -> None:
         second = read_to_close(sock)
     assert second.startswith(b"HTTP/1.1 403 ") and b"reason: no_rule" in second
     assert net.plain_paths == ["plain.icr.io /hello"]
-    records = [r for r in net.proxy.records()
-               if r.get("event") == "decision" and r.get("client_port") == port]
+    records = net.decisions_on(port)
     assert [(r["host"], r["port"], r["decision"], r["mode"]) for r in records] == [
         ("plain.icr.io", 80, "allow", "transparent"),
         ("elsewhere.example", 80, "deny", "transparent"),
@@ -427,8 +436,7 @@ def test_every_redirected_head_has_one_deadline(net: Net, which: str, pause: flo
         elapsed = time.monotonic() - started
     assert elapsed < 3 + 2 * pause + 1, f"open {elapsed:.1f} s"
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
-    records = [r for r in net.proxy.records()
-               if r.get("event") == "decision" and r.get("client_port") == port]
+    records = net.decisions_on(port)
     assert records[-1]["reason"] == "header_timeout"
 
 

@@ -39,7 +39,9 @@ def policy_for(
         "sources": {"workers": list(sources)},
         "rules": [{"name": "registry", "from": ["workers"], "to": to, "ports": [443]}]
         if to else [],
-        "resolver": {"hosts": hosts, "allow_ranges": list(allow_ranges), "timeout": 2},
+        # Copied: a test that edits its policy must not edit the (session) testbed's map.
+        "resolver": {"hosts": {name: list(addrs) for name, addrs in hosts.items()},
+                     "allow_ranges": list(allow_ranges), "timeout": 2},
         "limits": {"drain_timeout": 20, "header_timeout": 5},
     }
     policy.update(extra or {})
@@ -99,6 +101,17 @@ class RunningPortcullis:
 
     def wait_for_log(self, predicate: Any, timeout: float = 10) -> dict[str, Any]:
         return wait_for_record(self.records, predicate, timeout)
+
+    def decision_since(self, mark: int, client_port: int, timeout: float = 10
+                       ) -> dict[str, Any]:
+        """The decision on the connection from `client_port`, among the records
+        after `mark` (their count before it connected): a port alone may be an
+        earlier connection's."""
+        return wait_for_record(
+            lambda: self.records()[mark:],
+            lambda r: r.get("event") == "decision" and r.get("client_port") == client_port,
+            timeout,
+        )
 
     def use_policy(self, policy: dict[str, Any]) -> None:
         """Install `policy` (unless it is the current file) with SIGHUP and wait
