@@ -185,6 +185,27 @@ def test_a_kept_alive_upstream_that_closed_closes_the_client_quietly(
     assert rest == b""
 
 
+def test_a_client_that_stops_reading_is_closed_at_the_idle_timeout(
+    tmp_path: Path, scripted: ScriptedOrigin
+) -> None:
+    # Before, the proxy waited to send the rest of the answer for as long as
+    # the client kept its window shut, holding its slot and the upstream's.
+    body = b"x" * 64_000_000  # more than the sockets' buffers hold
+    scripted.replies = [f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                        + body]
+    policy = policy_for({"scripted.example": [SCRIPTED_IP]}, ["scripted.example"],
+                        extra={"limits": {"idle_timeout": 1}})
+    policy["rules"][0]["ports"] = [scripted.port]
+    host = f"scripted.example:{scripted.port}"
+    with run_portcullis(tmp_path / "p", policy) as running, \
+            socket.create_connection(running.explicit, timeout=10) as sock:
+        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+        record = running.wait_for_log(lambda r: r.get("event") == "close", timeout=15)
+        assert record["close_reason"] == "idle_timeout"
+        assert 0 < record["bytes_down"] < len(body)
+
+
 @pytest.mark.parametrize(
     ("body", "detail"),
     [

@@ -152,7 +152,10 @@ class ScriptedOrigin(ThreadedServer):
                         return
                     pending += data
                 pending = pending.split(b"\r\n\r\n", 1)[1]
-                conn.sendall(reply)
+                try:
+                    conn.sendall(reply)
+                except OSError:  # the proxy gave up on the exchange
+                    return
 
 
 @contextlib.contextmanager

@@ -11,17 +11,17 @@ from tests.support.servers import tcp_pair
 
 from portcullis.basics.vocabulary import CloseReason, Mode
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange
+from portcullis.proxy.forwarding import Closed, Moved, Upstream, client_request, exchange
 from portcullis.wire.authority import Authority
 
 AUTHORITY = Authority("echo.example", 80, False)
 
 
 async def _exchange(request: bytes, upstream_says: bytes | None, *, served: int = 0,
-                    timeout: float = 0.3) -> tuple[Closed | None, bytes]:
+                    timeout: float = 0.3) -> tuple[Closed | None, bytes, Moved]:
     """Run `exchange` for `request` (as the client sent it); the upstream reads
     it and, unless None, answers `upstream_says` and closes. The Closed it
-    raised (None if it returned), and what the upstream received."""
+    raised (None if it returned), what the upstream received, the bytes moved."""
     client_end, proxy_client = tcp_pair()
     proxy_upstream, upstream_end = tcp_pair()
     loop = asyncio.get_running_loop()
@@ -39,12 +39,13 @@ async def _exchange(request: bytes, upstream_says: bytes | None, *, served: int 
             return received
 
         upstream_task = asyncio.ensure_future(upstream_side())
+        moved = Moved()
         try:
-            await exchange(timeout, client, proxy_client, upstream, parsed, AUTHORITY)
+            await exchange(timeout, client, proxy_client, upstream, parsed, AUTHORITY, moved)
             closed = None
         except Closed as exc:
             closed = exc
-        return closed, await upstream_task
+        return closed, await upstream_task, moved
     finally:
         for sock in (client_end, proxy_client, proxy_upstream, upstream_end):
             sock.close()
@@ -68,7 +69,7 @@ POST = b"POST http://echo.example/ HTTP/1.1\r\nHost: echo.example\r\nContent-Len
 )
 def test_what_the_client_is_owed(request_bytes: bytes, upstream_says: bytes | None,
                                  served: int, status: int | None, reason: CloseReason) -> None:
-    closed, received = asyncio.run(_exchange(request_bytes, upstream_says, served=served))
+    closed, received, _ = asyncio.run(_exchange(request_bytes, upstream_says, served=served))
     assert received.startswith(request_bytes.split(b" ", 1)[0] + b" / HTTP/1.1\r\n")
     assert closed is not None and closed.reason is reason
     assert (closed.answer[0] if closed.answer else None) == status
@@ -76,8 +77,9 @@ def test_what_the_client_is_owed(request_bytes: bytes, upstream_says: bytes | No
 
 def test_a_complete_exchange_returns_the_byte_counts() -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
-    closed, received = asyncio.run(_exchange(POST + b"hello", answer))
+    closed, received, moved = asyncio.run(_exchange(POST + b"hello", answer))
     assert closed is None and received.endswith(b"\r\n\r\nhello")
+    assert (moved.up, moved.down) == (5, 3)
 
 
 def test_h11_reads_a_close_before_the_response_as_a_protocol_error() -> None:

@@ -15,8 +15,9 @@ from tests.support.servers import tcp_pair
 from tests.support.tls_hellos import real_hello
 
 from portcullis.proxy import loop as proxy_loop
+from portcullis.proxy import reading
 from portcullis.proxy.reactor import reactor_for
-from portcullis.proxy.reading import ClientGone, read_client_hello
+from portcullis.proxy.reading import ClientGone, read_client_hello, send_all
 
 HELLO = real_hello("us.icr.io")
 TIMEOUT = 5.0
@@ -98,3 +99,20 @@ def test_no_hello_ends_the_wait(
                 await read_client_hello(conn, b"", timeout, answered=True)
 
     run(main())
+
+
+def test_a_short_answer_a_client_never_takes_ends_at_the_answer_timeout(
+    run: Callable[[Coroutine[Any, Any, Any]], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the send waited for as long as the client kept its window shut.
+    monkeypatch.setattr(reading, "ANSWER_TIMEOUT", 0.3)
+
+    async def main() -> float:
+        client, conn = tcp_pair()
+        with client, conn:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await send_all(conn, b"x" * 64_000_000)  # more than both buffers hold
+            return time.monotonic() - started
+
+    assert 0.2 < run(main()) < 3

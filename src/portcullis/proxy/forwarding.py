@@ -109,6 +109,16 @@ def client_request(pending: bytes, max_head: int) -> tuple[h11.Connection, h11.R
     return conn, request
 
 
+class Moved:
+    """Body bytes one request's exchange forwarded each way, counted as they
+    go: the close record of an exchange that failed says what went too."""
+
+    __slots__ = ("down", "up")
+
+    def __init__(self) -> None:
+        self.up = self.down = 0
+
+
 class Upstream:
     """A kept-alive upstream connection and where it went."""
 
@@ -147,10 +157,15 @@ async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) 
         conn.receive_data(data)
 
 
-async def send(sock: socket.socket, data: bytes | None) -> None:
+async def send(sock: socket.socket, data: bytes | None, timeout: float | None = None) -> None:
+    """Send all of `data`; Closed when the peer fails, or when it has not taken
+    it in `timeout` s (a peer that stops reading is idle too)."""
     if data:
         try:
-            await asyncio.get_running_loop().sock_sendall(sock, data)
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_sendall(sock, data)
+        except TimeoutError as exc:
+            raise Closed(CloseReason.IDLE_TIMEOUT) from exc
         except OSError as exc:
             raise Closed from exc
 
@@ -162,34 +177,37 @@ async def exchange(
     upstream: Upstream,
     request: h11.Request,
     authority: Authority,
-) -> tuple[int, int]:
-    """Forward one request with its body, then its response; return body byte counts.
+    moved: Moved,
+) -> None:
+    """Forward one request with its body, then its response, counting the body
+    bytes in `moved`.
 
     Raises Closed, with the answer the client is owed while no final response
     head has gone to it: 400 for a body that broke its framing or ended early,
     408 for one that stalled, 502 for an upstream that closed, failed or
     answered something that is not HTTP/1.1, 504 for one that did not answer.
     """
-    await _send_upstream(upstream, upstream.conn.send(outgoing_request(request, authority)))
-    up = await _request_body(idle_timeout, client, conn, upstream)
-    down = await _response(idle_timeout, client, conn, upstream)
+    await _send_upstream(upstream, upstream.conn.send(outgoing_request(request, authority)),
+                         idle_timeout)
+    await _request_body(idle_timeout, client, conn, upstream, moved)
+    await _response(idle_timeout, client, conn, upstream, moved)
     upstream.served += 1
-    return up, down
 
 
-async def _send_upstream(upstream: Upstream, data: bytes | None) -> None:
+async def _send_upstream(upstream: Upstream, data: bytes | None, idle_timeout: float) -> None:
     try:
-        await send(upstream.sock, data)
+        await send(upstream.sock, data, idle_timeout)
     except Closed as closed:
-        if upstream.owes_answer_for_a_close():
+        if closed.reason is CloseReason.IDLE_TIMEOUT:
+            closed.answer = (504, f"the upstream took no request bytes for {idle_timeout:g} s")
+        elif upstream.owes_answer_for_a_close():
             closed.answer = (502, f"the upstream failed while the request was sent:"
                                   f" {closed.__cause__}")
         raise
 
 
 async def _request_body(idle_timeout: float, client: h11.Connection, conn: socket.socket,
-                        upstream: Upstream) -> int:
-    up = 0
+                        upstream: Upstream, moved: Moved) -> None:
     while True:
         try:
             event = await next_event(client, conn, idle_timeout)
@@ -201,18 +219,17 @@ async def _request_body(idle_timeout: float, client: h11.Connection, conn: socke
             if closed.reason is CloseReason.IDLE_TIMEOUT:
                 closed.answer = (408, f"request body: nothing came for {idle_timeout:g} s")
             raise
-        if isinstance(event, h11.Data):
-            up += len(event.data)
-        elif isinstance(event, h11.EndOfMessage):
-            event = allowed_trailers(event)
-        await _send_upstream(upstream, upstream.conn.send(event))
         if isinstance(event, h11.EndOfMessage):
-            return up
+            event = allowed_trailers(event)
+        await _send_upstream(upstream, upstream.conn.send(event), idle_timeout)
+        if isinstance(event, h11.Data):
+            moved.up += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
 
 
 async def _response(idle_timeout: float, client: h11.Connection, conn: socket.socket,
-                    upstream: Upstream) -> int:
-    down = 0
+                    upstream: Upstream, moved: Moved) -> None:
     answered = False  # a final response head went to the client
     while True:
         try:
@@ -226,13 +243,13 @@ async def _response(idle_timeout: float, client: h11.Connection, conn: socket.so
                 status_code=event.status_code, headers=forwardable(event.headers),
                 reason=event.reason, http_version=event.http_version,
             )
-        elif isinstance(event, h11.Data):
-            down += len(event.data)
         elif isinstance(event, h11.EndOfMessage):
             event = allowed_trailers(event)
-        await send(conn, client.send(event))
-        if isinstance(event, h11.EndOfMessage):
-            return down
+        await send(conn, client.send(event), idle_timeout)
+        if isinstance(event, h11.Data):
+            moved.down += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
 
 
 async def _upstream_event(upstream: Upstream, idle_timeout: float) -> Any:

@@ -91,8 +91,9 @@ class Session:
             return end.reason
         except h11.RemoteProtocolError:
             return CloseReason.BAD_REQUEST
-        except TlsClosed:
-            return CloseReason.CLOSED
+        except TlsClosed as exc:
+            timed_out = isinstance(exc.__cause__, TimeoutError)
+            return CloseReason.IDLE_TIMEOUT if timed_out else CloseReason.CLOSED
 
     async def _next_head(self) -> bool:
         """Read the next request head into `pending`; False when the connection ends."""
@@ -250,6 +251,10 @@ class Session:
         try:
             await self.upstream.send(data or b"")
         except TlsClosed as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise _Unanswered(504, "the upstream took no request bytes for"
+                                  f" {self.limits.idle_timeout:g} s",
+                                  CloseReason.IDLE_TIMEOUT) from exc
             raise self._closed(f"the upstream failed while the request was sent:"
                                f" {exc.__cause__}") from exc
 

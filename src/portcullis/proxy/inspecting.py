@@ -56,7 +56,7 @@ async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_so
             return
         inspector = inspector_for(tls)
         client = TlsStream(conn, inspector.ca.context_for(host), server_side=True,
-                           initial=peeked)
+                           initial=peeked, send_timeout=limits.idle_timeout)
         try:
             await client.handshake(limits.client_hello_timeout)
         except (ssl.SSLError, TlsClosed, TimeoutError) as exc:
@@ -68,7 +68,7 @@ async def serve_inspected(state: FirewallState, conn: socket.socket, upstream_so
                     " (`portcullis ca show`)", client=attempt.client, host=host)
             return
         upstream = TlsStream(upstream_sock, inspector.upstream, server_side=False,
-                             server_hostname=host)
+                             server_hostname=host, send_timeout=limits.idle_timeout)
         try:
             await upstream.handshake(limits.connect_timeout)
         except (ssl.SSLError, TlsClosed, TimeoutError) as exc:

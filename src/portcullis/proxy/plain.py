@@ -24,7 +24,7 @@ from portcullis.basics.vocabulary import CloseReason, Reason
 from portcullis.observe.events import new_connection_id
 from portcullis.proxy.admission import admit, authenticate, decide, refused
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.forwarding import Closed, Upstream, client_request, exchange, send
+from portcullis.proxy.forwarding import Closed, Moved, Upstream, client_request, exchange
 from portcullis.proxy.reading import ClientGone, read_head, send_quietly
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
@@ -66,7 +66,7 @@ async def serve(
     head_timeout = first_head_timeout or limits.header_timeout
     upstream: Upstream | None = None
     close_reason = CloseReason.CLOSED
-    sent_up = sent_down = 0
+    moved = Moved()
     try:
         while True:
             found = await _next_head(state, conn, attempt, pending, head_timeout, authority_of)
@@ -78,7 +78,7 @@ async def serve(
                 client, request = client_request(bytes(pending), limits.header_bytes)
             except h11.RemoteProtocolError as exc:
                 state.refuse_and_record(attempt, Reason.BAD_REQUEST)
-                await send(conn, error_response(400, attempt, str(exc)))
+                await send_quietly(conn, error_response(400, attempt, str(exc)))
                 return
             pending.clear()
             upstream = await _upstream_for(state, conn, attempt, head, authority, upstream,
@@ -86,10 +86,8 @@ async def serve(
             if upstream is None:
                 return
             state.record(attempt)
-            up, down = await exchange(limits.idle_timeout, client, conn, upstream, request,
-                                      authority)
-            sent_up += up
-            sent_down += down
+            await exchange(limits.idle_timeout, client, conn, upstream, request, authority,
+                           moved)
             if client.our_state is not h11.DONE or client.their_state is not h11.DONE:
                 return
             pending += client.trailing_data[0]  # a pipelined next request, if any
@@ -99,8 +97,8 @@ async def serve(
                 upstream.sock.close()
                 upstream = None
             # The next request on this connection is a new decision with its own record.
-            state.record_close(attempt, sent_up, sent_down, CloseReason.DONE)
-            sent_up = sent_down = 0
+            state.record_close(attempt, moved.up, moved.down, CloseReason.DONE)
+            moved = Moved()
             attempt = attempt.next_request(new_connection_id())
     except Closed as closed:
         close_reason = closed.reason
@@ -115,7 +113,7 @@ async def serve(
         if upstream is not None:
             upstream.sock.close()
         if attempt.logged:
-            state.record_close(attempt, sent_up, sent_down, close_reason)
+            state.record_close(attempt, moved.up, moved.down, close_reason)
 
 
 async def _next_head(
@@ -133,11 +131,11 @@ async def _next_head(
         if not pending:
             return None  # a kept-alive connection nobody used again: just close it
         state.refuse_and_record(attempt, Reason.HEADER_TIMEOUT)
-        await send(conn, error_response(408, attempt, "no complete request head in time"))
+        await send_quietly(conn, error_response(408, attempt, "no complete request head in time"))
         return None
     except HttpError as exc:
         state.refuse_and_record(attempt, exc.reason)
-        await send(conn, error_response(exc.status, attempt, exc.message))
+        await send_quietly(conn, error_response(exc.status, attempt, exc.message))
         return None
 
 
@@ -173,6 +171,6 @@ async def _upstream_for(
         if upstream is not None:
             upstream.sock.close()
         state.record(attempt)
-        await send(conn, error_response(refusal.status, attempt, refusal.message,
+        await send_quietly(conn, error_response(refusal.status, attempt, refusal.message,
                                         realm=gate.policy.auth.realm))
         return None

@@ -21,6 +21,9 @@ from portcullis.wire.tls import ClientHello, parse_client_hello
 
 T = TypeVar("T")
 _READ = 65536
+# Seconds a client may take to accept a short answer it has room for in no
+# socket buffer: one that stopped reading.
+ANSWER_TIMEOUT = 10.0
 
 
 class ClientGone(Exception):
@@ -133,15 +136,19 @@ async def read_client_hello(
 
 
 async def send_all(conn: socket.socket, data: bytes) -> None:
-    """Send all of `data`; OSError as the socket's send gives it."""
+    """Send all of `data` (a short answer); OSError as the socket's send gives
+    it, TimeoutError (an OSError) when the client takes none of the rest in
+    ANSWER_TIMEOUT seconds."""
     try:
         sent = conn.send(data)
     except BlockingIOError:
         sent = 0
     if sent < len(data):
         # A short answer fits a socket's buffer unless the client stopped
-        # reading: only then does this cost a registration and a coroutine.
-        await asyncio.get_running_loop().sock_sendall(conn, data[sent:])
+        # reading: only then does this cost a registration and a coroutine,
+        # and a bound, or a client that never reads would keep its slot.
+        async with asyncio.timeout(ANSWER_TIMEOUT):
+            await asyncio.get_running_loop().sock_sendall(conn, data[sent:])
 
 
 async def send_quietly(conn: socket.socket, data: bytes) -> None:

@@ -24,8 +24,12 @@ class TlsClosed(Exception):
 
 class TlsStream:
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, *, server_side: bool,
-                 server_hostname: str | None = None, initial: bytes = b"") -> None:
+                 server_hostname: str | None = None, initial: bytes = b"",
+                 send_timeout: float | None = None) -> None:
         self.sock = sock
+        # A peer that takes nothing of what is sent for this long is gone
+        # (TlsClosed, caused by TimeoutError), as one that sends nothing is.
+        self.send_timeout = send_timeout
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         if initial:
@@ -38,8 +42,9 @@ class TlsStream:
         data = self._out.read()
         if data:
             try:
-                await self._loop.sock_sendall(self.sock, data)
-            except OSError as exc:
+                async with asyncio.timeout(self.send_timeout):
+                    await self._loop.sock_sendall(self.sock, data)
+            except (OSError, TimeoutError) as exc:
                 raise TlsClosed from exc
 
     async def _fill(self, timeout: float) -> None:
