@@ -26,6 +26,7 @@ from portcullis.observe.audit import AuditEvent
 from portcullis.policy.inspection import Inspection, Judgement, judge, request_decision
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.forwarding import allowed_trailers, client_request, forwardable
+from portcullis.proxy.inspected_upstream import End, InspectedUpstream, Unanswered
 from portcullis.proxy.registry_answers import error_events, raw_error
 from portcullis.proxy.state import FirewallState
 from portcullis.proxy.tlsstream import TlsClosed, TlsStream
@@ -36,25 +37,7 @@ from portcullis.wire.oci import Endpoint, OciRequest, classify, scopes_of
 _HTTP2_PREFACE = b"PRI * HTTP/2.0"
 _HTTP1_LINE = re.compile(rb"[A-Z]{1,16} \S+ HTTP/1\.[01]")
 _TOKEN_BODY_MAX = 65536
-_NO_ANSWER = "the upstream closed the connection without answering"
 _MANIFEST_MAX = 4 << 20  # the distribution spec's limit; a larger "manifest" is not hashed
-
-
-class _End(Exception):
-    """Stop serving this connection, for `reason`."""
-
-    def __init__(self, reason: CloseReason) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Unanswered(Exception):
-    """A forwarded request failed before any answer reached the client: the
-    client is owed `status` with `message`, then the connection ends for `reason`."""
-
-    def __init__(self, status: int, message: str, reason: CloseReason) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
 
 
 class Session:
@@ -63,14 +46,13 @@ class Session:
     def __init__(self, state: FirewallState, attempt: Attempt, rule: Inspection,
                  client: TlsStream, upstream: TlsStream) -> None:
         self.state, self.attempt, self.rule = state, attempt, rule
-        self.client, self.upstream = client, upstream
+        self.client = client
         self.limits = state.gate.limits
+        self.upstream = InspectedUpstream(upstream, self.limits.idle_timeout)
         self.host = attempt.host or ""
         self.authority = format_authority(self.host, attempt.port, 443)
         self.pending = bytearray()
-        self.up_h11 = h11.Connection(h11.CLIENT)
         self.up = self.down = 0
-        self.answered = 0  # requests the upstream connection has answered
 
     async def run(self) -> CloseReason:
         try:
@@ -87,7 +69,7 @@ class Session:
                 if not await self._one(client_h11, request):
                     return CloseReason.DONE
                 self.pending += client_h11.trailing_data[0]
-        except _End as end:
+        except End as end:
             return end.reason
         except h11.RemoteProtocolError:
             return CloseReason.BAD_REQUEST
@@ -158,7 +140,7 @@ class Session:
         if oci.endpoint is Endpoint.TOKEN and method == "POST":
             try:
                 oci, body = await self._token_form(client_h11, oci)
-            except _Unanswered as failed:
+            except Unanswered as failed:
                 judgement = Judgement(False, Reason.BAD_REQUEST, failed.message)
                 await self._refuse_unanswered(method, target, oci, judgement, failed)
         judgement = judge(self.rule, oci)
@@ -185,7 +167,7 @@ class Session:
                 body.append(event)
                 size += len(event.data)
                 if size > _TOKEN_BODY_MAX:
-                    raise _Unanswered(413, f"a token request's form is over {_TOKEN_BODY_MAX}"
+                    raise Unanswered(413, f"a token request's form is over {_TOKEN_BODY_MAX}"
                                       " bytes", CloseReason.BAD_REQUEST)
         form = b"".join(d.data for d in body).decode("ascii", "replace")
         scopes = oci.scopes + scopes_of(form)
@@ -213,16 +195,16 @@ class Session:
         outgoing = h11.Request(method=request.method, target=path,
                                headers=forwardable(request.headers, self.authority))
         try:
-            await self._send_upstream(self.up_h11.send(outgoing))
+            await self.upstream.send(outgoing)
             for event in body:
-                await self._send_upstream(self.up_h11.send(event))
+                await self.upstream.send(event)
                 self.up += len(event.data)
             if body:
-                await self._send_upstream(self.up_h11.send(h11.EndOfMessage()))
+                await self.upstream.send(h11.EndOfMessage())
             else:
                 await self._pump_request_body(client_h11)
             response, served = await self._pump_response(client_h11, oci)
-        except _Unanswered as failed:
+        except Unanswered as failed:
             told = Judgement(judgement.allowed, judgement.reason, failed.message)
             await self._refuse_unanswered(oci.method, oci.path, oci, told, failed,
                                           decision=decision)
@@ -231,52 +213,30 @@ class Session:
                         decision=decision, response=response, served=served)
         else:
             self.state.metrics.record_inspected(self.host, decision, judgement.reason)
-        if self.up_h11.our_state is not h11.DONE or self.up_h11.their_state is not h11.DONE:
+        if not self.upstream.next_cycle():
             return False  # the upstream closes after this answer, and so does the client
-        self.up_h11.start_next_cycle()
-        self.answered += 1
         return client_h11.our_state is h11.DONE and client_h11.their_state is h11.DONE
 
     async def _refuse_unanswered(self, method: str, path: str, oci: OciRequest | None,
-                                 judgement: Judgement, failed: _Unanswered, *,
+                                 judgement: Judgement, failed: Unanswered, *,
                                  decision: Decision = Decision.DENY) -> NoReturn:
         """Audit the request, tell the client why it failed, and end the connection."""
         self._audit(method, path, oci, judgement, failed.status, decision=decision)
         with contextlib.suppress(TlsClosed):
             await self.client.send(raw_error(failed.status, failed.message, judgement.reason,
                                              self.attempt.rule))
-        raise _End(failed.reason)
-
-    async def _send_upstream(self, data: bytes | None) -> None:
-        try:
-            await self.upstream.send(data or b"")
-        except TlsClosed as exc:
-            if isinstance(exc.__cause__, TimeoutError):
-                raise _Unanswered(504, "the upstream took no request bytes for"
-                                  f" {self.limits.idle_timeout:g} s",
-                                  CloseReason.IDLE_TIMEOUT) from exc
-            raise self._closed(f"the upstream failed while the request was sent:"
-                               f" {exc.__cause__}") from exc
-
-    def _closed(self, message: str) -> Exception:
-        """What an upstream that closed or failed before its answer ends the
-        connection with: a 502 for the client, or, on a kept-alive connection, a
-        close as quiet as the upstream's (the race HTTP clients retry on, RFC
-        9112 §9.3.1)."""
-        if self.answered:
-            return _End(CloseReason.UPSTREAM_RESET)
-        return _Unanswered(502, message, CloseReason.UPSTREAM_RESET)
+        raise End(failed.reason)
 
     async def _client_body_event(self, client_h11: h11.Connection) -> object:
-        """The next event of a request body the client sends; _Unanswered when the
+        """The next event of a request body the client sends; Unanswered when the
         body breaks its framing, ends early or stalls."""
         try:
             return await self._client_event(client_h11)
         except h11.RemoteProtocolError as exc:
-            raise _Unanswered(400, f"request body: {exc}", CloseReason.BAD_REQUEST) from exc
+            raise Unanswered(400, f"request body: {exc}", CloseReason.BAD_REQUEST) from exc
         except TlsClosed as exc:
             if isinstance(exc.__cause__, TimeoutError):
-                raise _Unanswered(408, "request body: nothing came for"
+                raise Unanswered(408, "request body: nothing came for"
                                   f" {self.limits.idle_timeout:g} s",
                                   CloseReason.IDLE_TIMEOUT) from exc
             raise
@@ -289,8 +249,8 @@ class Session:
             elif isinstance(event, h11.EndOfMessage):
                 event = allowed_trailers(event)
             else:
-                raise _End(CloseReason.CLIENT_GONE)
-            await self.upstream.send(self.up_h11.send(event) or b"")
+                raise End(CloseReason.CLIENT_GONE)
+            await self.upstream.send(event)
             if isinstance(event, h11.EndOfMessage):
                 return
 
@@ -301,11 +261,11 @@ class Session:
         response: h11.Response | None = None
         while True:
             try:
-                got = await self._upstream_event()
-            except _Unanswered:
+                got = await self.upstream.next_event()
+            except Unanswered:
                 if response is None:
                     raise
-                raise _End(CloseReason.UPSTREAM_RESET) from None  # cut off mid-answer
+                raise End(CloseReason.UPSTREAM_RESET) from None  # cut off mid-answer
             event: h11.Event = got
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 headers = forwardable(event.headers)
@@ -330,33 +290,6 @@ class Session:
             if isinstance(event, h11.EndOfMessage):
                 assert response is not None
                 return response, bytes(manifest) if manifest is not None else None
-
-    async def _upstream_event(self) -> h11.Event:
-        """The upstream's next event; _Unanswered when it closed, failed, stalled
-        or broke HTTP/1.1."""
-        while True:
-            try:
-                got = self.up_h11.next_event()
-                if got is not h11.NEED_DATA:
-                    break
-                self.up_h11.receive_data(await self.upstream.recv(self.limits.idle_timeout))
-            except h11.RemoteProtocolError as exc:
-                received, ended = self.up_h11.trailing_data
-                if ended and not received:  # h11's word for a close where a response was due
-                    raise self._closed(_NO_ANSWER) from exc
-                raise _Unanswered(502, f"the upstream's answer is not HTTP/1.1: {exc}",
-                                  CloseReason.UPSTREAM_RESET) from exc
-            except TlsClosed as exc:
-                if isinstance(exc.__cause__, TimeoutError):
-                    raise _Unanswered(504, "no answer from the upstream in"
-                                      f" {self.limits.idle_timeout:g} s",
-                                      CloseReason.IDLE_TIMEOUT) from exc
-                raise self._closed(f"the upstream failed before answering: {exc.__cause__}"
-                                   ) from exc
-        if isinstance(got, h11.ConnectionClosed):
-            raise self._closed(_NO_ANSWER)
-        assert isinstance(got, h11.Event)  # PAUSED only comes after a whole message
-        return got
 
     def _audit(self, method: str, path: str, oci: OciRequest | None, judgement: Judgement,
                status: int, *, decision: Decision = Decision.DENY,
