@@ -21,8 +21,8 @@ from portcullis.wire.tls import ClientHello, parse_client_hello
 
 T = TypeVar("T")
 _READ = 65536
-# Seconds a client may take to accept a short answer it has room for in no
-# socket buffer: one that stopped reading.
+# Seconds a client gets to take the rest of a short answer that did not fit
+# the socket's buffer (only a client that stopped reading leaves no room).
 ANSWER_TIMEOUT = 10.0
 
 
