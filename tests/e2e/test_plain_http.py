@@ -239,6 +239,16 @@ def test_connection_limit_answers_503_then_recovers(proxy: RunningPortcullis,
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 503 "), answer
         assert b"over_capacity" in answer
+        # A client that sends its request at once (as every client does) still
+        # reads the 503: the refusal is not closed over its unread request,
+        # which made the kernel answer with a reset that took the 503 along.
+        for _ in range(5):
+            with socket.create_connection(proxy.explicit, timeout=10) as sock:
+                sock.sendall(b"CONNECT echo.example:443 HTTP/1.1\r\n\r\n")
+                time.sleep(0.05)
+                sock.sendall(b"x" * 1000)
+                answer = read_to_close(sock, reset_ok=False)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"over_capacity" in answer, answer
     finally:
         for sock in idle:
             sock.close()

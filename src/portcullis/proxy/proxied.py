@@ -29,6 +29,7 @@ from portcullis.proxy import transparent
 from portcullis.proxy.admission import stranger
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.balanced import BALANCED, Balanced
+from portcullis.proxy.lingering import close_refused
 from portcullis.proxy.reading import ClientGone, wait_ready
 from portcullis.proxy.responses import error_response
 from portcullis.proxy.state import FirewallState
@@ -97,7 +98,7 @@ def refuse_early(state: FirewallState, conn: socket.socket, attempt: Attempt, re
         state.refuse_and_record(attempt, reason)
         with contextlib.suppress(OSError):
             conn.send(error_response(status, attempt, detail))
-    conn.close()
+    close_refused(conn)
 
 
 async def read_proxy_header(conn: socket.socket, timeout: float) -> ProxyHeader:

@@ -10,7 +10,7 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
-from portcullis.basics.vocabulary import CloseReason, Mode, Reason
+from portcullis.basics.vocabulary import CloseReason, Decision, Mode, Reason
 from portcullis.config import Policy
 from portcullis.observe.events import new_connection_id
 from portcullis.observe.log import DecisionLog
@@ -19,7 +19,11 @@ from portcullis.policy.engine import Engine
 from portcullis.proxy.admission import refuse
 from portcullis.proxy.attempt import Attempt
 from portcullis.proxy.gate import Gate
+from portcullis.proxy.lingering import close_refused
 from portcullis.proxy.relay import relay
+
+# Looked up once: an Enum member in a function goes through EnumType.__getattr__.
+_DENY = Decision.DENY
 
 
 class FirewallState:
@@ -102,4 +106,7 @@ async def serve_connection(
         raise
     finally:
         attempt.release()
-        conn.close()
+        if attempt.decision is _DENY and attempt.logged:
+            close_refused(conn)  # so that a reset does not take its answer with it
+        else:
+            conn.close()
