@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import socket
+import time
 from dataclasses import dataclass
 
 HEAD_END = b"\r\n\r\n"
@@ -42,6 +43,23 @@ def read_to_close(sock: socket.socket, *, reset_ok: bool = True) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
+
+
+def drip_until_answered(sock: socket.socket, data: bytes, pause: float, limit: float
+                        ) -> float:
+    """Send `data` a byte at a time, `pause` s apart, until the peer answers (or
+    closes); the seconds that took (`limit` at most). The answer stays unread."""
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in data:
+            sock.sendall(bytes([byte]))
+            time.sleep(pause)
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                break  # an answer, or the end
+            if time.monotonic() - started > limit:
+                break
+    return time.monotonic() - started
 
 
 @dataclass(frozen=True)
