@@ -58,8 +58,12 @@ class _Lingering:
                 drained += len(data)
             self._finish(conn)
 
+        try:
+            self.loop.add_reader(conn, drain)
+        except (OSError, RuntimeError):  # the loop cannot watch it: close as before
+            conn.close()
+            return
         self.sockets[conn] = self.loop.call_later(LINGER_S, self._finish, conn)
-        self.loop.add_reader(conn, drain)
 
     def _finish(self, conn: socket.socket) -> None:
         timer = self.sockets.pop(conn, None)
