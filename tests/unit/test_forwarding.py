@@ -11,7 +11,14 @@ from tests.support.servers import tcp_pair
 
 from portcullis.basics.vocabulary import CloseReason, Mode
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.forwarding import Closed, Moved, Upstream, client_request, exchange
+from portcullis.proxy.forwarding import (
+    Closed,
+    Moved,
+    Upstream,
+    client_request,
+    exchange,
+    upstream_failure_answer,
+)
 from portcullis.wire.authority import Authority
 
 AUTHORITY = Authority("echo.example", 80, False)
@@ -91,3 +98,22 @@ def test_h11_reads_a_close_before_the_response_as_a_protocol_error() -> None:
     with pytest.raises(h11.RemoteProtocolError):
         conn.next_event()
     assert conn.trailing_data == (b"", True)
+
+
+@pytest.mark.parametrize(
+    ("timed_out", "sending", "kept_alive", "cause", "expected"),
+    [
+        (True, False, False, None, (504, "no answer from the upstream in 2 s")),
+        (True, True, True, None, (504, "the upstream took no request bytes for 2 s")),
+        (False, False, False, None, (502, "the upstream closed the connection without answering")),
+        (False, False, False, "reset", (502, "the upstream failed before answering: reset")),
+        (False, True, False, "EPIPE",
+         (502, "the upstream failed while the request was sent: EPIPE")),
+        (False, False, True, None, None),  # the keep-alive race: as quiet as the upstream
+        (False, True, True, "EPIPE", None),
+    ],
+)
+def test_upstream_failure_answers(timed_out: bool, sending: bool, kept_alive: bool,
+                                  cause: str | None, expected: tuple[int, str] | None) -> None:
+    assert upstream_failure_answer(timed_out=timed_out, sending=sending, kept_alive=kept_alive,
+                                   cause=cause, idle_timeout=2.0) == expected

@@ -132,13 +132,6 @@ class Upstream:
         self.parent = attempt.parent
         self.served = 0  # exchanges completed on it
 
-    def owes_answer_for_a_close(self) -> bool:
-        """Whether a close (or reset) before any answer is the client's to hear
-        as a 502. Not on a kept-alive connection: there it is the race every
-        HTTP client retries on (RFC 9112 §9.3.1), so the client's connection is
-        closed as quietly as the upstream closed this one."""
-        return self.served == 0
-
 
 async def next_event(conn: h11.Connection, sock: socket.socket, timeout: float) -> Any:
     """The next h11 event, reading as needed with `timeout` per read (an idle limit)."""
@@ -194,15 +187,33 @@ async def exchange(
     upstream.served += 1
 
 
+def upstream_failure_answer(*, timed_out: bool, sending: bool, kept_alive: bool,
+                            cause: object, idle_timeout: float) -> tuple[int, str] | None:
+    """What a client is owed when its upstream ended before answering it: 504
+    when the upstream stalled, 502 naming `cause` (None: a plain close) when it
+    closed or failed. None on a connection kept alive from an earlier request:
+    a close there is the race every HTTP client retries on (RFC 9112 §9.3.1),
+    so the client's connection is closed as quietly. `sending`: while the
+    request went out."""
+    if timed_out:
+        return 504, (f"the upstream took no request bytes for {idle_timeout:g} s" if sending
+                     else f"no answer from the upstream in {idle_timeout:g} s")
+    if kept_alive:
+        return None
+    if sending:
+        return 502, f"the upstream failed while the request was sent: {cause}"
+    if cause is None:
+        return 502, "the upstream closed the connection without answering"
+    return 502, f"the upstream failed before answering: {cause}"
+
+
 async def _send_upstream(upstream: Upstream, data: bytes | None, idle_timeout: float) -> None:
     try:
         await send(upstream.sock, data, idle_timeout)
     except Closed as closed:
-        if closed.reason is CloseReason.IDLE_TIMEOUT:
-            closed.answer = (504, f"the upstream took no request bytes for {idle_timeout:g} s")
-        elif upstream.owes_answer_for_a_close():
-            closed.answer = (502, f"the upstream failed while the request was sent:"
-                                  f" {closed.__cause__}")
+        closed.answer = upstream_failure_answer(
+            timed_out=closed.reason is CloseReason.IDLE_TIMEOUT, sending=True,
+            kept_alive=upstream.served > 0, cause=closed.__cause__, idle_timeout=idle_timeout)
         raise
 
 
@@ -235,7 +246,13 @@ async def _response(idle_timeout: float, client: h11.Connection, conn: socket.so
         try:
             event = await _upstream_event(upstream, idle_timeout)
         except Closed as closed:
-            closed.answer = None if answered else _owed(closed, upstream, idle_timeout)
+            if answered:
+                closed.answer = None
+            elif closed.answer is None:  # not a broken answer: a close, a failure, a stall
+                closed.answer = upstream_failure_answer(
+                    timed_out=closed.reason is CloseReason.IDLE_TIMEOUT, sending=False,
+                    kept_alive=upstream.served > 0, cause=closed.__cause__,
+                    idle_timeout=idle_timeout)
             raise
         if isinstance(event, h11.InformationalResponse | h11.Response):
             answered = answered or isinstance(event, h11.Response)
@@ -266,15 +283,3 @@ async def _upstream_event(upstream: Upstream, idle_timeout: float) -> Any:
         raise Closed()
     return event
 
-
-def _owed(closed: Closed, upstream: Upstream, idle_timeout: float) -> tuple[int, str] | None:
-    """The answer a client not yet answered is owed for how its upstream ended."""
-    if closed.answer is not None:
-        return closed.answer
-    if closed.reason is CloseReason.IDLE_TIMEOUT:
-        return 504, f"no answer from the upstream in {idle_timeout:g} s"
-    if not upstream.owes_answer_for_a_close():
-        return None
-    if closed.__cause__ is None:
-        return 502, "the upstream closed the connection without answering"
-    return 502, f"the upstream failed before answering: {closed.__cause__}"

@@ -14,9 +14,8 @@ from __future__ import annotations
 import h11
 
 from portcullis.basics.vocabulary import CloseReason
+from portcullis.proxy.forwarding import upstream_failure_answer
 from portcullis.proxy.tlsstream import TlsClosed, TlsStream
-
-_NO_ANSWER = "the upstream closed the connection without answering"
 
 
 class End(Exception):
@@ -50,11 +49,7 @@ class InspectedUpstream:
         try:
             await self.stream.send(self.h11.send(event) or b"")
         except TlsClosed as exc:
-            if isinstance(exc.__cause__, TimeoutError):
-                raise Unanswered(504, "the upstream took no request bytes for"
-                                 f" {self.idle_timeout:g} s", CloseReason.IDLE_TIMEOUT) from exc
-            raise self._closed("the upstream failed while the request was sent:"
-                               f" {exc.__cause__}") from exc
+            raise self._ended(exc.__cause__, sending=True) from exc
 
     async def next_event(self) -> h11.Event:
         """The upstream's next event; Unanswered (or End) when it closed,
@@ -68,17 +63,13 @@ class InspectedUpstream:
             except h11.RemoteProtocolError as exc:
                 received, ended = self.h11.trailing_data
                 if ended and not received:  # h11's word for a close where a response was due
-                    raise self._closed(_NO_ANSWER) from exc
+                    raise self._ended(None, sending=False) from exc
                 raise Unanswered(502, f"the upstream's answer is not HTTP/1.1: {exc}",
                                  CloseReason.UPSTREAM_RESET) from exc
             except TlsClosed as exc:
-                if isinstance(exc.__cause__, TimeoutError):
-                    raise Unanswered(504, f"no answer from the upstream in {self.idle_timeout:g} s",
-                                     CloseReason.IDLE_TIMEOUT) from exc
-                raise self._closed(f"the upstream failed before answering: {exc.__cause__}"
-                                   ) from exc
+                raise self._ended(exc.__cause__, sending=False) from exc
         if isinstance(got, h11.ConnectionClosed):
-            raise self._closed(_NO_ANSWER)
+            raise self._ended(None, sending=False)
         assert isinstance(got, h11.Event)  # PAUSED only comes after a whole message
         return got
 
@@ -91,7 +82,11 @@ class InspectedUpstream:
         self.answered += 1
         return True
 
-    def _closed(self, message: str) -> Exception:
-        if self.answered:
-            return End(CloseReason.UPSTREAM_RESET)
-        return Unanswered(502, message, CloseReason.UPSTREAM_RESET)
+    def _ended(self, cause: BaseException | None, *, sending: bool) -> Exception:
+        """What the upstream's close, failure (`cause`) or stall ends the connection with."""
+        timed_out = isinstance(cause, TimeoutError)
+        answer = upstream_failure_answer(timed_out=timed_out, sending=sending,
+                                         kept_alive=self.answered > 0, cause=cause,
+                                         idle_timeout=self.idle_timeout)
+        reason = CloseReason.IDLE_TIMEOUT if timed_out else CloseReason.UPSTREAM_RESET
+        return End(reason) if answer is None else Unanswered(*answer, reason)
