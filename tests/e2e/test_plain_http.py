@@ -71,6 +71,11 @@ def exchange(proxy: RunningPortcullis, raw: bytes, *, answers: int = 1) -> list[
     return responses(proxy.explicit, raw, answers=answers)
 
 
+def _get(host: str) -> bytes:
+    """An absolute-form GET of `host`'s root, kept alive."""
+    return f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
 def test_get_absolute_form_is_forwarded_in_origin_form(proxy: RunningPortcullis,
                                                        echo: EchoServer) -> None:
     raw = (f"GET http://echo.example:{echo.port}/v2/?q=1 HTTP/1.1\r\n"
@@ -159,7 +164,7 @@ def test_an_upstream_that_does_not_answer_http_is_a_502(
     scripted.replies = [reply]
     host = f"scripted.example:{scripted.port}"
     with socket.create_connection(proxy.explicit, timeout=10) as sock:
-        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        sock.sendall(_get(host))
         answer = read_to_close(sock, reset_ok=False)
     assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
     assert detail in answer, answer
@@ -172,7 +177,7 @@ def test_a_kept_alive_upstream_that_closed_closes_the_client_quietly(
     # The keep-alive race every client retries on (RFC 9112 §9.3.1): no 502 for it.
     scripted.replies = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
     host = f"scripted.example:{scripted.port}"
-    get = f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    get = _get(host)
     with socket.create_connection(proxy.explicit, timeout=10) as sock:
         sock.sendall(get)
         first = b""
@@ -199,7 +204,7 @@ def test_a_client_that_stops_reading_is_closed_at_the_idle_timeout(
     host = f"scripted.example:{scripted.port}"
     with run_portcullis(tmp_path / "p", policy) as running, \
             socket.create_connection(running.explicit, timeout=10) as sock:
-        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        sock.sendall(_get(host))
         assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
         record = running.wait_for_log(lambda r: r.get("event") == "close", timeout=15)
         assert record["close_reason"] == "idle_timeout"

@@ -187,6 +187,25 @@ async def exchange(
     upstream.served += 1
 
 
+def request_body_answer(error: h11.RemoteProtocolError | None, idle_timeout: float
+                        ) -> tuple[int, str]:
+    """What a client is owed when its request body broke its framing or ended
+    early (`error`), or stalled for `idle_timeout` (None)."""
+    if error is None:
+        return 408, f"request body: nothing came for {idle_timeout:g} s"
+    return 400, f"request body: {error}"
+
+
+def not_http_answer(conn: h11.Connection, error: h11.RemoteProtocolError
+                    ) -> tuple[int, str] | None:
+    """The 502 for an upstream answer h11 refused; None when h11's error only
+    says the upstream closed where a response was due (nothing was received)."""
+    received, ended = conn.trailing_data
+    if ended and not received:
+        return None
+    return 502, f"the upstream's answer is not HTTP/1.1: {error}"
+
+
 def upstream_failure_answer(*, timed_out: bool, sending: bool, kept_alive: bool,
                             cause: object, idle_timeout: float) -> tuple[int, str] | None:
     """What a client is owed when its upstream ended before answering it: 504
@@ -225,10 +244,10 @@ async def _request_body(idle_timeout: float, client: h11.Connection, conn: socke
         except h11.RemoteProtocolError as exc:
             # The body broke its own framing after the head went upstream: the
             # upstream holds half a request, so both connections end here.
-            raise Closed(CloseReason.BAD_REQUEST, (400, f"request body: {exc}")) from exc
+            raise Closed(CloseReason.BAD_REQUEST, request_body_answer(exc, idle_timeout)) from exc
         except Closed as closed:
             if closed.reason is CloseReason.IDLE_TIMEOUT:
-                closed.answer = (408, f"request body: nothing came for {idle_timeout:g} s")
+                closed.answer = request_body_answer(None, idle_timeout)
             raise
         if isinstance(event, h11.EndOfMessage):
             event = allowed_trailers(event)
@@ -275,10 +294,10 @@ async def _upstream_event(upstream: Upstream, idle_timeout: float) -> Any:
     try:
         event = await next_event(upstream.conn, upstream.sock, idle_timeout)
     except h11.RemoteProtocolError as exc:
-        received, ended = upstream.conn.trailing_data
-        if ended and not received:
-            raise Closed() from None  # h11's word for a close where a response was due
-        raise Closed(answer=(502, f"the upstream's answer is not HTTP/1.1: {exc}")) from exc
+        answer = not_http_answer(upstream.conn, exc)
+        if answer is None:
+            raise Closed() from None  # a close, not a broken answer
+        raise Closed(answer=answer) from exc
     if isinstance(event, h11.ConnectionClosed):
         raise Closed()
     return event

@@ -25,7 +25,12 @@ from portcullis.basics.vocabulary import CloseReason, Decision, Reason
 from portcullis.observe.audit import AuditEvent
 from portcullis.policy.inspection import Inspection, Judgement, judge, request_decision
 from portcullis.proxy.attempt import Attempt
-from portcullis.proxy.forwarding import allowed_trailers, client_request, forwardable
+from portcullis.proxy.forwarding import (
+    allowed_trailers,
+    client_request,
+    forwardable,
+    request_body_answer,
+)
 from portcullis.proxy.inspected_upstream import End, InspectedUpstream, Unanswered
 from portcullis.proxy.registry_answers import error_events, raw_error
 from portcullis.proxy.state import FirewallState
@@ -74,8 +79,7 @@ class Session:
         except h11.RemoteProtocolError:
             return CloseReason.BAD_REQUEST
         except TlsClosed as exc:
-            timed_out = isinstance(exc.__cause__, TimeoutError)
-            return CloseReason.IDLE_TIMEOUT if timed_out else CloseReason.CLOSED
+            return CloseReason.IDLE_TIMEOUT if exc.timed_out else CloseReason.CLOSED
 
     async def _next_head(self) -> bool:
         """Read the next request head into `pending`; False when the connection ends."""
@@ -233,12 +237,12 @@ class Session:
         try:
             return await self._client_event(client_h11)
         except h11.RemoteProtocolError as exc:
-            raise Unanswered(400, f"request body: {exc}", CloseReason.BAD_REQUEST) from exc
+            answer = request_body_answer(exc, self.limits.idle_timeout)
+            raise Unanswered(*answer, CloseReason.BAD_REQUEST) from exc
         except TlsClosed as exc:
-            if isinstance(exc.__cause__, TimeoutError):
-                raise Unanswered(408, "request body: nothing came for"
-                                  f" {self.limits.idle_timeout:g} s",
-                                  CloseReason.IDLE_TIMEOUT) from exc
+            if exc.timed_out:
+                answer = request_body_answer(None, self.limits.idle_timeout)
+                raise Unanswered(*answer, CloseReason.IDLE_TIMEOUT) from exc
             raise
 
     async def _pump_request_body(self, client_h11: h11.Connection) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import h11
 
 from portcullis.basics.vocabulary import CloseReason
-from portcullis.proxy.forwarding import upstream_failure_answer
+from portcullis.proxy.forwarding import not_http_answer, upstream_failure_answer
 from portcullis.proxy.tlsstream import TlsClosed, TlsStream
 
 
@@ -49,7 +49,7 @@ class InspectedUpstream:
         try:
             await self.stream.send(self.h11.send(event) or b"")
         except TlsClosed as exc:
-            raise self._ended(exc.__cause__, sending=True) from exc
+            raise self._ended(exc, sending=True) from exc
 
     async def next_event(self) -> h11.Event:
         """The upstream's next event; Unanswered (or End) when it closed,
@@ -61,13 +61,12 @@ class InspectedUpstream:
                     break
                 self.h11.receive_data(await self.stream.recv(self.idle_timeout))
             except h11.RemoteProtocolError as exc:
-                received, ended = self.h11.trailing_data
-                if ended and not received:  # h11's word for a close where a response was due
+                answer = not_http_answer(self.h11, exc)
+                if answer is None:  # a close, not a broken answer
                     raise self._ended(None, sending=False) from exc
-                raise Unanswered(502, f"the upstream's answer is not HTTP/1.1: {exc}",
-                                 CloseReason.UPSTREAM_RESET) from exc
+                raise Unanswered(*answer, CloseReason.UPSTREAM_RESET) from exc
             except TlsClosed as exc:
-                raise self._ended(exc.__cause__, sending=False) from exc
+                raise self._ended(exc, sending=False) from exc
         if isinstance(got, h11.ConnectionClosed):
             raise self._ended(None, sending=False)
         assert isinstance(got, h11.Event)  # PAUSED only comes after a whole message
@@ -82,11 +81,13 @@ class InspectedUpstream:
         self.answered += 1
         return True
 
-    def _ended(self, cause: BaseException | None, *, sending: bool) -> Exception:
-        """What the upstream's close, failure (`cause`) or stall ends the connection with."""
-        timed_out = isinstance(cause, TimeoutError)
+    def _ended(self, closed: TlsClosed | None, *, sending: bool) -> Exception:
+        """What the upstream's close (None: a clean one), failure or stall ends
+        the connection with."""
+        timed_out = closed is not None and closed.timed_out
         answer = upstream_failure_answer(timed_out=timed_out, sending=sending,
-                                         kept_alive=self.answered > 0, cause=cause,
+                                         kept_alive=self.answered > 0,
+                                         cause=closed.__cause__ if closed else None,
                                          idle_timeout=self.idle_timeout)
         reason = CloseReason.IDLE_TIMEOUT if timed_out else CloseReason.UPSTREAM_RESET
         return End(reason) if answer is None else Unanswered(*answer, reason)

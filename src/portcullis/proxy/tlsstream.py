@@ -21,6 +21,11 @@ _BATCH = 262144
 class TlsClosed(Exception):
     """The peer closed or reset the connection (or went quiet past the timeout)."""
 
+    @property
+    def timed_out(self) -> bool:
+        """Ended by a timeout (the peer sent, or took, nothing for that long)."""
+        return isinstance(self.__cause__, TimeoutError)
+
 
 class TlsStream:
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, *, server_side: bool,
